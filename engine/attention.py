@@ -1,0 +1,141 @@
+"""Variable-length attention over packed sequences, plugged into transformers models.
+
+Packed layout: the batch is one row of ``total_tokens`` tokens; ``cu_seqlens`` ([num_seqs + 1],
+int32) marks where each sequence starts. Backends, best first: the ``flash_attn`` package,
+PyTorch's bundled FlashAttention kernel (CUDA), SDPA with a block-diagonal mask (CPU, or any
+case a kernel cannot take, such as Gemma2's logit soft-capping).
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+ATTN_IMPLEMENTATION = "rewardserve_varlen"
+_state = {"backend": "sdpa"}
+
+
+@dataclass(frozen=True)
+class VarlenMeta:
+    """Where the packed sequences start: ``cu_seqlens`` [num_seqs + 1] int32, on the device."""
+
+    cu_seqlens: torch.Tensor
+    max_seqlen: int
+
+    def as_kwargs(self) -> dict:
+        """The keyword names transformers forwards untouched to the attention function."""
+        return {"cu_seq_lens_q": self.cu_seqlens, "cu_seq_lens_k": self.cu_seqlens,
+                "max_length_q": self.max_seqlen, "max_length_k": self.max_seqlen}
+
+
+def has_flash_attn() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def resolve_backend(requested: str, device: torch.device) -> str:
+    """Pick the kernel: ``auto`` prefers flash_attn, then torch's bundled kernel, then SDPA."""
+    if device.type != "cuda":
+        if requested in ("flash_attn", "torch"):
+            raise ValueError(f"attention backend {requested!r} needs a CUDA device")
+        return "sdpa"
+    if requested == "auto":
+        return "flash_attn" if has_flash_attn() else "torch"
+    if requested == "flash_attn" and not has_flash_attn():
+        raise ValueError("attention backend 'flash_attn' requested but the flash_attn package is not installed")
+    return requested
+
+
+def set_backend(name: str) -> None:
+    """Select the kernel used by every model that runs with ``ATTN_IMPLEMENTATION``."""
+    _state["backend"] = name
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: VarlenMeta, *,
+                     is_causal: bool, scale: float, window: int | None = None,
+                     softcap: float | None = None) -> torch.Tensor:
+    """q [T, H, D], k/v [T, Hkv, D] → [T, H, D]. ``window`` keeps keys with q - k < window."""
+    backend = _state["backend"]
+    if softcap:  # neither bundled kernel soft-caps; flash_attn does
+        backend = "flash_attn" if backend == "flash_attn" else "sdpa"
+    if backend == "flash_attn":
+        return _flash_attn(q, k, v, meta, is_causal, scale, window, softcap)
+    if backend == "torch":
+        return _torch_flash(q, k, v, meta, is_causal, scale, window)
+    return _sdpa_masked(q, k, v, meta, is_causal, scale, window, softcap)
+
+
+def _flash_attn(q, k, v, meta, is_causal, scale, window, softcap):
+    from flash_attn import flash_attn_varlen_func
+
+    left = window - 1 if window else -1
+    return flash_attn_varlen_func(q, k, v, cu_seqlens_q=meta.cu_seqlens, cu_seqlens_k=meta.cu_seqlens,
+                                  max_seqlen_q=meta.max_seqlen, max_seqlen_k=meta.max_seqlen,
+                                  softmax_scale=scale, causal=is_causal, window_size=(left, -1 if not is_causal else 0),
+                                  softcap=softcap or 0.0)
+
+
+def _torch_flash(q, k, v, meta, is_causal, scale, window):
+    # aten's FA2 entry point takes GQA directly (Hq % Hkv == 0) and a left window.
+    left = window - 1 if window else None
+    right = (0 if is_causal else None) if window else None
+    out = torch.ops.aten._flash_attention_forward(
+        q, k, v, meta.cu_seqlens, meta.cu_seqlens, meta.max_seqlen, meta.max_seqlen, 0.0, is_causal, False,
+        scale=scale, window_size_left=left, window_size_right=right)
+    return out[0]
+
+
+def block_diagonal_mask(cu_seqlens: torch.Tensor, total: int, is_causal: bool,
+                        window: int | None) -> torch.Tensor:
+    """[T, T] bool: True where query row may attend to key column (same sequence, causal, window)."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    seq_of = torch.repeat_interleave(torch.arange(len(lengths), device=cu_seqlens.device), lengths.long())
+    idx = torch.arange(total, device=cu_seqlens.device)
+    mask = seq_of[:, None] == seq_of[None, :]
+    if is_causal:
+        mask &= idx[:, None] >= idx[None, :]
+    if window:
+        mask &= (idx[:, None] - idx[None, :]).abs() < window
+    return mask
+
+
+def _sdpa_masked(q, k, v, meta, is_causal, scale, window, softcap):
+    total, num_heads, _ = q.shape
+    mask = block_diagonal_mask(meta.cu_seqlens, total, is_causal, window)  # [T, T]
+    qh, kh, vh = (x.transpose(0, 1) for x in (q, k, v))                  # [H, T, D]
+    if kh.shape[0] != num_heads:  # GQA: repeat kv heads
+        rep = num_heads // kh.shape[0]
+        kh, vh = kh.repeat_interleave(rep, 0), vh.repeat_interleave(rep, 0)
+    if softcap:
+        scores = torch.tanh((qh.float() @ kh.float().transpose(-1, -2)) * scale / softcap) * softcap
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1).to(vh.dtype)
+        return (probs @ vh).transpose(0, 1)
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
+    return out.transpose(0, 1)  # [T, H, D]
+
+
+def hf_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                         sliding_window=None, softcap=None, **kwargs):
+    """transformers attention hook: query [1, H, T, D], key/value [1, Hkv, T, D] → [1, T, H, D]."""
+    meta = VarlenMeta(kwargs["cu_seq_lens_q"], kwargs["max_length_q"])
+    is_causal = kwargs.get("is_causal")
+    if is_causal is None:
+        is_causal = getattr(module, "is_causal", True)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    out = varlen_attention(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), meta,
+                           is_causal=is_causal, scale=scale, window=sliding_window, softcap=softcap)
+    return out.unsqueeze(0), None
+
+
+def _no_mask(*args, **kwargs):
+    return None  # packing boundaries live in cu_seqlens, not in a dense mask
+
+
+def register_with_transformers() -> None:
+    """Make ``attn_implementation="rewardserve_varlen"`` available to every transformers model."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(ATTN_IMPLEMENTATION, hf_attention_forward)
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, _no_mask)

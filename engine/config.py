@@ -1,0 +1,98 @@
+"""The engine's frozen configuration tree. The CLI is generated from these dataclasses
+(``engine/cli_args.py``), so a default lives in exactly one place.
+
+Every field carries ``metadata["help"]``: that text is the documentation and the ``--help``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+ATTENTION_BACKENDS = ("auto", "flash_attn", "torch", "sdpa")
+CONVERTS = ("auto", "none", "classify", "embed")
+HEAD_DTYPES = ("model", "float32")
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which checkpoint to load and how to read it."""
+
+    model: str = _opt("", "Local folder in the Hugging Face layout, or a hub id (downloaded when a hub is reachable).")
+    revision: str | None = _opt(None, "Hub revision (branch, tag or commit) when --model is a hub id.")
+    tokenizer: str | None = _opt(None, "Tokenizer folder or hub id; defaults to --model.")
+    dtype: str = _opt("auto", "Weights and activations dtype; auto takes the checkpoint's (float32 on CPU).", DTYPES)
+    convert: str = _opt("auto", "Turn a *ForCausalLM into a classifier (classify) or an embedder (embed).", CONVERTS)
+    max_model_len: int | None = _opt(None, "Longest sequence accepted; defaults to the model's max_position_embeddings.")
+    pooler_config: str | None = _opt(None, 'Server pooling defaults as JSON, e.g. {"pooling_type": "LAST", "use_activation": false}.')
+    head_dtype: str = _opt("float32", "Dtype of the score head: float32 keeps rewards exact under bf16 backbones.", HEAD_DTYPES)
+    chat_template: str | None = _opt(None, "Chat template override: a file path or the template text.")
+
+    def pooler_overrides(self) -> dict[str, Any]:
+        """The parsed ``--pooler-config`` JSON (empty when unset)."""
+        if not self.pooler_config:
+            return {}
+        value = json.loads(self.pooler_config)
+        if not isinstance(value, dict):
+            raise ValueError("--pooler-config must be a JSON object")
+        return value
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """Where and how the forward pass runs."""
+
+    device: str = _opt("auto", "cuda, cuda:N, cpu, or auto (cuda when available).")
+    attention_backend: str = _opt("auto", "Variable-length attention kernel; auto picks the best available.", ATTENTION_BACKENDS)
+    compile: bool = _opt(False, "torch.compile the packed backbone (CUDA only; dynamic shapes, cached on disk).")
+    cuda_graphs: bool = _opt(False, "Replay CUDA graphs for small token buckets (the single-request latency path).")
+    seed: int = _opt(0, "Seed for anything random (the demo model's weights).")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """How queued work is cut into packed batches."""
+
+    max_num_batched_tokens: int = _opt(16384, "Token budget of one packed forward pass.")
+    max_num_seqs: int = _opt(256, "Most sequences in one packed forward pass.")
+    max_wait_ms: float = _opt(0.0, "Wait up to this long for a fuller batch when the GPU is idle (0: run at once).")
+    max_queue_requests: int = _opt(4096, "Most requests waiting; past it new work is refused (RESOURCE_EXHAUSTED).")
+    max_queue_tokens: int = _opt(8_000_000, "Most tokens waiting; past it new work is refused (RESOURCE_EXHAUSTED).")
+    tokenizer_workers: int = _opt(2, "Threads that tokenize and render chat templates off the event loop.")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine needs; built from the CLI or from a dict."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Build a (nested) config dataclass from a dict; unknown keys and bad choices are errors."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}")
+    kwargs = {}
+    for name, value in values.items():
+        spec = known[name]
+        if isinstance(spec.default_factory, type) and is_dataclass(spec.default_factory):
+            value = from_dict(spec.default_factory, value)
+        check_choice(cls.__name__, spec, value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def check_choice(owner: str, spec: Any, value: Any) -> None:
+    """Raise ValueError when ``value`` is not one of the field's declared choices."""
+    choices = spec.metadata.get("choices")
+    if choices and value not in choices:
+        raise ValueError(f"{owner}.{spec.name} must be one of {', '.join(choices)}, not {value!r}")

@@ -1,0 +1,45 @@
+"""Domain errors. The service maps each class to one gRPC status (service/errors.py)."""
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class InvalidInputError(EngineError):
+    """A bad input: names the field and the item index so the caller can fix it."""
+
+    def __init__(self, field: str, reason: str, index: int | None = None):
+        self.field = field
+        self.index = index
+        self.reason = reason
+        where = field if index is None else f"{field}[{index}]"
+        super().__init__(f"{where}: {reason}")
+
+    def with_prefix(self, prefix: str) -> "InvalidInputError":
+        """Re-anchor the field under a request field (e.g. ``inputs`` → ``conversations``)."""
+        return InvalidInputError(f"{prefix}{self.field}", self.reason, self.index)
+
+
+class UnsupportedTaskError(InvalidInputError):
+    """The served model cannot do the requested task."""
+
+
+class EngineOverloadedError(EngineError):
+    """The waiting queue is full; retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, reason: str, retry_after_s: float):
+        self.retry_after_s = retry_after_s
+        super().__init__(reason)
+
+
+class DeadlineExceededError(EngineError):
+    """The request's deadline passed before its work was computed; the work was dropped."""
+
+
+class EngineUnavailableError(EngineError):
+    """The engine is not started, still warming up, or draining."""
+
+
+class RequestCancelledError(EngineError):
+    """The caller cancelled the request; its queued work was removed."""
