@@ -1,0 +1,314 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PoolingTask(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POOLING_TASK_UNSPECIFIED: _ClassVar[PoolingTask]
+    POOLING_TASK_CLASSIFY: _ClassVar[PoolingTask]
+    POOLING_TASK_TOKEN_CLASSIFY: _ClassVar[PoolingTask]
+    POOLING_TASK_EMBED: _ClassVar[PoolingTask]
+    POOLING_TASK_TOKEN_EMBED: _ClassVar[PoolingTask]
+
+class PoolingType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    POOLING_TYPE_UNSPECIFIED: _ClassVar[PoolingType]
+    POOLING_TYPE_LAST: _ClassVar[PoolingType]
+    POOLING_TYPE_ALL: _ClassVar[PoolingType]
+    POOLING_TYPE_CLS: _ClassVar[PoolingType]
+    POOLING_TYPE_MEAN: _ClassVar[PoolingType]
+    POOLING_TYPE_STEP: _ClassVar[PoolingType]
+
+class TruncationSide(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRUNCATION_SIDE_UNSPECIFIED: _ClassVar[TruncationSide]
+    TRUNCATION_SIDE_LEFT: _ClassVar[TruncationSide]
+    TRUNCATION_SIDE_RIGHT: _ClassVar[TruncationSide]
+POOLING_TASK_UNSPECIFIED: PoolingTask
+POOLING_TASK_CLASSIFY: PoolingTask
+POOLING_TASK_TOKEN_CLASSIFY: PoolingTask
+POOLING_TASK_EMBED: PoolingTask
+POOLING_TASK_TOKEN_EMBED: PoolingTask
+POOLING_TYPE_UNSPECIFIED: PoolingType
+POOLING_TYPE_LAST: PoolingType
+POOLING_TYPE_ALL: PoolingType
+POOLING_TYPE_CLS: PoolingType
+POOLING_TYPE_MEAN: PoolingType
+POOLING_TYPE_STEP: PoolingType
+TRUNCATION_SIDE_UNSPECIFIED: TruncationSide
+TRUNCATION_SIDE_LEFT: TruncationSide
+TRUNCATION_SIDE_RIGHT: TruncationSide
+
+class TokenIds(_message.Message):
+    __slots__ = ("ids",)
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class EncodeInput(_message.Message):
+    __slots__ = ("text", "token_ids")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    token_ids: TokenIds
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ...) -> None: ...
+
+class PoolingParams(_message.Message):
+    __slots__ = ("pooling_type", "use_activation", "normalize", "dimensions", "step_tag_id", "returned_token_ids")
+    POOLING_TYPE_FIELD_NUMBER: _ClassVar[int]
+    USE_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    STEP_TAG_ID_FIELD_NUMBER: _ClassVar[int]
+    RETURNED_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    pooling_type: PoolingType
+    use_activation: bool
+    normalize: bool
+    dimensions: int
+    step_tag_id: int
+    returned_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, pooling_type: _Optional[_Union[PoolingType, str]] = ..., use_activation: bool = ..., normalize: bool = ..., dimensions: _Optional[int] = ..., step_tag_id: _Optional[int] = ..., returned_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Truncation(_message.Message):
+    __slots__ = ("truncate_prompt_tokens", "side")
+    TRUNCATE_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SIDE_FIELD_NUMBER: _ClassVar[int]
+    truncate_prompt_tokens: int
+    side: TruncationSide
+    def __init__(self, truncate_prompt_tokens: _Optional[int] = ..., side: _Optional[_Union[TruncationSide, str]] = ...) -> None: ...
+
+class FloatTensor(_message.Message):
+    __slots__ = ("shape", "values")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("prompt_tokens", "num_sequences")
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    num_sequences: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., num_sequences: _Optional[int] = ...) -> None: ...
+
+class Timing(_message.Message):
+    __slots__ = ("queue_seconds", "compute_seconds", "total_seconds")
+    QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    queue_seconds: float
+    compute_seconds: float
+    total_seconds: float
+    def __init__(self, queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
+
+class EncodeRequest(_message.Message):
+    __slots__ = ("task", "inputs", "pooling", "truncation", "add_special_tokens", "priority", "request_id")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    ADD_SPECIAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    task: PoolingTask
+    inputs: _containers.RepeatedCompositeFieldContainer[EncodeInput]
+    pooling: PoolingParams
+    truncation: Truncation
+    add_special_tokens: bool
+    priority: int
+    request_id: str
+    def __init__(self, task: _Optional[_Union[PoolingTask, str]] = ..., inputs: _Optional[_Iterable[_Union[EncodeInput, _Mapping]]] = ..., pooling: _Optional[_Union[PoolingParams, _Mapping]] = ..., truncation: _Optional[_Union[Truncation, _Mapping]] = ..., add_special_tokens: bool = ..., priority: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class EncodeResult(_message.Message):
+    __slots__ = ("index", "data", "num_tokens", "truncated", "pooled_positions")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    POOLED_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    data: FloatTensor
+    num_tokens: int
+    truncated: bool
+    pooled_positions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, index: _Optional[int] = ..., data: _Optional[_Union[FloatTensor, _Mapping]] = ..., num_tokens: _Optional[int] = ..., truncated: bool = ..., pooled_positions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class EncodeResponse(_message.Message):
+    __slots__ = ("request_id", "model", "task", "results", "usage", "timing")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model: str
+    task: PoolingTask
+    results: _containers.RepeatedCompositeFieldContainer[EncodeResult]
+    usage: Usage
+    timing: Timing
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., task: _Optional[_Union[PoolingTask, str]] = ..., results: _Optional[_Iterable[_Union[EncodeResult, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+
+class RewardRequest(_message.Message):
+    __slots__ = ("inputs", "pooling", "truncation", "priority", "request_id")
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    inputs: _containers.RepeatedCompositeFieldContainer[EncodeInput]
+    pooling: PoolingParams
+    truncation: Truncation
+    priority: int
+    request_id: str
+    def __init__(self, inputs: _Optional[_Iterable[_Union[EncodeInput, _Mapping]]] = ..., pooling: _Optional[_Union[PoolingParams, _Mapping]] = ..., truncation: _Optional[_Union[Truncation, _Mapping]] = ..., priority: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RewardResponse(_message.Message):
+    __slots__ = ("request_id", "model", "results", "usage", "timing")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model: str
+    results: _containers.RepeatedCompositeFieldContainer[EncodeResult]
+    usage: Usage
+    timing: Timing
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., results: _Optional[_Iterable[_Union[EncodeResult, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+
+class ChatMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class Conversation(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
+
+class ChatRewardRequest(_message.Message):
+    __slots__ = ("conversations", "chat_template", "chat_template_kwargs", "add_generation_prompt", "continue_final_message", "truncation", "pooling", "priority", "request_id")
+    CONVERSATIONS_FIELD_NUMBER: _ClassVar[int]
+    CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    CHAT_TEMPLATE_KWARGS_FIELD_NUMBER: _ClassVar[int]
+    ADD_GENERATION_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    CONTINUE_FINAL_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    conversations: _containers.RepeatedCompositeFieldContainer[Conversation]
+    chat_template: str
+    chat_template_kwargs: _struct_pb2.Struct
+    add_generation_prompt: bool
+    continue_final_message: bool
+    truncation: Truncation
+    pooling: PoolingParams
+    priority: int
+    request_id: str
+    def __init__(self, conversations: _Optional[_Iterable[_Union[Conversation, _Mapping]]] = ..., chat_template: _Optional[str] = ..., chat_template_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., add_generation_prompt: bool = ..., continue_final_message: bool = ..., truncation: _Optional[_Union[Truncation, _Mapping]] = ..., pooling: _Optional[_Union[PoolingParams, _Mapping]] = ..., priority: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class LabelScore(_message.Message):
+    __slots__ = ("label", "score")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    label: str
+    score: float
+    def __init__(self, label: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class StepScore(_message.Message):
+    __slots__ = ("position", "score", "label_scores")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SCORES_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    score: float
+    label_scores: _containers.RepeatedCompositeFieldContainer[LabelScore]
+    def __init__(self, position: _Optional[int] = ..., score: _Optional[float] = ..., label_scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ...) -> None: ...
+
+class ChatRewardResult(_message.Message):
+    __slots__ = ("index", "score", "label_scores", "step_scores", "num_tokens", "truncated")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SCORES_FIELD_NUMBER: _ClassVar[int]
+    STEP_SCORES_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    score: float
+    label_scores: _containers.RepeatedCompositeFieldContainer[LabelScore]
+    step_scores: _containers.RepeatedCompositeFieldContainer[StepScore]
+    num_tokens: int
+    truncated: bool
+    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., label_scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., step_scores: _Optional[_Iterable[_Union[StepScore, _Mapping]]] = ..., num_tokens: _Optional[int] = ..., truncated: bool = ...) -> None: ...
+
+class ChatRewardResponse(_message.Message):
+    __slots__ = ("request_id", "model", "results", "usage", "timing")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model: str
+    results: _containers.RepeatedCompositeFieldContainer[ChatRewardResult]
+    usage: Usage
+    timing: Timing
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., results: _Optional[_Iterable[_Union[ChatRewardResult, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+
+class GetModelInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DefaultPooling(_message.Message):
+    __slots__ = ("task", "pooling_type")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    POOLING_TYPE_FIELD_NUMBER: _ClassVar[int]
+    task: PoolingTask
+    pooling_type: PoolingType
+    def __init__(self, task: _Optional[_Union[PoolingTask, str]] = ..., pooling_type: _Optional[_Union[PoolingType, str]] = ...) -> None: ...
+
+class GetModelInfoResponse(_message.Message):
+    __slots__ = ("model", "architecture", "tasks", "labels", "max_model_len", "dtype", "hidden_size", "vocab_size", "has_chat_template", "chat_template_sha256", "tokenizer_sha256", "server_version", "default_pooling", "is_causal")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    HAS_CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    CHAT_TEMPLATE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_POOLING_FIELD_NUMBER: _ClassVar[int]
+    IS_CAUSAL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    architecture: str
+    tasks: _containers.RepeatedScalarFieldContainer[PoolingTask]
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    max_model_len: int
+    dtype: str
+    hidden_size: int
+    vocab_size: int
+    has_chat_template: bool
+    chat_template_sha256: str
+    tokenizer_sha256: str
+    server_version: str
+    default_pooling: _containers.RepeatedCompositeFieldContainer[DefaultPooling]
+    is_causal: bool
+    def __init__(self, model: _Optional[str] = ..., architecture: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[PoolingTask, str]]] = ..., labels: _Optional[_Iterable[str]] = ..., max_model_len: _Optional[int] = ..., dtype: _Optional[str] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., has_chat_template: bool = ..., chat_template_sha256: _Optional[str] = ..., tokenizer_sha256: _Optional[str] = ..., server_version: _Optional[str] = ..., default_pooling: _Optional[_Iterable[_Union[DefaultPooling, _Mapping]]] = ..., is_causal: bool = ...) -> None: ...
