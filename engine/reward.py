@@ -30,3 +30,23 @@ class RewardResult:
     step_scores: tuple[StepResult, ...] = field(default_factory=tuple)
     queue_time_s: float = 0.0
     compute_time_s: float = 0.0
+
+
+def to_reward_result(result, labels: tuple[str, ...], step_flags: list[bool] | None) -> RewardResult:
+    """EncodeResult (classify, or token_classify over steps + last token) → RewardResult.
+
+    For a process RM the pooled positions are the step tags plus the last token; ``step_flags``
+    says which pooled rows are step tags. The last row gives the outcome score.
+    """
+    data = result.data if result.data.dim() == 2 else result.data[None]      # [rows, L]
+    logits = result.logits if result.logits.dim() == 2 else result.logits[None]
+    names = labels if len(labels) == data.shape[1] else tuple(f"LABEL_{i}" for i in range(data.shape[1]))
+    steps = tuple(StepResult(pos, float(row[-1]), _label_scores(names, row))
+                  for pos, row, is_tag in zip(result.pooled_positions, data, step_flags or ()) if is_tag)
+    return RewardResult(index=result.index, score=float(logits[-1, -1]), label_scores=_label_scores(names, data[-1]),
+                        num_tokens=result.num_tokens, truncated=result.truncated, step_scores=steps,
+                        queue_time_s=result.queue_time_s, compute_time_s=result.compute_time_s)
+
+
+def _label_scores(names: tuple[str, ...], row) -> tuple[tuple[str, float], ...]:
+    return tuple((name, float(v)) for name, v in zip(names, row.tolist()))

@@ -1,0 +1,148 @@
+"""Build rewardserve.v1 request messages from plain Python arguments."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Iterable, Optional, Sequence, Union
+
+from google.protobuf import struct_pb2
+
+from rewardserve_client.v1 import reward_service_pb2 as pb
+
+Input = Union[str, Sequence[int]]
+Conversation = Sequence[Mapping[str, str]]
+
+
+def enum_value(enum, prefix: str, name: Optional[str]) -> int:
+    """``"token_classify"`` -> POOLING_TASK_TOKEN_CLASSIFY; None or "" -> 0 (unspecified)."""
+    if not name:
+        return 0
+    full = name.upper()
+    full = full if full.startswith(prefix) else prefix + full
+    try:
+        return enum.Value(full)
+    except ValueError:
+        known = ", ".join(n[len(prefix):].lower() for n in enum.keys()[1:])
+        raise ValueError(f"unknown value {name!r}; expected one of: {known}") from None
+
+
+def enum_name(enum, prefix: str, value: int) -> str:
+    """POOLING_TASK_TOKEN_CLASSIFY -> ``"token_classify"``; unknown numbers stay numbers."""
+    try:
+        return enum.Name(value)[len(prefix):].lower()
+    except ValueError:  # a newer server may send values this client does not know yet
+        return str(value)
+
+
+def _build_input(item: Any, index: int) -> pb.EncodeInput:
+    if isinstance(item, str):
+        return pb.EncodeInput(text=item)
+    if isinstance(item, (bytes, Mapping)) or not hasattr(item, "__iter__"):
+        raise TypeError(f"inputs[{index}]: expected str or a sequence of token ids, "
+                        f"got {type(item).__name__}")
+    # tolist() turns NumPy / torch integer tensors into Python ints protobuf accepts.
+    ids = item.tolist() if hasattr(item, "tolist") else list(item)
+    try:
+        return pb.EncodeInput(token_ids=pb.TokenIds(ids=ids))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"inputs[{index}]: token ids must be integers in [0, 2**32): {exc}") from None
+
+
+def build_inputs(inputs: Union[Input, Iterable[Input]]) -> list:
+    """Inputs as EncodeInput messages; a lone string counts as one input."""
+    items = [inputs] if isinstance(inputs, str) else list(inputs)
+    if not items:
+        raise ValueError("inputs must not be empty")
+    if all(isinstance(x, int) for x in items):
+        raise TypeError("inputs is a flat list of ints; wrap one token id list as [ids]")
+    return [_build_input(item, i) for i, item in enumerate(items)]
+
+
+def build_pooling(pooling_type=None, use_activation=None, normalize=None, dimensions=None,
+                  step_tag_id=None, returned_token_ids=None) -> Optional[pb.PoolingParams]:
+    """PoolingParams with only the overrides given, or None when there are none."""
+    fields = dict(use_activation=use_activation, normalize=normalize, dimensions=dimensions,
+                  step_tag_id=step_tag_id)
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if pooling_type:
+        fields["pooling_type"] = enum_value(pb.PoolingType, "POOLING_TYPE_", pooling_type)
+    if returned_token_ids is not None:
+        fields["returned_token_ids"] = [int(t) for t in returned_token_ids]
+    return pb.PoolingParams(**fields) if fields else None
+
+
+def build_truncation(truncate_prompt_tokens=None, truncation_side=None) -> Optional[pb.Truncation]:
+    """Truncation with the options given, or None when there are none."""
+    if truncate_prompt_tokens is None and not truncation_side:
+        return None
+    side = enum_value(pb.TruncationSide, "TRUNCATION_SIDE_", truncation_side)
+    return pb.Truncation(truncate_prompt_tokens=truncate_prompt_tokens, side=side)
+
+
+def _build_message(message: Any, where: str) -> pb.ChatMessage:
+    if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+        raise ValueError(f"{where}: expected a {{'role', 'content'}} dict, got {message!r}")
+    return pb.ChatMessage(role=str(message["role"]), content=str(message["content"]))
+
+
+def build_conversations(conversations: Iterable[Conversation]) -> list:
+    """Conversations (lists of role/content dicts) as Conversation messages."""
+    built = []
+    for i, conversation in enumerate(conversations):
+        if isinstance(conversation, (str, Mapping)):
+            raise TypeError(f"conversations[{i}]: expected a list of messages")
+        messages = [_build_message(m, f"conversations[{i}][{j}]")
+                    for j, m in enumerate(conversation)]
+        built.append(pb.Conversation(messages=messages))
+    if not built:
+        raise ValueError("conversations must not be empty")
+    return built
+
+
+def build_struct(values: Optional[Mapping[str, Any]]) -> Optional[struct_pb2.Struct]:
+    """A dict as google.protobuf.Struct (numbers travel as doubles), or None."""
+    if not values:
+        return None
+    struct = struct_pb2.Struct()
+    struct.update(dict(values))
+    return struct
+
+
+def encode_request(inputs, task, *, pooling_type, use_activation, normalize, dimensions,
+                   step_tag_id, returned_token_ids, truncate_prompt_tokens, truncation_side,
+                   add_special_tokens, priority, request_id) -> pb.EncodeRequest:
+    """The EncodeRequest for ``encode``'s arguments."""
+    return pb.EncodeRequest(
+        task=enum_value(pb.PoolingTask, "POOLING_TASK_", task),
+        inputs=build_inputs(inputs),
+        pooling=build_pooling(pooling_type, use_activation, normalize, dimensions,
+                              step_tag_id, returned_token_ids),
+        truncation=build_truncation(truncate_prompt_tokens, truncation_side),
+        add_special_tokens=add_special_tokens, priority=priority, request_id=request_id)
+
+
+def reward_request(inputs, *, pooling_type, use_activation, step_tag_id, returned_token_ids,
+                   truncate_prompt_tokens, truncation_side, priority,
+                   request_id) -> pb.RewardRequest:
+    """The RewardRequest for the deprecated ``reward``'s arguments."""
+    return pb.RewardRequest(
+        inputs=build_inputs(inputs),
+        pooling=build_pooling(pooling_type, use_activation, None, None,
+                              step_tag_id, returned_token_ids),
+        truncation=build_truncation(truncate_prompt_tokens, truncation_side),
+        priority=priority, request_id=request_id)
+
+
+def chat_reward_request(conversations, *, chat_template, chat_template_kwargs,
+                        add_generation_prompt, continue_final_message, truncate_prompt_tokens,
+                        truncation_side, step_tag_id, returned_token_ids, priority,
+                        request_id) -> pb.ChatRewardRequest:
+    """The ChatRewardRequest for ``chat_reward``'s arguments."""
+    return pb.ChatRewardRequest(
+        conversations=build_conversations(conversations),
+        chat_template=chat_template or "",
+        chat_template_kwargs=build_struct(chat_template_kwargs),
+        add_generation_prompt=add_generation_prompt,
+        continue_final_message=continue_final_message,
+        truncation=build_truncation(truncate_prompt_tokens, truncation_side),
+        pooling=build_pooling(step_tag_id=step_tag_id, returned_token_ids=returned_token_ids),
+        priority=priority, request_id=request_id)

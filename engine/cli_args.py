@@ -1,0 +1,62 @@
+"""Build argparse options from the frozen config dataclasses, and configs back from the args.
+
+Each leaf field becomes ``--field-name`` (help, default and choices from the field), so the
+CLI and the config cannot drift. Nested dataclasses are flattened; leaf names must be unique.
+"""
+from __future__ import annotations
+
+import argparse
+import typing
+from dataclasses import MISSING, fields, is_dataclass
+from typing import Any
+
+
+def _leaves(cls: type) -> list[tuple[tuple[str, ...], Any, Any]]:
+    """[(path, field, resolved type)] for every leaf field of a nested config dataclass."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in fields(cls):
+        sub = f.default_factory if f.default_factory is not MISSING else None
+        if isinstance(sub, type) and is_dataclass(sub):
+            out += [((f.name, *path), leaf, tp) for path, leaf, tp in _leaves(sub)]
+        else:
+            out.append(((f.name,), f, hints[f.name]))
+    return out
+
+
+def _scalar_type(tp: Any) -> type:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if args else tp
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one option per leaf field of ``cls`` to ``parser``."""
+    names = set()
+    for path, f, tp in _leaves(cls):
+        if f.name in names:
+            raise ValueError(f"duplicate config leaf name {f.name!r}")
+        names.add(f.name)
+        flag = "--" + f.name.replace("_", "-")
+        kind = _scalar_type(tp)
+        kwargs = {"dest": "__".join(path), "default": f.default, "help": f.metadata.get("help", "")}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = kind
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+        kwargs["help"] += " (default: %(default)s)"
+        parser.add_argument(flag, **kwargs)
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """Rebuild the nested frozen config from parsed args."""
+    from rewardserve.engine.config import from_dict
+
+    values: dict[str, Any] = {}
+    for path, _f, _tp in _leaves(cls):
+        node = values
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = getattr(args, "__".join(path))
+    return from_dict(cls, values)

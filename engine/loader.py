@@ -1,0 +1,109 @@
+"""Load: resolve the checkpoint folder, config, tokenizer, dtype and device; build the model."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rewardserve.engine import attention
+from rewardserve.engine.config import EngineConfig
+from rewardserve.engine.errors import EngineError
+from rewardserve.engine.models.base import PoolingModel
+from rewardserve.engine.models.registry import LoadSpec, load_model
+from rewardserve.engine.models.weights import read_hf_config
+from rewardserve.engine.tokenizer import Tokenizer
+from rewardserve.engine.types import ModelInfo
+
+log = logging.getLogger(__name__)
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "1_Pooling/*", "2_Normalize/*"]
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass
+class Loaded:
+    """What loading produced."""
+
+    folder: Path
+    model: PoolingModel
+    tokenizer: Tokenizer | None
+    device: torch.device
+    dtype: torch.dtype
+    backend: str
+    max_model_len: int
+
+
+def resolve_folder(name: str, revision: str | None) -> Path:
+    """A local folder as is; otherwise download the hub repo's weights and tokenizer files."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_absolute() or name.startswith("."):
+        raise EngineError(f"model folder {name} does not exist")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=name, revision=revision, allow_patterns=HUB_PATTERNS))
+    except Exception as exc:
+        raise EngineError(f"cannot download {name!r} from the hub: {exc}") from exc
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, hf_config, device: torch.device) -> torch.dtype:
+    """auto: the checkpoint's dtype on CUDA; float32 on the CPU (bf16 matmuls are slow there)."""
+    if name != "auto":
+        return DTYPES[name]
+    if device.type != "cuda":
+        return torch.float32
+    saved = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+    saved = str(saved).replace("torch.", "") if saved is not None else "bfloat16"
+    return DTYPES.get(saved, torch.bfloat16) if saved != "float32" else torch.bfloat16
+
+
+def load_tokenizer(config: EngineConfig, folder: Path) -> Tokenizer | None:
+    source = config.model.tokenizer or folder
+    try:
+        return Tokenizer.load(source, chat_template=config.model.chat_template)
+    except (OSError, ValueError) as exc:
+        log.warning("no usable tokenizer at %s (%s): only token_ids inputs will work", source, exc)
+        return None
+
+
+def load(config: EngineConfig) -> Loaded:
+    """Everything the engine needs, on its device."""
+    if not config.model.model:
+        raise EngineError("no model given: pass --model DIR|HUB_ID")
+    folder = resolve_folder(config.model.model, config.model.revision)
+    hf_config = read_hf_config(folder)
+    device = resolve_device(config.runner.device)
+    dtype = resolve_dtype(config.model.dtype, hf_config, device)
+    backend = attention.resolve_backend(config.runner.attention_backend, device)
+    tokenizer = load_tokenizer(config, folder)
+    spec = LoadSpec(folder, hf_config, config.model, dtype, tokenizer.hf if tokenizer else None,
+                    config.model.pooler_overrides())
+    model = load_model(spec)
+    max_len = config.model.max_model_len or model.traits.max_position_embeddings
+    log.info("loaded %s (%s) on %s in %s, attention backend %s", folder, model.traits.architecture,
+             device, dtype, backend)
+    return Loaded(folder, model, tokenizer, device, dtype, backend, max_len)
+
+
+def model_info(name: str, loaded: Loaded) -> ModelInfo:
+    """The served model's description (GetModelInfo)."""
+    traits, tok = loaded.model.traits, loaded.tokenizer
+    template = tok.chat_template if tok else None
+    return ModelInfo(
+        model=name, architecture=traits.architecture, tasks=traits.tasks(), num_labels=traits.num_labels,
+        labels=traits.labels, hidden_size=traits.hidden_size, vocab_size=traits.vocab_size,
+        max_model_len=loaded.max_model_len, dtype=str(loaded.dtype).replace("torch.", ""),
+        is_causal=traits.is_causal, has_chat_template=bool(template),
+        default_pooling=dict(traits.default_pooling),
+        chat_template_sha256=hashlib.sha256(template.encode()).hexdigest() if template else "",
+        tokenizer_sha256=tok.sha256() if tok else "")

@@ -1,0 +1,94 @@
+"""Prepare: inputs → validated token ids and pooling plans (runs on the tokenizer threads)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from rewardserve.engine.errors import InvalidInputError
+from rewardserve.engine.pooling import ResolvedPooling, pooled_positions
+from rewardserve.engine.tokenizer import Tokenizer
+from rewardserve.engine.types import ChatInput, EncodeInput, PoolingParams, TextInput, TokensInput
+
+
+@dataclass
+class WorkItem:
+    """One sequence to run: what the scheduler queues and the runner packs."""
+
+    index: int                      # position in the caller's input list
+    token_ids: list[int]
+    truncated: bool
+    pooling: ResolvedPooling
+    positions: list[int]            # pooled positions within the sequence
+    owner: Any = None               # the request this item belongs to (scheduler's business)
+    result: Any = field(default=None, repr=False)  # (data, logits) once computed
+    queue_time_s: float = 0.0
+    compute_time_s: float = 0.0
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the served model accepts."""
+
+    vocab_size: int
+    max_model_len: int
+
+
+def to_token_ids(item: EncodeInput, index: int, tokenizer: Tokenizer | None, params: PoolingParams,
+                 field_name: str) -> list[int]:
+    """Tokenize text, render conversations, or take token ids as given."""
+    if isinstance(item, TokensInput):
+        return list(item.token_ids)
+    if tokenizer is None:
+        raise InvalidInputError(field_name, "this server has no tokenizer; send token_ids", index)
+    if isinstance(item, TextInput):
+        add = True if params.add_special_tokens is None else params.add_special_tokens
+        return tokenizer.encode(item.text, add_special_tokens=add)
+    if isinstance(item, ChatInput):
+        return tokenizer.render_chat(item, field_name, index)
+    raise InvalidInputError(field_name, f"unsupported input type {type(item).__name__}", index)
+
+
+def check_tokens(ids: list[int], index: int, limits: Limits, field_name: str) -> None:
+    if not ids:
+        raise InvalidInputError(field_name, "input is empty (0 tokens)", index)
+    bad = next((t for t in ids if not 0 <= t < limits.vocab_size), None)
+    if bad is not None:
+        raise InvalidInputError(field_name, f"token id {bad} is outside the vocabulary "
+                                f"(0..{limits.vocab_size - 1})", index)
+
+
+def truncate(ids: list[int], index: int, params: PoolingParams, limits: Limits,
+             field_name: str) -> tuple[list[int], bool]:
+    """Apply truncate_prompt_tokens (-1: to max_model_len); refuse over-long input without it."""
+    keep = params.truncate_prompt_tokens
+    if keep is not None:
+        if keep == -1:
+            keep = limits.max_model_len
+        if not 0 < keep <= limits.max_model_len:
+            raise InvalidInputError("truncation.truncate_prompt_tokens",
+                                    f"must be -1 or in 1..{limits.max_model_len}, not {keep}")
+        if len(ids) > keep:
+            side = params.truncation_side or "left"
+            return (ids[-keep:] if side == "left" else ids[:keep]), True
+    if len(ids) > limits.max_model_len:
+        raise InvalidInputError(field_name, f"input has {len(ids)} tokens, more than max_model_len "
+                                f"{limits.max_model_len}; set truncate_prompt_tokens to truncate", index)
+    return ids, False
+
+
+def prepare(inputs: Sequence[EncodeInput], pooling: ResolvedPooling, params: PoolingParams,
+            tokenizer: Tokenizer | None, limits: Limits, field_name: str = "inputs") -> list[WorkItem]:
+    """Validate every input; the first bad one raises, naming its field and index."""
+    if not inputs:
+        raise InvalidInputError(field_name, "must not be empty")
+    items = []
+    for index, item in enumerate(inputs):
+        ids = to_token_ids(item, index, tokenizer, params, field_name)
+        check_tokens(ids, index, limits, field_name)
+        ids, truncated = truncate(ids, index, params, limits, field_name)
+        items.append(WorkItem(index, ids, truncated, pooling, pooled_positions(ids, pooling)))
+    return items

@@ -1,0 +1,74 @@
+"""The server's frozen configuration, next to the engine's: ``ServeConfig(engine, server)``.
+
+Like ``engine/config.py``, every field carries ``metadata["help"]`` and the ``serve`` CLI is
+generated from these dataclasses (``engine/cli_args.py``), so leaf names must stay unique across
+the whole tree (no server field may be called like an engine field).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rewardserve.engine.config import EngineConfig
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_MB = 1024 * 1024
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the gRPC server listens, talks and stops."""
+
+    host: str = _opt("0.0.0.0", "Address to listen on ('[::]' for IPv6, 127.0.0.1 for this machine only).")
+    port: int = _opt(50051, "Port to listen on; 0 picks a free port (logged at start-up).")
+    grace_period_s: float = _opt(30.0, "On SIGTERM/SIGINT: how long in-flight calls may run before they are cancelled.")
+    max_receive_message_mb: int = _opt(64, "Largest request message accepted, in MiB.")
+    max_send_message_mb: int = _opt(256, "Largest reply message sent, in MiB (token_embed replies are big).")
+    keepalive_time_ms: int = _opt(30_000, "Send an HTTP/2 keepalive ping after this long without activity.")
+    keepalive_timeout_ms: int = _opt(10_000, "Close the connection when a keepalive ping is not answered within this.")
+    keepalive_min_time_ms: int = _opt(10_000, "Shortest interval between client pings the server tolerates (shorter: GOAWAY).")
+    tls_cert: str | None = _opt(None, "PEM certificate chain file: serve TLS (needs --tls-key).")
+    tls_key: str | None = _opt(None, "PEM private key file of --tls-cert.")
+    tls_client_ca: str | None = _opt(None, "PEM CA file: require and verify client certificates (mutual TLS).")
+    metrics_port: int = _opt(0, "Port of the Prometheus metrics endpoint; 0 turns it off.")
+    log_level: str = _opt("INFO", "Logging level.", LOG_LEVELS)
+
+    def __post_init__(self) -> None:
+        # Fail at start-up, not at the first handshake, when TLS is half configured.
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key must be given together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be in 0..65535, not {self.port}")
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as gRPC binds it."""
+        return f"{self.host}:{self.port}"
+
+    def channel_options(self) -> list[tuple[str, int]]:
+        """gRPC core options: message sizes and keepalive."""
+        return [
+            ("grpc.max_receive_message_length", self.max_receive_message_mb * _MB),
+            ("grpc.max_send_message_length", self.max_send_message_mb * _MB),
+            ("grpc.keepalive_time_ms", self.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", self.keepalive_min_time_ms),
+            ("grpc.http2.min_ping_interval_without_data_ms", self.keepalive_min_time_ms),
+            # gRPC enables SO_REUSEPORT by default: a second server on a busy port would
+            # silently share it instead of failing. One replica owns its port.
+            ("grpc.so_reuseport", 0),
+        ]
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``rewardserve serve`` needs: the engine and the server around it."""
+
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
