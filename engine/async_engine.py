@@ -1,57 +1,175 @@
 """AsyncEngine: the engine's face for servers. Many concurrent callers, one GPU thread.
 
-Callers await ``encode`` / ``chat_reward``; tokenization runs in a thread pool, batching in the
-scheduler, forward passes in the runner's thread. Nothing here blocks the event loop.
+Callers await ``encode`` / ``chat_reward``. Tokenization runs on a thread pool, batching in the
+Scheduler, forward passes on one GPU thread (the runner owns CUDA state). Results are handed
+back to the event loop with ``call_soon_threadsafe``; nothing here blocks the loop.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Sequence
 
 from rewardserve.engine.config import EngineConfig
-from rewardserve.engine.types import (ChatInput, EncodeInput, EncodeResult, ModelInfo, PoolingParams,
-                                      PoolingTask)
+from rewardserve.engine.core import EngineCore
+from rewardserve.engine.errors import DeadlineExceededError, EngineError, EngineUnavailableError
+from rewardserve.engine.prepare import WorkItem
 from rewardserve.engine.reward import RewardResult
+from rewardserve.engine.runner import ItemFailed
+from rewardserve.engine.scheduler import Request, Scheduler
+from rewardserve.engine.types import ChatInput, EncodeInput, EncodeResult, ModelInfo, PoolingParams, PoolingTask
+
+log = logging.getLogger(__name__)
+BatchObserver = Callable[[list[WorkItem], float], None]
 
 
 class AsyncEngine:
-    """Asynchronous engine (interface; the implementation lands with the scheduler)."""
+    """Asynchronous engine over one EngineCore; create with ``from_config`` then ``await start()``."""
+
+    def __init__(self, core: EngineCore, observers: Sequence[BatchObserver] = ()):
+        self.core = core
+        self.scheduler = Scheduler(core.config.scheduler)
+        self.observers = list(observers)   # e.g. Prometheus metrics; called on the GPU thread
+        self._pool = ThreadPoolExecutor(core.config.scheduler.tokenizer_workers, thread_name_prefix="tokenize")
+        self._thread: threading.Thread | None = None
+        self._ready = False
+        self._draining = False
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "AsyncEngine":
         """Load the model (blocking: call it in a thread); ``start`` warms it up."""
-        raise NotImplementedError
+        return cls(EngineCore(config))
 
     @property
     def info(self) -> ModelInfo:
-        """What is served."""
-        raise NotImplementedError
+        return self.core.info
 
     @property
     def is_ready(self) -> bool:
         """True once started and warm, False again while draining."""
-        raise NotImplementedError
+        return self._ready and not self._draining
 
     async def start(self) -> None:
-        """Start the GPU thread and warm up; returns when ready to serve."""
-        raise NotImplementedError
+        """Warm up on the GPU thread, then start serving."""
+        if self._thread is not None:
+            return
+        seconds = await asyncio.get_running_loop().run_in_executor(
+            None, self.core.runner.warm_up, self.core.config.scheduler.max_num_batched_tokens)
+        log.info("warm-up done in %.2fs", seconds)
+        self._thread = threading.Thread(target=self._gpu_loop, name="gpu", daemon=True)
+        self._thread.start()
+        self._ready = True
 
     async def encode(self, inputs: Sequence[EncodeInput], task: PoolingTask | None = None,
                      params: PoolingParams | None = None, *, priority: int = 0,
                      deadline: float | None = None, request_id: str = "") -> list[EncodeResult]:
-        """Run ``task`` on every input; results keep input order.
-
-        ``deadline`` is a ``time.monotonic()`` instant. Raises InvalidInputError (names field and
-        index), EngineOverloadedError, DeadlineExceededError, EngineUnavailableError; cancelling
-        the awaiting task removes its queued work.
-        """
-        raise NotImplementedError
+        """Run ``task`` on every input; results keep input order (see the interface docs)."""
+        self._check_ready()
+        items = await self._prepare(self.core.prepare, inputs, task, params)
+        await self._run(items, priority, deadline, request_id)
+        return [self.core.to_result(it) for it in items]
 
     async def chat_reward(self, conversations: Sequence[ChatInput], params: PoolingParams | None = None, *,
                           priority: int = 0, deadline: float | None = None,
                           request_id: str = "") -> list[RewardResult]:
-        """Render each conversation with the chat template and score it (see RewardResult)."""
-        raise NotImplementedError
+        """Render each conversation with the chat template and score it."""
+        self._check_ready()
+        items = await self._prepare(self.core.prepare_chat, conversations, params)
+        await self._run(items, priority, deadline, request_id)
+        return [self.core.to_reward(it) for it in items]
+
+    def _check_ready(self) -> None:
+        if not self.is_ready:
+            raise EngineUnavailableError("draining" if self._draining else "engine is not ready yet")
+
+    async def _prepare(self, fn: Callable[..., list[WorkItem]], *args: Any) -> list[WorkItem]:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _run(self, items: list[WorkItem], priority: int, deadline: float | None, request_id: str) -> None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceededError("deadline passed before the request was queued")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+
+        def on_done(request: Request) -> None:  # runs on the GPU thread
+            loop.call_soon_threadsafe(_settle, future, request)
+
+        request = Request(request_id or uuid.uuid4().hex, items, priority, deadline, on_done=on_done)
+        self.scheduler.submit(request)
+        try:
+            await future
+        except asyncio.CancelledError:
+            self.scheduler.cancel(request)  # queued items are dropped before compute
+            raise
+
+    def _gpu_loop(self) -> None:
+        while True:
+            batch = self.scheduler.next_batch()
+            if batch is None:
+                return
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[WorkItem]) -> None:
+        start = time.monotonic()
+        self._compute_isolating(batch)
+        seconds = time.monotonic() - start
+        self._update_throughput(batch, seconds)
+        for item in batch:
+            item.queue_time_s = start - item.owner.arrival
+            item.compute_time_s = seconds
+            if item.result is not None:
+                self.scheduler.complete(item)
+        for observe in self.observers:
+            observe(batch, seconds)
+
+    def _compute_isolating(self, items: list[WorkItem]) -> None:
+        """Run a batch; on failure split it so a failing item fails alone."""
+        try:
+            self.core.run(items)
+        except Exception as exc:  # noqa: BLE001 - any failure must stay inside its items
+            if len(items) > 1:
+                half = len(items) // 2
+                self._compute_isolating(items[:half])
+                self._compute_isolating(items[half:])
+                return
+            error = exc if isinstance(exc, EngineError) else _item_error(exc, items[0])
+            self.scheduler.fail(items[0].owner, error)
+
+    def _update_throughput(self, batch: list[WorkItem], seconds: float) -> None:
+        tokens = sum(it.num_tokens for it in batch)
+        if seconds > 0 and tokens:
+            measured = tokens / seconds
+            self.scheduler.throughput_tok_s = 0.8 * self.scheduler.throughput_tok_s + 0.2 * measured
 
     async def shutdown(self, grace_s: float = 30.0) -> None:
         """Refuse new work, finish what is queued (up to ``grace_s``), stop the GPU thread."""
-        raise NotImplementedError
+        self._draining = True
+        end = time.monotonic() + grace_s
+        while not self.scheduler.is_idle() and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        self.scheduler.close()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, max(0.0, end - time.monotonic()) + 5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._ready = False
+
+
+def _item_error(exc: Exception, item: WorkItem) -> Exception:
+    if isinstance(exc, ItemFailed):
+        return EngineError(f"item {item.index} could not be computed: {exc}")
+    log.exception("unexpected failure computing item %d of request %s", item.index, item.owner.request_id,
+                  exc_info=exc)
+    return exc
+
+
+def _settle(future: asyncio.Future, request: Request) -> None:
+    if future.done():
+        return
+    if request.error is not None:
+        future.set_exception(request.error)
+    else:
+        future.set_result(None)

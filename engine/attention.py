@@ -2,8 +2,8 @@
 
 Packed layout: the batch is one row of ``total_tokens`` tokens; ``cu_seqlens`` ([num_seqs + 1],
 int32) marks where each sequence starts. Backends, best first: the ``flash_attn`` package,
-PyTorch's bundled FlashAttention kernel (CUDA), SDPA with a block-diagonal mask (CPU, or any
-case a kernel cannot take, such as Gemma2's logit soft-capping).
+PyTorch's bundled FlashAttention kernel (CUDA), SDPA with a block-diagonal (and sliding-window) mask
+(CPU, or any case a kernel cannot take, such as Gemma2's logit soft-capping).
 """
 from __future__ import annotations
 
@@ -86,33 +86,45 @@ def _torch_flash(q, k, v, meta, is_causal, scale, window):
     return out[0]
 
 
-def block_diagonal_mask(cu_seqlens: torch.Tensor, total: int, is_causal: bool,
-                        window: int | None) -> torch.Tensor:
-    """[T, T] bool: True where query row may attend to key column (same sequence, causal, window)."""
-    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    seq_of = torch.repeat_interleave(torch.arange(len(lengths), device=cu_seqlens.device), lengths.long())
-    idx = torch.arange(total, device=cu_seqlens.device)
-    mask = seq_of[:, None] == seq_of[None, :]
-    if is_causal:
-        mask &= idx[:, None] >= idx[None, :]
+def sequence_mask(length: int, is_causal: bool, window: int | None, device: torch.device) -> torch.Tensor | None:
+    """[n, n] bool for one sequence (True = may attend), or None when no mask is needed."""
+    if not is_causal and not window:
+        return None
+    idx = torch.arange(length, device=device)
+    dist = idx[:, None] - idx[None, :]  # query - key
+    mask = dist >= 0 if is_causal else torch.ones(length, length, dtype=torch.bool, device=device)
     if window:
-        mask &= (idx[:, None] - idx[None, :]).abs() < window
+        mask &= dist.abs() < window
     return mask
 
 
 def _sdpa_masked(q, k, v, meta, is_causal, scale, window, softcap):
-    total, num_heads, _ = q.shape
-    mask = block_diagonal_mask(meta.cu_seqlens, total, is_causal, window)  # [T, T]
-    qh, kh, vh = (x.transpose(0, 1) for x in (q, k, v))                  # [H, T, D]
-    if kh.shape[0] != num_heads:  # GQA: repeat kv heads
-        rep = num_heads // kh.shape[0]
-        kh, vh = kh.repeat_interleave(rep, 0), vh.repeat_interleave(rep, 0)
+    """The block-diagonal mask, applied one diagonal block (one sequence) at a time.
+
+    A dense [T, T] mask over a packed batch costs O(T^2) memory and time; the blocks cost
+    O(sum n_i^2) and give the same result.
+    """
+    num_heads = q.shape[1]
+    if k.shape[1] != num_heads:  # GQA: repeat kv heads
+        rep = num_heads // k.shape[1]
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    out = torch.empty_like(q)
+    bounds = meta.cu_seqlens.tolist()
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        qh, kh, vh = (x[start:end].transpose(0, 1) for x in (q, k, v))  # [H, n, D]
+        mask = sequence_mask(end - start, is_causal, window, q.device)
+        out[start:end] = _attend(qh, kh, vh, mask, scale, softcap).transpose(0, 1)
+    return out  # [T, H, D]
+
+
+def _attend(qh, kh, vh, mask, scale, softcap):
+    """One sequence: [H, n, D] → [H, n, D]; soft-capping needs the explicit scores."""
     if softcap:
         scores = torch.tanh((qh.float() @ kh.float().transpose(-1, -2)) * scale / softcap) * softcap
-        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1).to(vh.dtype)
-        return (probs @ vh).transpose(0, 1)
-    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
-    return out.transpose(0, 1)  # [T, H, D]
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return (scores.softmax(-1).to(vh.dtype) @ vh)
+    return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
 
 
 def hf_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,

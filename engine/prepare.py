@@ -7,7 +7,8 @@ from typing import Any, Sequence
 from rewardserve.engine.errors import InvalidInputError
 from rewardserve.engine.pooling import ResolvedPooling, pooled_positions
 from rewardserve.engine.tokenizer import Tokenizer
-from rewardserve.engine.types import ChatInput, EncodeInput, PoolingParams, TextInput, TokensInput
+from rewardserve.engine.types import (ChatInput, EncodeInput, PoolingParams, TextInput, TokensInput,
+                                      as_input)
 
 
 @dataclass
@@ -40,6 +41,10 @@ class Limits:
 def to_token_ids(item: EncodeInput, index: int, tokenizer: Tokenizer | None, params: PoolingParams,
                  field_name: str) -> list[int]:
     """Tokenize text, render conversations, or take token ids as given."""
+    try:
+        item = as_input(item)
+    except TypeError as exc:
+        raise InvalidInputError(field_name, str(exc), index) from None
     if isinstance(item, TokensInput):
         return list(item.token_ids)
     if tokenizer is None:

@@ -143,13 +143,18 @@ def _load_hf(spec: LoadSpec, cfg) -> nn.Module:
 def _split_head(hf: nn.Module) -> tuple[nn.Module, nn.Module | None, nn.Module | None, bool]:
     """(backbone, pooler, classifier, seq_head) of a transformers encoder model."""
     backbone = hf.base_model
+    # Detach BERT's pooler: the backbone would otherwise run it on row 0 of the packed batch
+    # (wasted, and a dtype clash once the runner moves head modules to float32).
+    bert_pooler = getattr(backbone, "pooler", None)
+    if bert_pooler is not None:
+        backbone.pooler = None
     classifier = getattr(hf, "classifier", None) if backbone is not hf else None
     if classifier is None:
         return backbone, None, None, False
     if isinstance(getattr(hf, "pre_classifier", None), nn.Linear):  # DistilBERT
         return backbone, _FirstTokenReLU(hf.pre_classifier), classifier, False
     if isinstance(classifier, nn.Linear):  # BERT: pooler (if any) then the linear classifier
-        return backbone, getattr(backbone, "pooler", None), classifier, False
+        return backbone, bert_pooler, classifier, False
     return backbone, None, classifier, True
 
 

@@ -169,6 +169,25 @@ def test_bert_classifier_packed_equals_alone_and_transformers(tmp_path):
     assert [type(m).__name__ for m in model.head_modules()] == ["BertPooler", "Linear"]
 
 
+def test_bert_bf16_backbone_with_float32_head(tmp_path):
+    """The runner keeps head_modules() in float32 under a bf16 backbone: the pooler must not
+    also run inside the backbone, and logits stay close to the float32 model's."""
+    folder = bert_checkpoint(tmp_path / "bert-bf16", cls_head=True)
+    spec = load_spec(folder)
+    ref = load_model(spec)
+    model = load_model(LoadSpec(folder, spec.hf_config, spec.model_config, torch.bfloat16, spec.tokenizer))
+    for module in model.head_modules():
+        module.to(torch.float32)
+    tok = spec.tokenizer
+    seqs = sample_inputs(tok, tok.cls_token_id, avoid={tok.pad_token_id})
+    cls = lambda m: torch.stack([p[0] for p in packed_hidden(m, seqs)])  # noqa: E731
+    with torch.no_grad():
+        hidden = cls(model)
+        assert hidden.dtype == torch.bfloat16
+        logits = model.score(hidden.float())
+        torch.testing.assert_close(logits, ref.score(cls(ref)), atol=5e-2, rtol=0)
+
+
 def test_bert_model_is_embed_only(tmp_path):
     folder = bert_checkpoint(tmp_path / "bert", cls_head=False)
     spec = load_spec(folder)
@@ -277,3 +296,7 @@ def test_decoder_sentence_transformers_runs_causal_with_last_token(tmp_path):
     seqs = sample_inputs(tok, None, avoid={tok.pad_token_id}, seed=7)
     hf = transformers.Qwen3Model.from_pretrained(str(folder), attn_implementation="eager").eval()
     pieces, out = assert_packed_parity(model, hf, seqs, tok.pad_token_id)
+    # LAST + normalize from packed rows == the last real token of HF's right-padded output.
+    ours = F.normalize(torch.stack([p[-1] for p in pieces]), dim=-1)
+    last = out.hidden_states[-1][torch.arange(len(seqs)), torch.tensor([len(s) - 1 for s in seqs])]
+    torch.testing.assert_close(ours, F.normalize(last, dim=-1), atol=1e-4, rtol=0)

@@ -87,6 +87,9 @@ def test_traits(jamba):
     assert t.default_pooling[PoolingTask.CLASSIFY] == PoolingType.LAST
     assert t.default_pooling[PoolingTask.TOKEN_CLASSIFY] == PoolingType.ALL
     assert model.head_modules() and PoolingTask.CLASSIFY in t.tasks()
+    # Both kinds of Jamba layer are exercised: Mamba (+ MLP), then attention (+ 2-expert MoE).
+    assert model.backbone.config.layers_block_type == ["mamba", "attention"]
+    assert model.backbone.config.layers_num_experts == [1, 2]
     # The backbone keeps transformers' own attention, not the packed varlen hook.
     assert model.backbone.config._attn_implementation != "rewardserve_varlen"
 

@@ -1,0 +1,121 @@
+"""The ``rewardserve-client`` command line.
+
+Each subcommand is an ``add_*`` function that registers its parser and sets ``run``; add new
+ones (e.g. ``openrlhf-proxy``) to ``COMMANDS``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Iterator, List, Optional, Sequence
+
+from rewardserve_client.client import RewardClient
+from rewardserve_client.errors import RewardServeError
+
+
+def _add_connection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", default="localhost:50051", help="server HOST:PORT")
+    parser.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
+    parser.add_argument("--tls", action="store_true", help="TLS with the system's root certs")
+
+
+def connect(args: argparse.Namespace) -> RewardClient:
+    """A RewardClient for the connection arguments every subcommand shares."""
+    return RewardClient(args.target, timeout=args.timeout, secure=args.tls)
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, ensure_ascii=False))
+
+
+def run_info(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        info = client.model_info()
+    print(json.dumps(dataclasses.asdict(info), indent=2, ensure_ascii=False))
+    return 0
+
+
+def add_info(subparsers) -> None:
+    parser = subparsers.add_parser("info", help="describe the served model (JSON)")
+    _add_connection_args(parser)
+    parser.set_defaults(run=run_info)
+
+
+def read_conversations(path: str) -> Iterator[list]:
+    """Conversations from JSON Lines: each line a message list or ``{"messages": [...]}``."""
+    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    with stream:
+        for number, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            messages = item.get("messages") if isinstance(item, dict) else item
+            if not isinstance(messages, list):
+                raise ValueError(f"{path}:{number}: expected a message list or {{'messages': [...]}}")
+            yield messages
+
+
+def _batches(items: Iterator[list], size: int) -> Iterator[List[list]]:
+    batch: List[list] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def run_chat_reward(args: argparse.Namespace) -> int:
+    offset = 0
+    with connect(args) as client:
+        for batch in _batches(read_conversations(args.input), args.batch_size):
+            reply = client.chat_reward(batch, add_generation_prompt=args.add_generation_prompt)
+            for result in reply.results:
+                # Indexes count lines of the whole file, not positions inside one batch.
+                row = dataclasses.asdict(result) | {"index": offset + result.index,
+                                                    "request_id": reply.request_id}
+                _print_json(row)
+            offset += len(batch)
+    return 0
+
+
+def add_chat_reward(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "chat-reward", help="score conversations from JSON Lines; prints one JSON line each")
+    _add_connection_args(parser)
+    parser.add_argument("--input", required=True, help="FILE.jsonl, or - for stdin")
+    parser.add_argument("--batch-size", type=int, default=64, help="conversations per call")
+    parser.add_argument("--add-generation-prompt", action="store_true")
+    parser.set_defaults(run=run_chat_reward)
+
+
+COMMANDS = [add_info, add_chat_reward]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rewardserve-client",
+                                     description="Call a rewardserve server.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``rewardserve-client``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except RewardServeError as exc:
+        print(f"rewardserve-client: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"rewardserve-client: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

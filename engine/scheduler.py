@@ -1,0 +1,187 @@
+"""Scheduler: one waiting queue fed by every caller; cuts packed batches for the GPU thread.
+
+Order: priority (lower first), then arrival. A batch is filled up to ``max_num_batched_tokens``
+and ``max_num_seqs``; an item that does not fit is skipped for this batch but stays at the head
+of the queue, so it leads the next one (no head-of-line blocking, no starvation). Expired and
+cancelled work is dropped when a batch is cut, before any compute.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from rewardserve.engine.config import SchedulerConfig
+from rewardserve.engine.errors import DeadlineExceededError, EngineOverloadedError
+from rewardserve.engine.prepare import WorkItem
+
+MAX_SKIPS = 64  # items looked past when the head of the queue does not fit
+
+
+@dataclass
+class Request:
+    """One caller's work: its items, and how to report back."""
+
+    request_id: str
+    items: list[WorkItem]
+    priority: int = 0
+    deadline: float | None = None                 # time.monotonic() instant
+    arrival: float = 0.0
+    on_done: Callable[["Request"], None] = lambda r: None
+    error: Exception | None = None
+    cancelled: bool = False
+    remaining: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        self.remaining = len(self.items)
+        for item in self.items:
+            item.owner = self
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(it.num_tokens for it in self.items)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.error is not None or self.cancelled or self.remaining == 0
+
+
+@dataclass
+class SchedulerStats:
+    """Counters for metrics (monotonic totals) and the current queue depth."""
+
+    queued_requests: int = 0
+    queued_tokens: int = 0
+    num_rejected: int = 0
+    num_expired: int = 0
+    num_cancelled: int = 0
+
+
+class Scheduler:
+    """Thread-safe queue between the event loop (submit/cancel) and the GPU thread (next_batch)."""
+
+    def __init__(self, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.clock = clock
+        self.stats = SchedulerStats()
+        self._heap: list[tuple[int, int, int, WorkItem]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._closed = False
+        self.throughput_tok_s = 50_000.0  # refined by the engine from measured batches
+
+    def submit(self, request: Request) -> None:
+        """Queue a request's items, or refuse it (EngineOverloadedError) when the queue is full."""
+        with self._cond:
+            self._admit(request)
+            request.arrival = self.clock()
+            order = next(self._seq)
+            for item in request.items:
+                heapq.heappush(self._heap, (request.priority, order, item.index, item))
+            self.stats.queued_requests += 1
+            self.stats.queued_tokens += request.num_tokens
+            self._cond.notify()
+
+    def _admit(self, request: Request) -> None:
+        cfg, stats = self.config, self.stats
+        full_requests = stats.queued_requests + 1 > cfg.max_queue_requests
+        full_tokens = stats.queued_tokens + request.num_tokens > cfg.max_queue_tokens
+        if full_requests or full_tokens:
+            stats.num_rejected += 1
+            retry = min(5.0, max(0.05, stats.queued_tokens / self.throughput_tok_s))
+            what = "requests" if full_requests else "tokens"
+            raise EngineOverloadedError(f"queue full ({what}): retry after {retry:.2f}s", retry)
+
+    def cancel(self, request: Request) -> None:
+        """Mark a request cancelled; its queued items are dropped when the next batch is cut."""
+        with self._cond:
+            if not request.is_finished:
+                request.cancelled = True
+                self.stats.num_cancelled += 1
+                self._release(request)
+
+    def fail(self, request: Request, error: Exception) -> None:
+        """Finish a request with an error (its remaining items are dropped)."""
+        with self._cond:
+            if request.is_finished:
+                return
+            request.error = error
+            self._release(request)
+        request.on_done(request)
+
+    def _release(self, request: Request) -> None:
+        self.stats.queued_requests -= 1
+        self.stats.queued_tokens -= sum(it.num_tokens for it in request.items if it.result is None)
+
+    def complete(self, item: WorkItem) -> None:
+        """Called by the GPU thread when an item's result is set."""
+        request: Request = item.owner
+        with self._cond:
+            if request.is_finished:
+                return
+            request.remaining -= 1
+            self.stats.queued_tokens -= item.num_tokens
+            done = request.remaining == 0
+            if done:
+                self.stats.queued_requests -= 1
+        if done:
+            request.on_done(request)
+
+    def next_batch(self, timeout: float | None = None) -> list[WorkItem] | None:
+        """Block until work is queued (or ``timeout``); return the next batch, None when closed/idle."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._heap or self._closed, timeout):
+                return None
+            if self._closed and not self._heap:
+                return None
+            self._wait_for_fuller_batch()
+            batch, expired = self._cut()
+        for request in expired:
+            self.stats.num_expired += 1
+            self.fail(request, DeadlineExceededError(f"request {request.request_id}: deadline passed in the queue"))
+        return batch
+
+    def _wait_for_fuller_batch(self) -> None:
+        """Optional operator trade: hold an idle GPU up to max_wait_ms for a fuller batch."""
+        wait_s = self.config.max_wait_ms / 1000.0
+        if wait_s <= 0:
+            return
+        oldest = min(item.owner.arrival for *_, item in self._heap)
+        full = lambda: self._closed or self.stats.queued_tokens >= self.config.max_num_batched_tokens  # noqa: E731
+        remaining = oldest + wait_s - self.clock()
+        if remaining > 0:
+            self._cond.wait_for(full, remaining)
+
+    def _cut(self) -> tuple[list[WorkItem], list[Request]]:
+        cfg, now = self.config, self.clock()
+        batch, skipped, expired, tokens = [], [], [], 0
+        while self._heap and len(batch) < cfg.max_num_seqs and len(skipped) < MAX_SKIPS:
+            entry = heapq.heappop(self._heap)
+            item = entry[-1]
+            request: Request = item.owner
+            if request.is_finished:
+                continue  # cancelled or failed: drop its queued items
+            if request.deadline is not None and now > request.deadline:
+                expired.append(request) if request not in expired else None
+                continue
+            if batch and tokens + item.num_tokens > cfg.max_num_batched_tokens:
+                skipped.append(entry)
+                continue
+            batch.append(item)
+            tokens += item.num_tokens
+        for entry in skipped:
+            heapq.heappush(self._heap, entry)
+        return batch, expired
+
+    def close(self) -> None:
+        """Wake the GPU thread so it can exit."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def is_idle(self) -> bool:
+        with self._cond:
+            return self.stats.queued_requests == 0

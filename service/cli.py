@@ -1,0 +1,122 @@
+"""The ``rewardserve`` console script: ``serve`` (the gRPC server) and ``encode`` (offline).
+
+``serve``'s options are generated from ``ServeConfig`` (one default, one help text per field).
+Environment variables are read here and nowhere else: ``REWARDSERVE_MODEL``, ``REWARDSERVE_HOST``
+and ``REWARDSERVE_PORT`` act like options given before the command line's own (which win), and
+``XDG_CACHE_HOME`` places the demo model.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from typing import Sequence
+
+from rewardserve.engine.cli_args import add_config_arguments, config_from_args
+from rewardserve.service.config import ServeConfig
+
+logger = logging.getLogger("rewardserve.service")
+
+ENV_OPTIONS = {"REWARDSERVE_MODEL": "--model", "REWARDSERVE_HOST": "--host", "REWARDSERVE_PORT": "--port"}
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``rewardserve {serve,encode}``; unknown options are errors."""
+    parser = argparse.ArgumentParser(prog="rewardserve", description="Serve reward models over gRPC.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,encode}")
+    serve = commands.add_parser("serve", help="run the gRPC server (the built-in demo model without --model)")
+    add_config_arguments(serve, ServeConfig)
+    # Listed for --help only: main() hands `encode ...` to the engine's CLI before parsing.
+    commands.add_parser("encode", help="score inputs offline, without a server (see `rewardserve encode --help`)",
+                        add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["encode"]:
+        from rewardserve.engine.cli import main_encode  # the engine's CLI: torch loads only here
+
+        return main_encode(argv[1:]) or 0
+    if argv[:1] == ["serve"]:
+        argv = ["serve", *_env_arguments(), *argv[1:]]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = config_from_args(ServeConfig, args)
+    except ValueError as exc:  # bad choice, half-configured TLS, port out of range
+        parser.error(str(exc))
+    logging.basicConfig(level=config.server.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    return asyncio.run(serve(_with_model(config)))
+
+
+def _env_arguments() -> list[str]:
+    args = []
+    for name, flag in ENV_OPTIONS.items():
+        if os.environ.get(name):
+            args += [flag, os.environ[name]]
+    return args
+
+
+def _with_model(config: ServeConfig) -> ServeConfig:
+    """The configured model, or the built-in demo model (created on first use) with a warning."""
+    if config.engine.model.model:
+        return config
+    from rewardserve.engine.demo import ensure_demo_model
+
+    folder = ensure_demo_model(os.environ.get("XDG_CACHE_HOME") or None)
+    logger.warning(
+        "no --model given: serving the built-in DEMO reward model from %s. It has RANDOM weights, "
+        "so its scores are meaningless. Serve a real model with `rewardserve serve --model DIR|HUB_ID`.",
+        folder)
+    model = dataclasses.replace(config.engine.model, model=str(folder))
+    return dataclasses.replace(config, engine=dataclasses.replace(config.engine, model=model))
+
+
+async def serve(config: ServeConfig) -> int:
+    """Run the server until SIGTERM/SIGINT, then drain; 0 on a clean stop, 1 when it cannot serve."""
+    from rewardserve.service.server import RewardServer
+
+    server = RewardServer(config)
+    stop = _stop_on_signals()
+    try:
+        await server.start()
+    except RuntimeError as exc:  # gRPC could not bind the address
+        logger.error("rewardserve cannot listen on %s: %s", config.server.address, exc)
+        return 1
+    failed = await _serve_until_stopped(server, stop)
+    await server.drain(0.0 if failed else None)
+    return 1 if failed else 0
+
+
+async def _serve_until_stopped(server, stop: asyncio.Event) -> bool:
+    """Wait for a stop signal; True when the engine failed to come up first."""
+    ready = asyncio.create_task(server.wait_ready())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    failed = ready.done() and not ready.cancelled() and ready.exception() is not None
+    if not failed:
+        await stopped
+    ready.cancel()
+    stopped.cancel()
+    return failed
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM (orchestrators) or SIGINT (Ctrl-C)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        logger.info("rewardserve got %s: draining", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    return stop

@@ -1,0 +1,232 @@
+"""Proto ↔ engine conversions, and every check that needs no model.
+
+Requests become engine inputs, tasks and ``PoolingParams``; bad values raise the engine's own
+``InvalidInputError`` (field + item index) so that one error table (service/errors.py) maps them.
+Checks that need the model (token id ≥ vocab, too long, unknown role, task the model cannot do)
+are the engine's. Results carry torch tensors; they are read through NumPy only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from google.protobuf import json_format
+from rewardserve_client.v1 import reward_service_pb2 as pb
+
+from rewardserve.engine.errors import InvalidInputError
+from rewardserve.engine.reward import RewardResult, StepResult
+from rewardserve.engine.types import (ChatInput, EncodeInput, EncodeResult, ModelInfo, PoolingParams, PoolingTask,
+                                      PoolingType, TextInput, TokensInput)
+
+TASKS = {
+    pb.POOLING_TASK_CLASSIFY: PoolingTask.CLASSIFY,
+    pb.POOLING_TASK_TOKEN_CLASSIFY: PoolingTask.TOKEN_CLASSIFY,
+    pb.POOLING_TASK_EMBED: PoolingTask.EMBED,
+    pb.POOLING_TASK_TOKEN_EMBED: PoolingTask.TOKEN_EMBED,
+}
+POOLING_TYPES = {
+    pb.POOLING_TYPE_LAST: PoolingType.LAST,
+    pb.POOLING_TYPE_ALL: PoolingType.ALL,
+    pb.POOLING_TYPE_CLS: PoolingType.CLS,
+    pb.POOLING_TYPE_MEAN: PoolingType.MEAN,
+    pb.POOLING_TYPE_STEP: PoolingType.STEP,
+}
+TRUNCATION_SIDES = {pb.TRUNCATION_SIDE_LEFT: "left", pb.TRUNCATION_SIDE_RIGHT: "right"}
+TASK_TO_PROTO = {task: value for value, task in TASKS.items()}
+POOLING_TYPE_TO_PROTO = {kind: value for value, kind in POOLING_TYPES.items()}
+
+
+@dataclass(frozen=True)
+class EncodeCall:
+    """One engine ``encode`` call, as read from an Encode or Reward request."""
+
+    inputs: tuple[EncodeInput, ...]
+    task: PoolingTask | None
+    params: PoolingParams
+    priority: int
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    """One engine ``chat_reward`` call, as read from a ChatReward request."""
+
+    conversations: tuple[ChatInput, ...]
+    params: PoolingParams
+    priority: int
+
+
+# ---------------------------------------------------------------- requests → engine
+
+def encode_call(request: pb.EncodeRequest) -> EncodeCall:
+    """Read an EncodeRequest; the task stays None when unspecified."""
+    task = _enum(request.task, TASKS, "task")
+    add_special = request.add_special_tokens if request.HasField("add_special_tokens") else None
+    params = pooling_params(request.pooling, request.truncation, add_special_tokens=add_special)
+    return EncodeCall(encode_inputs(request.inputs), task, params, request.priority)
+
+
+def reward_call(request: pb.RewardRequest) -> EncodeCall:
+    """Read the deprecated RewardRequest: Encode with TOKEN_CLASSIFY."""
+    params = pooling_params(request.pooling, request.truncation)
+    return EncodeCall(encode_inputs(request.inputs), PoolingTask.TOKEN_CLASSIFY, params, request.priority)
+
+
+def chat_call(request: pb.ChatRewardRequest) -> ChatCall:
+    """Read a ChatRewardRequest: one ChatInput per conversation, sharing the template options."""
+    if not request.conversations:
+        raise InvalidInputError("conversations", "must not be empty")
+    kwargs = struct_to_dict(request.chat_template_kwargs) if request.HasField("chat_template_kwargs") else {}
+    conversations = tuple(
+        ChatInput(messages=chat_messages(conv, i), chat_template=request.chat_template or None,
+                  chat_template_kwargs=kwargs, add_generation_prompt=request.add_generation_prompt,
+                  continue_final_message=request.continue_final_message)
+        for i, conv in enumerate(request.conversations))
+    return ChatCall(conversations, pooling_params(request.pooling, request.truncation), request.priority)
+
+
+def encode_inputs(inputs: Sequence[pb.EncodeInput]) -> tuple[EncodeInput, ...]:
+    """Text or token ids per input; an empty list or an unset input is refused."""
+    if not inputs:
+        raise InvalidInputError("inputs", "must not be empty")
+    return tuple(_encode_input(item, i) for i, item in enumerate(inputs))
+
+
+def _encode_input(item: pb.EncodeInput, index: int) -> EncodeInput:
+    kind = item.WhichOneof("input")
+    if kind == "text":
+        return TextInput(item.text)
+    if kind == "token_ids":
+        if not item.token_ids.ids:
+            raise InvalidInputError("inputs", "token_ids.ids must not be empty", index)
+        return TokensInput(tuple(item.token_ids.ids))
+    raise InvalidInputError("inputs", "set either text or token_ids", index)
+
+
+def chat_messages(conversation: pb.Conversation, index: int) -> tuple[dict[str, Any], ...]:
+    """The turns as the plain dicts chat templates read; roles are checked by the template."""
+    if not conversation.messages:
+        raise InvalidInputError("conversations", "messages must not be empty", index)
+    for turn, message in enumerate(conversation.messages):
+        if not message.role:
+            raise InvalidInputError(f"conversations[{index}].messages", "role must not be empty", turn)
+    return tuple({"role": m.role, "content": m.content} for m in conversation.messages)
+
+
+def pooling_params(pooling: pb.PoolingParams, truncation: pb.Truncation, *,
+                   add_special_tokens: bool | None = None) -> PoolingParams:
+    """Merge the request's pooling and truncation messages; unset fields stay None (defaults)."""
+    return PoolingParams(
+        pooling_type=_enum(pooling.pooling_type, POOLING_TYPES, "pooling.pooling_type"),
+        use_activation=_optional(pooling, "use_activation"),
+        normalize=_optional(pooling, "normalize"),
+        dimensions=_positive(pooling, "dimensions", "pooling.dimensions"),
+        step_tag_id=_optional(pooling, "step_tag_id"),
+        returned_token_ids=tuple(pooling.returned_token_ids) or None,
+        truncate_prompt_tokens=_truncate_to(truncation),
+        truncation_side=_enum(truncation.side, TRUNCATION_SIDES, "truncation.side"),
+        add_special_tokens=add_special_tokens,
+    )
+
+
+def _truncate_to(truncation: pb.Truncation) -> int | None:
+    value = _optional(truncation, "truncate_prompt_tokens")
+    if value is not None and value != -1 and value < 1:
+        raise InvalidInputError("truncation.truncate_prompt_tokens",
+                                f"must be -1 (the model's maximum) or at least 1, not {value}")
+    return value
+
+
+def _optional(message: Any, name: str) -> Any:
+    return getattr(message, name) if message.HasField(name) else None
+
+
+def _positive(message: Any, name: str, where: str) -> int | None:
+    value = _optional(message, name)
+    if value is not None and value < 1:
+        raise InvalidInputError(where, "must be at least 1")
+    return value
+
+
+def _enum(value: int, table: dict[int, Any], where: str) -> Any:
+    """Map a proto enum value; 0 (UNSPECIFIED) is None. Unknown numbers come from newer clients."""
+    if value == 0:
+        return None
+    if value not in table:
+        raise InvalidInputError(where, f"unknown value {value}")
+    return table[value]
+
+
+def struct_to_dict(struct: Any) -> dict[str, Any]:
+    """A Struct as plain Python; whole numbers become ints (JSON has one number type, Jinja two)."""
+    return _whole_numbers_as_int(json_format.MessageToDict(struct))
+
+
+def _whole_numbers_as_int(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers_as_int(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers_as_int(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- engine → replies
+
+def default_task(info: ModelInfo) -> PoolingTask:
+    """The task an unspecified request runs: classify with a score head, embed otherwise."""
+    return PoolingTask.CLASSIFY if PoolingTask.CLASSIFY in info.tasks else PoolingTask.EMBED
+
+
+def float_tensor(data: Any) -> pb.FloatTensor:
+    """A result tensor (torch, NumPy or nested lists) as a row-major FloatTensor."""
+    array = np.asarray(data, dtype=np.float32)
+    return pb.FloatTensor(shape=array.shape, values=array.ravel().tolist())
+
+
+def encode_result(result: EncodeResult) -> pb.EncodeResult:
+    """One input's result."""
+    return pb.EncodeResult(index=result.index, data=float_tensor(result.data), num_tokens=result.num_tokens,
+                           truncated=result.truncated, pooled_positions=result.pooled_positions)
+
+
+def label_scores(pairs: Iterable[tuple[str, float]]) -> list[pb.LabelScore]:
+    """(label, score) pairs as LabelScore messages."""
+    return [pb.LabelScore(label=label, score=score) for label, score in pairs]
+
+
+def step_score(step: StepResult) -> pb.StepScore:
+    """One process-reward step."""
+    return pb.StepScore(position=step.position, score=step.score, label_scores=label_scores(step.label_scores))
+
+
+def chat_result(result: RewardResult) -> pb.ChatRewardResult:
+    """One conversation's reward."""
+    return pb.ChatRewardResult(index=result.index, score=result.score, label_scores=label_scores(result.label_scores),
+                               step_scores=[step_score(s) for s in result.step_scores],
+                               num_tokens=result.num_tokens, truncated=result.truncated)
+
+
+def usage(results: Sequence[EncodeResult | RewardResult]) -> pb.Usage:
+    """Tokens and sequences the request cost."""
+    return pb.Usage(prompt_tokens=sum(r.num_tokens for r in results), num_sequences=len(results))
+
+
+def timing(results: Sequence[EncodeResult | RewardResult], total_s: float) -> pb.Timing:
+    """Queue and compute time: the longest item's, since a request's items share forward passes."""
+    return pb.Timing(queue_seconds=max((r.queue_time_s for r in results), default=0.0),
+                     compute_seconds=max((r.compute_time_s for r in results), default=0.0),
+                     total_seconds=total_s)
+
+
+def model_info(info: ModelInfo, server_version: str) -> pb.GetModelInfoResponse:
+    """What is served, plus the server's version."""
+    defaults = [pb.DefaultPooling(task=TASK_TO_PROTO[task], pooling_type=POOLING_TYPE_TO_PROTO[kind])
+                for task, kind in info.default_pooling.items()]
+    return pb.GetModelInfoResponse(
+        model=info.model, architecture=info.architecture, tasks=[TASK_TO_PROTO[t] for t in info.tasks],
+        labels=list(info.labels), max_model_len=info.max_model_len, dtype=info.dtype,
+        hidden_size=info.hidden_size, vocab_size=info.vocab_size, has_chat_template=info.has_chat_template,
+        chat_template_sha256=info.chat_template_sha256, tokenizer_sha256=info.tokenizer_sha256,
+        server_version=server_version, default_pooling=defaults, is_causal=info.is_causal)

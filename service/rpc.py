@@ -1,0 +1,105 @@
+"""What every unary RPC does around its handler: request id, deadline, error mapping, trailers.
+
+``@unary`` turns ``async def Method(self, request, call: CallScope) -> reply`` into a grpc.aio
+handler, so the servicer's methods stay "convert → engine → convert" and never see
+``grpc.ServicerContext``.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+import grpc
+
+from rewardserve.engine.errors import DeadlineExceededError, InvalidInputError
+from rewardserve.service.errors import to_failure
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_KEY = "x-request-id"
+MAX_REQUEST_ID_LEN = 128
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+@dataclass
+class CallScope:
+    """One call as the servicer sees it: its id, its deadline and the trailers to send."""
+
+    request_id: str
+    deadline: float | None  # a time.monotonic() instant; None when the caller set no deadline
+    started: float = field(default_factory=time.monotonic)
+    trailing_metadata: list[tuple[str, str]] = field(default_factory=list)
+
+    def elapsed(self) -> float:
+        """Seconds since the call arrived."""
+        return time.monotonic() - self.started
+
+    def check_deadline(self) -> None:
+        """Refuse work whose deadline has already passed: it would be computed for nobody."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineExceededError("the deadline passed before the request was scheduled")
+
+
+def unary(method: Callable[[Any, Any, CallScope], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Wrap a servicer method: open the call's scope, run it, map any error through the table.
+
+    ``asyncio.CancelledError`` is not caught: when the client cancels (or its deadline fires),
+    grpc.aio cancels this task and the cancellation reaches the engine, which drops queued work.
+    """
+    @functools.wraps(method)
+    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        scope = CallScope(request_id=uuid.uuid4().hex, deadline=_deadline(context))
+        try:
+            await _adopt_request_id(scope, request, context)
+            scope.check_deadline()
+            reply = await method(self, request, scope)
+        except Exception as exc:  # noqa: BLE001 - every failure goes through the one table
+            failure = to_failure(exc, scope.request_id)
+            _log_call(method.__name__, scope, failure.code)
+            await context.abort(failure.code, failure.message,
+                                tuple(scope.trailing_metadata) + failure.trailing_metadata)
+        if scope.trailing_metadata:
+            context.set_trailing_metadata(tuple(scope.trailing_metadata))
+        _log_call(method.__name__, scope, grpc.StatusCode.OK)
+        return reply
+    return handler
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+async def _adopt_request_id(scope: CallScope, request: Any, context: grpc.aio.ServicerContext) -> None:
+    """Use the caller's id (request field, else ``x-request-id`` metadata from a mesh) or ours.
+
+    The id goes out in the initial metadata first, so even a refused call can be traced.
+    """
+    given = getattr(request, "request_id", "") or _invocation_value(context, REQUEST_ID_KEY)
+    usable = _is_usable_request_id(given)
+    if usable:
+        scope.request_id = given
+    await context.send_initial_metadata(((REQUEST_ID_KEY, scope.request_id),))
+    if given and not usable:
+        raise InvalidInputError("request_id", f"must be 1 to {MAX_REQUEST_ID_LEN} printable ASCII characters")
+
+
+def _invocation_value(context: grpc.aio.ServicerContext, key: str) -> str:
+    for name, value in context.invocation_metadata() or ():
+        if name == key and isinstance(value, str):
+            return value
+    return ""
+
+
+def _is_usable_request_id(value: str) -> bool:
+    # It is echoed as a metadata value, which gRPC restricts to printable ASCII.
+    return 0 < len(value) <= MAX_REQUEST_ID_LEN and all(" " <= ch <= "~" for ch in value)
+
+
+def _log_call(name: str, scope: CallScope, code: grpc.StatusCode) -> None:
+    logger.debug("%s request_id=%s status=%s %.1f ms", name, scope.request_id, code.name, scope.elapsed() * 1e3)

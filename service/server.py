@@ -1,0 +1,155 @@
+"""RewardServer: the grpc.aio server around one engine, with health, reflection and drain.
+
+Life cycle::
+
+    start()   bind and listen at once (health NOT_SERVING), then in the background: load the
+              model in a thread (unless an engine was given), ``engine.start()`` (warm-up),
+              health SERVING
+    drain()   health NOT_SERVING, refuse new calls, let in-flight calls finish within the grace
+              period, ``engine.shutdown()``
+
+The engine is injectable so tests can serve a fake one through the real transport.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
+
+from rewardserve.engine.config import EngineConfig
+from rewardserve.service.config import ServeConfig, ServerConfig
+from rewardserve.service.servicer import SERVICE_NAME, RewardServicer
+
+logger = logging.getLogger(__name__)
+
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Health answers for the whole server ("") and for the RewardService by name (what meshes ask).
+HEALTH_CHECKED = ("", SERVICE_NAME)
+REFLECTED = (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
+
+EngineLoader = Callable[[EngineConfig], Any]
+
+
+def load_engine(config: EngineConfig) -> Any:
+    """The real engine (blocking: loads the model). Imported here so that importing the server
+    does not import torch."""
+    from rewardserve.engine.async_engine import AsyncEngine
+
+    return AsyncEngine.from_config(config)
+
+
+class RewardServer:
+    """The rewardserve gRPC server. Use ``async with RewardServer(config) as server`` or
+    ``start()`` / ``drain()``; ``port`` is the bound port (useful with port 0)."""
+
+    def __init__(self, config: ServeConfig, engine: Any | None = None, *,
+                 loader: EngineLoader = load_engine) -> None:
+        self.config = config
+        self.port: int | None = None
+        self._engine = engine
+        self._loader = loader
+        self._servicer = RewardServicer()
+        self._health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._bring_up: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "RewardServer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.drain()
+
+    @property
+    def engine(self) -> Any | None:
+        """The engine once given or loaded; None while the model is loading."""
+        return self._engine
+
+    async def start(self) -> None:
+        """Listen now; bring the engine up in the background (see ``wait_ready``)."""
+        server = grpc.aio.server(options=self.config.server.channel_options())
+        pb_grpc.add_RewardServiceServicer_to_server(self._servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(REFLECTED, server)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = _bind(server, self.config.server)
+        await server.start()
+        self._server = server
+        logger.info("rewardserve listening on %s:%d", self.config.server.host, self.port)
+        if self.config.server.metrics_port:
+            logger.warning("--metrics-port is not served yet; ignoring %d", self.config.server.metrics_port)
+        self._bring_up = asyncio.create_task(self._bring_up_engine(), name="rewardserve-bring-up")
+
+    async def wait_ready(self) -> None:
+        """Return once the engine is warm and health says SERVING; raise if loading failed."""
+        if self._bring_up is None:
+            raise RuntimeError("RewardServer.start() was not called")
+        await asyncio.shield(self._bring_up)
+
+    async def drain(self, grace_s: float | None = None) -> None:
+        """Stop gracefully: NOT_SERVING, refuse new calls, finish in-flight ones, stop the engine."""
+        grace = self.config.server.grace_period_s if grace_s is None else grace_s
+        deadline = time.monotonic() + grace
+        # Permanent: a warm-up finishing during the drain cannot flip health back to SERVING.
+        await self._health.enter_graceful_shutdown()
+        await self._cancel_bring_up()
+        if self._server is not None:
+            logger.info("rewardserve draining (grace %.1f s)", grace)
+            await self._server.stop(grace)
+        if self._engine is not None:
+            await self._engine.shutdown(grace_s=max(0.0, deadline - time.monotonic()))
+        logger.info("rewardserve stopped")
+
+    async def wait_for_termination(self) -> None:
+        """Block until the server stops (for embedding it without the CLI)."""
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def _bring_up_engine(self) -> None:
+        try:
+            if self._engine is None:
+                # Loading reads and moves gigabytes: keep it off the event loop so health answers.
+                self._engine = await asyncio.to_thread(self._loader, self.config.engine)
+            self._servicer.attach(self._engine)
+            await self._engine.start()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("rewardserve could not bring the engine up; health stays NOT_SERVING")
+            raise
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        logger.info("rewardserve ready: serving %s", self._engine.info.model)
+
+    async def _cancel_bring_up(self) -> None:
+        if self._bring_up is not None and not self._bring_up.done():
+            self._bring_up.cancel()
+        if self._bring_up is not None:
+            # Wait without raising: its failure was logged already, and drain must go on.
+            await asyncio.wait({self._bring_up})
+            if not self._bring_up.cancelled():
+                self._bring_up.exception()  # mark it seen: no "exception never retrieved" at exit
+
+    async def _set_health(self, status: int) -> None:
+        for name in HEALTH_CHECKED:
+            await self._health.set(name, status)
+
+
+def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
+    """Add the listening port (TLS when configured); returns the bound port."""
+    if not config.tls_cert:
+        return server.add_insecure_port(config.address)
+    return server.add_secure_port(config.address, _tls_credentials(config))
+
+
+def _tls_credentials(config: ServerConfig) -> grpc.ServerCredentials:
+    key, cert = Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes()
+    client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)

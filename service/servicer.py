@@ -1,0 +1,100 @@
+"""RewardServicer: the rewardserve.v1.RewardService RPCs. Each one converts the request, awaits
+the engine and converts the result back; ids, deadlines and errors are ``@unary``'s job."""
+from __future__ import annotations
+
+import logging
+from importlib import metadata
+from typing import Any
+
+from rewardserve_client.v1 import reward_service_pb2 as pb
+from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
+
+from rewardserve.engine.errors import EngineUnavailableError
+from rewardserve.engine.types import EncodeResult, PoolingTask
+from rewardserve.service import convert
+from rewardserve.service.rpc import CallScope, unary
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name
+DEPRECATION_KEY = "x-rewardserve-deprecated"
+DEPRECATION_TEXT = ("Reward is deprecated and is removed in rewardserve.v2; "
+                    "call Encode with task POOLING_TASK_TOKEN_CLASSIFY")
+_warned_deprecated = False  # per process, as the contract promises
+
+
+def server_version() -> str:
+    """The installed rewardserve distribution's version."""
+    try:
+        return metadata.version("rewardserve")
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+class RewardServicer(pb_grpc.RewardServiceServicer):
+    """Serves one engine. The engine may be attached after the server started listening
+    (the model loads in the background); until then every RPC answers UNAVAILABLE."""
+
+    def __init__(self, engine: Any | None = None) -> None:
+        self._engine = engine
+        self._version = server_version()
+
+    def attach(self, engine: Any) -> None:
+        """Serve ``engine`` from now on (called once the model is loaded)."""
+        self._engine = engine
+
+    @property
+    def engine(self) -> Any:
+        """The engine, or UNAVAILABLE while the model is still loading."""
+        if self._engine is None:
+            raise EngineUnavailableError("the model is still loading")
+        return self._engine
+
+    @unary
+    async def Encode(self, request: pb.EncodeRequest, call: CallScope) -> pb.EncodeResponse:
+        """Any pooling task on texts or token ids."""
+        engine, req = self.engine, convert.encode_call(request)
+        task = req.task or convert.default_task(engine.info)
+        results = await engine.encode(req.inputs, task, req.params, priority=req.priority,
+                                      deadline=call.deadline, request_id=call.request_id)
+        return pb.EncodeResponse(request_id=call.request_id, model=engine.info.model,
+                                 task=convert.TASK_TO_PROTO[task], **_encode_body(results, call))
+
+    @unary
+    async def Reward(self, request: pb.RewardRequest, call: CallScope) -> pb.RewardResponse:
+        """Deprecated: Encode with TOKEN_CLASSIFY. Every reply (errors too) says so in its trailers."""
+        call.trailing_metadata.append((DEPRECATION_KEY, DEPRECATION_TEXT))
+        _warn_deprecated_once()
+        engine, req = self.engine, convert.reward_call(request)
+        results = await engine.encode(req.inputs, PoolingTask.TOKEN_CLASSIFY, req.params, priority=req.priority,
+                                      deadline=call.deadline, request_id=call.request_id)
+        return pb.RewardResponse(request_id=call.request_id, model=engine.info.model, **_encode_body(results, call))
+
+    @unary
+    async def ChatReward(self, request: pb.ChatRewardRequest, call: CallScope) -> pb.ChatRewardResponse:
+        """Conversations rendered with the chat template, scored."""
+        engine, req = self.engine, convert.chat_call(request)
+        results = await engine.chat_reward(req.conversations, req.params, priority=req.priority,
+                                           deadline=call.deadline, request_id=call.request_id)
+        return pb.ChatRewardResponse(request_id=call.request_id, model=engine.info.model,
+                                     results=[convert.chat_result(r) for r in results],
+                                     usage=convert.usage(results), timing=convert.timing(results, call.elapsed()))
+
+    @unary
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, call: CallScope) -> pb.GetModelInfoResponse:
+        """The served model and the server version."""
+        return convert.model_info(self.engine.info, self._version)
+
+
+def _warn_deprecated_once() -> None:
+    # One line per process is enough to find the callers; one per call would flood the log.
+    global _warned_deprecated
+    if not _warned_deprecated:
+        _warned_deprecated = True
+        logger.warning("a client called the deprecated Reward RPC: %s", DEPRECATION_TEXT)
+
+
+def _encode_body(results: list[EncodeResult], call: CallScope) -> dict[str, Any]:
+    """The reply fields Encode and Reward share."""
+    return {"results": [convert.encode_result(r) for r in results], "usage": convert.usage(results),
+            "timing": convert.timing(results, call.elapsed())}
