@@ -111,7 +111,8 @@ class AsyncEngine:
             batch = self.scheduler.next_batch()
             if batch is None:
                 return
-            self._run_batch(batch)
+            if batch:  # empty when everything cut was cancelled or expired
+                self._run_batch(batch)
 
     def _run_batch(self, batch: list[WorkItem]) -> None:
         start = time.monotonic()

@@ -1,0 +1,138 @@
+"""AsyncEngine on the demo model: concurrency parity, priority, deadlines, cancellation,
+overload and an injected out-of-memory fault. Shown by results and counters, never timing."""
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+
+import pytest
+import torch
+
+from rewardserve.engine.async_engine import AsyncEngine
+from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig, SchedulerConfig
+from rewardserve.engine.errors import DeadlineExceededError, EngineOverloadedError
+
+
+class GatedForward:
+    """Wraps the model's forward: records each batch's token count; can hold the GPU thread."""
+
+    def __init__(self, model):
+        self.inner = model.forward_hidden
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.batches: list[list[int]] = []
+        self.fail_above: int | None = None
+
+    def __call__(self, input_ids, positions, meta):
+        self.entered.set()
+        self.gate.wait(10)
+        if self.fail_above is not None and input_ids.shape[0] > self.fail_above:
+            raise torch.OutOfMemoryError("injected: CUDA out of memory")
+        self.batches.append(input_ids.tolist())
+        return self.inner(input_ids, positions, meta)
+
+
+@pytest.fixture
+async def engine(demo_model_dir):
+    config = EngineConfig(model=ModelConfig(model=str(demo_model_dir)), runner=RunnerConfig(device="cpu"),
+                          scheduler=SchedulerConfig(max_num_batched_tokens=2048, max_queue_requests=200))
+    eng = await asyncio.to_thread(AsyncEngine.from_config, config)
+    await eng.start()
+    eng.forward = GatedForward(eng.core.runner.model)
+    eng.core.runner.model.forward_hidden = eng.forward
+    yield eng
+    eng.forward.gate.set()
+    await eng.shutdown(2)
+
+
+def random_seqs(n: int, seed: int = 1) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(1, 400) for _ in range(rng.randint(1, 300))] for _ in range(n)]
+
+
+async def test_64_concurrent_requests_equal_one_at_a_time(engine):
+    seqs = random_seqs(64)
+    together = await asyncio.gather(*[engine.encode([s]) for s in seqs])
+    alone = [await engine.encode([s]) for s in seqs]
+    assert len(engine.forward.batches) < 64 + 64  # concurrency was packed into shared batches
+    for a, b in zip(together, alone):
+        assert torch.allclose(a[0].data, b[0].data, atol=1e-5, rtol=0)
+
+
+async def hold_gpu(engine) -> asyncio.Task:
+    """Occupy the GPU thread with one batch so that later work queues up behind it."""
+    engine.forward.gate.clear()
+    engine.forward.entered.clear()
+    blocker = asyncio.create_task(engine.encode([[7, 7, 7]]))
+    await asyncio.to_thread(engine.forward.entered.wait, 5)
+    return blocker
+
+
+async def test_high_priority_overtakes_queued_bulk(engine):
+    blocker = await hold_gpu(engine)
+    bulk = [asyncio.create_task(engine.encode([[11] * 1500], priority=10)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    urgent = asyncio.create_task(engine.encode([[22] * 10], priority=-5))
+    await asyncio.sleep(0.05)
+    engine.forward.gate.set()
+    await asyncio.gather(blocker, urgent, *bulk)
+    firsts = [batch[0] for batch in engine.forward.batches]
+    assert firsts.index(22) < firsts.index(11)
+
+
+async def test_expired_work_is_never_computed(engine):
+    blocker = await hold_gpu(engine)
+    late = asyncio.create_task(engine.encode([[33] * 20], deadline=time.monotonic() + 0.05))
+    await asyncio.sleep(0.2)
+    engine.forward.gate.set()
+    with pytest.raises(DeadlineExceededError):
+        await late
+    await blocker
+    assert engine.scheduler.stats.num_expired == 1
+    assert not any(33 in batch for batch in engine.forward.batches)
+
+
+async def test_cancellation_frees_queued_work(engine):
+    blocker = await hold_gpu(engine)
+    doomed = asyncio.create_task(engine.encode([[44] * 20, [44] * 30]))
+    await asyncio.sleep(0.05)
+    assert engine.scheduler.stats.queued_tokens >= 50
+    doomed.cancel()
+    await asyncio.sleep(0.05)
+    assert engine.scheduler.stats.num_cancelled == 1
+    engine.forward.gate.set()
+    await blocker
+    assert not any(44 in batch for batch in engine.forward.batches)
+    assert engine.scheduler.stats.queued_tokens == 0
+
+
+async def test_overload_refuses_while_admitted_work_completes(demo_model_dir):
+    config = EngineConfig(model=ModelConfig(model=str(demo_model_dir)), runner=RunnerConfig(device="cpu"),
+                          scheduler=SchedulerConfig(max_queue_requests=4))
+    eng = await asyncio.to_thread(AsyncEngine.from_config, config)
+    await eng.start()
+    results = await asyncio.gather(*[eng.encode([s]) for s in random_seqs(40)], return_exceptions=True)
+    refused = [r for r in results if isinstance(r, EngineOverloadedError)]
+    done = [r for r in results if isinstance(r, list)]
+    assert refused and done and len(refused) + len(done) == 40
+    assert all(r.retry_after_s > 0 for r in refused)
+    await eng.shutdown(2)
+
+
+async def test_injected_out_of_memory_is_split_and_survived(engine):
+    seqs = random_seqs(16, seed=3)
+    expected = [await engine.encode([s]) for s in seqs]
+    engine.forward.fail_above = 600  # any batch over 600 tokens "runs out of memory"
+    blocker = await hold_gpu(engine)
+    tasks = [asyncio.create_task(engine.encode([s])) for s in seqs]
+    await asyncio.sleep(0.05)
+    engine.forward.gate.set()
+    await blocker
+    got = await asyncio.gather(*tasks)
+    assert engine.core.runner.num_oom_splits > 0
+    for a, b in zip(got, expected):
+        assert torch.allclose(a[0].data, b[0].data, atol=1e-5, rtol=0)
+    assert engine.is_ready

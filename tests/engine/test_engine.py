@@ -1,0 +1,141 @@
+"""The offline Engine on the demo model: packing parity, pooling, activation, errors."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from rewardserve.engine.errors import InvalidInputError, UnsupportedTaskError
+from rewardserve.engine.types import ChatInput, PoolingParams, PoolingType
+
+
+def mixed_inputs(n: int = 10, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    lengths = [1, 2, 300, 17, 64, 250, 5, 128, 33, 199][:n]
+    return [[rng.randrange(1, 400) for _ in range(k)] for k in lengths]
+
+
+def hf_reference(model_dir, sequences: list[list[int]]) -> torch.Tensor:
+    """transformers' own padded forward: an independent reference for LAST-token scores."""
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32).eval()
+    width = max(map(len, sequences))
+    ids = torch.zeros(len(sequences), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, seq in enumerate(sequences):  # right padding with the pad id, as HF expects
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask).logits  # [B, 1]
+
+
+def test_packed_batch_equals_each_alone_and_transformers(demo_engine, demo_model_dir):
+    seqs = mixed_inputs()
+    packed = demo_engine.encode(seqs, task="classify", params=PoolingParams(use_activation=False))
+    alone = [demo_engine.encode([s], task="classify", params=PoolingParams(use_activation=False))[0] for s in seqs]
+    for p, a in zip(packed, alone):
+        assert torch.allclose(p.data, a.data, atol=1e-5, rtol=0)
+    reference = hf_reference(demo_model_dir, seqs)
+    got = torch.stack([r.data for r in packed])
+    assert torch.allclose(got, reference, atol=1e-4, rtol=0), (got - reference).abs().max()
+    assert [r.num_tokens for r in packed] == [len(s) for s in seqs]
+    assert [r.pooled_positions for r in packed] == [[len(s) - 1] for s in seqs]
+
+
+def test_batches_are_cut_by_token_budget(demo_model_dir):
+    from rewardserve.engine.engine import Engine
+    from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig, SchedulerConfig
+
+    small = Engine(EngineConfig(model=ModelConfig(model=str(demo_model_dir)), runner=RunnerConfig(device="cpu"),
+                                scheduler=SchedulerConfig(max_num_batched_tokens=310, max_num_seqs=3)))
+    seqs = mixed_inputs()
+    from rewardserve.engine.prepare import WorkItem  # noqa: F401 - the batches hold WorkItems
+    items = small.core.prepare(seqs, None, None)
+    batches = list(small.batches(items))
+    assert all(len(b) <= 3 for b in batches)
+    assert all(sum(i.num_tokens for i in b) <= 310 or len(b) == 1 for b in batches)
+    assert [i.index for b in batches for i in b] == list(range(len(seqs)))
+
+
+def test_activation_defaults_and_overrides(demo_engine):
+    seq = [mixed_inputs()[3]]
+    raw = demo_engine.encode(seq, task="classify", params=PoolingParams(use_activation=False))[0]
+    default = demo_engine.encode(seq, task="classify")[0]
+    assert torch.allclose(default.data, torch.sigmoid(raw.data))  # one label: sigmoid
+    assert torch.allclose(default.logits, raw.data)
+
+
+def test_token_classify_all_and_step(demo_engine):
+    seq = [5, 9, 7, 9, 3, 9]
+    every = demo_engine.encode([seq], task="token_classify")[0]
+    assert every.data.shape == (6, 1) and every.pooled_positions == list(range(6))
+    step = demo_engine.encode([seq], task="token_classify",
+                              params=PoolingParams(pooling_type=PoolingType.STEP, step_tag_id=9))[0]
+    assert step.pooled_positions == [1, 3, 5]
+    assert torch.allclose(step.data, every.data[[1, 3, 5]], atol=1e-6)
+
+
+def test_embed_normalize_dimensions_and_mean(demo_engine):
+    seq = mixed_inputs()[4]
+    full = demo_engine.encode([seq], task="embed")[0].data
+    assert full.shape == (64,) and torch.isclose(full.norm(), torch.tensor(1.0))
+    cut = demo_engine.encode([seq], task="embed", params=PoolingParams(dimensions=16))[0].data
+    assert cut.shape == (16,) and torch.isclose(cut.norm(), torch.tensor(1.0))
+    tokens = demo_engine.encode([seq], task="token_embed", params=PoolingParams(normalize=False))[0].data
+    mean = demo_engine.encode([seq], task="embed", params=PoolingParams(pooling_type=PoolingType.MEAN,
+                                                                        normalize=False))[0].data
+    assert torch.allclose(mean, tokens.mean(0), atol=1e-5)
+
+
+def test_truncation_sides(demo_engine):
+    seq = list(range(1, 41))
+    left = demo_engine.encode([seq], params=PoolingParams(truncate_prompt_tokens=10))[0]
+    right = demo_engine.encode([seq], params=PoolingParams(truncate_prompt_tokens=10, truncation_side="right"))[0]
+    assert left.truncated and left.num_tokens == 10
+    assert torch.allclose(left.data, demo_engine.encode([seq[-10:]])[0].data)
+    assert torch.allclose(right.data, demo_engine.encode([seq[:10]])[0].data)
+
+
+@pytest.mark.parametrize("inputs, params, message", [
+    ([], None, "inputs: must not be empty"),
+    ([[1, 2], []], None, "inputs[1]: input is empty"),
+    ([[1, 2], [3, 400]], None, "inputs[1]: token id 400 is outside the vocabulary"),
+    ([[1] * 5000], None, "inputs[0]: input has 5000 tokens, more than max_model_len 4096"),
+    ([[1, 2]], PoolingParams(pooling_type=PoolingType.STEP), "pooling.pooling_type"),
+    ([[1, 2]], PoolingParams(dimensions=1000), "pooling.dimensions"),
+])
+def test_bad_inputs_name_field_and_index(demo_engine, inputs, params, message):
+    with pytest.raises(InvalidInputError) as info:
+        demo_engine.encode(inputs, task="classify", params=params)
+    assert message in str(info.value)
+
+
+def test_step_without_tag_is_an_error(demo_engine):
+    with pytest.raises(InvalidInputError, match="pooling.step_tag_id: STEP pooling needs a step tag"):
+        demo_engine.encode([[1, 2]], task="token_classify", params=PoolingParams(pooling_type=PoolingType.STEP))
+
+
+def test_chat_template_render_and_unknown_role(demo_engine):
+    messages = ({"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"})
+    rendered = demo_engine.core.tokenizer.render_chat(ChatInput(messages=messages))
+    direct = demo_engine.core.tokenizer.encode("<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n",
+                                               add_special_tokens=False)
+    assert rendered == direct
+    reward = demo_engine.chat_reward([list(messages)])[0]
+    assert reward.num_tokens == len(direct)
+    logits = demo_engine.encode([direct], params=PoolingParams(use_activation=False))[0].data
+    assert reward.score == pytest.approx(float(logits[0]), abs=1e-6)  # the raw reward
+    assert reward.label_scores[0][1] == pytest.approx(float(torch.sigmoid(logits[0])), abs=1e-6)
+    with pytest.raises(InvalidInputError, match=r"conversations\[1\]: unknown role 'robot'"):
+        demo_engine.chat_reward([list(messages), [{"role": "robot", "content": "x"}]])
+
+
+def test_unsupported_task_is_named(tmp_path, demo_model_dir):
+    from rewardserve.engine.pooling import resolve
+    from rewardserve.engine.models.base import ModelTraits, decoder_pooling
+    from rewardserve.engine.types import PoolingTask
+
+    traits = ModelTraits("BertModel", 32, 100, 512, num_labels=0, default_pooling=decoder_pooling())
+    with pytest.raises(UnsupportedTaskError, match="task: BertModel cannot do classify"):
+        resolve(traits, PoolingTask.CLASSIFY, PoolingParams())

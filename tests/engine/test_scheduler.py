@@ -1,0 +1,106 @@
+"""Scheduler unit tests: order, budgets, no starvation, deadlines, cancellation, backpressure."""
+from __future__ import annotations
+
+import pytest
+
+from rewardserve.engine.config import SchedulerConfig
+from rewardserve.engine.errors import DeadlineExceededError, EngineOverloadedError
+from rewardserve.engine.pooling import ResolvedPooling
+from rewardserve.engine.prepare import WorkItem
+from rewardserve.engine.scheduler import Request, Scheduler
+from rewardserve.engine.types import PoolingTask, PoolingType
+
+PLAN = ResolvedPooling(PoolingTask.CLASSIFY, PoolingType.LAST, "sigmoid", False, None, None, None)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def request(name: str, lengths: list[int], priority: int = 0, deadline: float | None = None) -> Request:
+    items = [WorkItem(i, [1] * n, False, PLAN, [n - 1]) for i, n in enumerate(lengths)]
+    return Request(name, items, priority, deadline)
+
+
+def names(batch) -> list[tuple[str, int]]:
+    return [(it.owner.request_id, it.index) for it in batch]
+
+
+def finish(scheduler: Scheduler, batch) -> None:
+    for item in batch:
+        item.result = ("done", None)
+        scheduler.complete(item)
+
+
+def make(**overrides) -> tuple[Scheduler, Clock]:
+    clock = Clock()
+    values = dict(max_num_batched_tokens=100, max_num_seqs=4)
+    values.update(overrides)
+    return Scheduler(SchedulerConfig(**values), clock), clock
+
+
+def test_budget_and_sequence_cap():
+    scheduler, _ = make()
+    scheduler.submit(request("a", [40, 40, 40]))
+    scheduler.submit(request("b", [10, 10, 10, 10]))
+    first = scheduler.next_batch(0)
+    assert names(first) == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]  # a[2] skipped: over budget
+    second = scheduler.next_batch(0)
+    assert names(second)[0] == ("a", 2)  # the skipped item leads the next batch
+
+
+def test_long_request_runs_alone_and_does_not_block_short_ones():
+    scheduler, _ = make()
+    scheduler.submit(request("long", [30_000]))
+    scheduler.submit(request("short", [5, 5]))
+    assert names(scheduler.next_batch(0)) == [("long", 0)]
+    assert names(scheduler.next_batch(0)) == [("short", 0), ("short", 1)]
+
+
+def test_lower_priority_value_runs_first():
+    scheduler, _ = make()
+    scheduler.submit(request("bulk", [50, 50], priority=10))
+    scheduler.submit(request("ppo", [20], priority=-1))
+    assert names(scheduler.next_batch(0))[0] == ("ppo", 0)
+
+
+def test_expired_work_is_dropped_before_compute():
+    scheduler, clock = make()
+    failed = []
+    late = request("late", [10, 10], deadline=clock.now + 1)
+    late.on_done = lambda r: failed.append(r.error)
+    scheduler.submit(late)
+    scheduler.submit(request("ok", [10]))
+    clock.now += 2
+    assert names(scheduler.next_batch(0)) == [("ok", 0)]
+    assert isinstance(failed[0], DeadlineExceededError)
+    assert scheduler.stats.num_expired == 1
+
+
+def test_cancel_frees_queued_work():
+    scheduler, _ = make()
+    gone = request("gone", [10, 10, 10])
+    scheduler.submit(gone)
+    assert scheduler.stats.queued_tokens == 30
+    scheduler.cancel(gone)
+    assert scheduler.stats.queued_tokens == 0 and scheduler.stats.queued_requests == 0
+    assert scheduler.stats.num_cancelled == 1
+    assert scheduler.next_batch(0) == []
+
+
+def test_queue_limits_refuse_with_retry_delay():
+    scheduler, _ = make(max_queue_requests=2, max_queue_tokens=50)
+    scheduler.submit(request("a", [20]))
+    with pytest.raises(EngineOverloadedError) as info:
+        scheduler.submit(request("b", [40]))
+    assert info.value.retry_after_s > 0
+    scheduler.submit(request("c", [20]))
+    with pytest.raises(EngineOverloadedError, match="requests"):
+        scheduler.submit(request("d", [1]))
+    assert scheduler.stats.num_rejected == 2
+    finish(scheduler, scheduler.next_batch(0))
+    scheduler.submit(request("e", [1]))  # admitted work completed: room again
