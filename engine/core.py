@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
+
 from rewardserve.engine import pooling
 from rewardserve.engine.config import EngineConfig
 from rewardserve.engine.errors import InvalidInputError
@@ -25,9 +27,9 @@ class EngineCore:
         self.traits = self.loaded.model.traits
         self.tokenizer = self.loaded.tokenizer
         self.server_params = pooling.server_params(config.model.pooler_overrides())
-        self.limits = Limits(self.traits.vocab_size, self.loaded.max_model_len)
+        self.limits = Limits(self.traits.vocab_size, self.loaded.max_model_len, self.traits.append_token_id)
         self.info = model_info(config.model.model, self.loaded)
-        head_dtype = None if config.model.head_dtype == "model" else __import__("torch").float32
+        head_dtype = None if config.model.head_dtype == "model" else torch.float32
         self.runner = ModelRunner(self.loaded.model, self.loaded.device, self.loaded.backend, head_dtype)
 
     def plan(self, task: PoolingTask | None, params: PoolingParams | None) -> tuple[pooling.ResolvedPooling, PoolingParams]:

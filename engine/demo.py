@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 CHATML_TEMPLATE = (
@@ -82,6 +83,7 @@ def ensure_demo_model(cache_root: str | os.PathLike | None = None, seed: int = 0
     from transformers import Qwen3Config, Qwen3ForSequenceClassification
 
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     build_tokenizer(tmp)
     config = Qwen3Config(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -89,5 +91,8 @@ def ensure_demo_model(cache_root: str | os.PathLike | None = None, seed: int = 0
                          id2label={0: "reward"}, label2id={"reward": 0}, tie_word_embeddings=False)
     torch.manual_seed(seed)
     Qwen3ForSequenceClassification(config).save_pretrained(str(tmp))
-    tmp.replace(folder) if not folder.exists() else None
+    try:
+        tmp.replace(folder)  # atomic: a concurrent first start sees all files or none
+    except OSError:  # another process won the race; its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -46,6 +46,9 @@ def server_params(overrides: dict[str, Any]) -> PoolingParams:
     if unknown:
         raise ValueError(f"unknown --pooler-config key(s): {', '.join(unknown)}")
     values = {k: v for k, v in overrides.items() if k in SERVER_KEYS}
+    ids = [values.get("step_tag_id"), *(values.get("returned_token_ids") or [])]
+    if any(i is not None and (isinstance(i, bool) or not isinstance(i, int)) for i in ids):
+        raise ValueError("--pooler-config step_tag_id and returned_token_ids must be token ids (integers)")
     if "pooling_type" in values:
         values["pooling_type"] = PoolingType(str(values["pooling_type"]).upper())
     if "returned_token_ids" in values:

@@ -36,6 +36,7 @@ class Limits:
 
     vocab_size: int
     max_model_len: int
+    append_token_id: int | None = None  # e.g. InternLM2's reward token after text/chat inputs
 
 
 def to_token_ids(item: EncodeInput, index: int, tokenizer: Tokenizer | None, params: PoolingParams,
@@ -93,6 +94,8 @@ def prepare(inputs: Sequence[EncodeInput], pooling: ResolvedPooling, params: Poo
     items = []
     for index, item in enumerate(inputs):
         ids = to_token_ids(item, index, tokenizer, params, field_name)
+        if limits.append_token_id is not None and not isinstance(item, (TokensInput, list, tuple)):
+            ids = [*ids, limits.append_token_id]
         check_tokens(ids, index, limits, field_name)
         ids, truncated = truncate(ids, index, params, limits, field_name)
         items.append(WorkItem(index, ids, truncated, pooling, pooled_positions(ids, pooling)))

@@ -44,16 +44,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rewardserve.engine.cli import main_encode  # the engine's CLI: torch loads only here
 
         return main_encode(argv[1:]) or 0
+    config = parse_serve_config(argv)
+    logging.basicConfig(level=config.server.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    return asyncio.run(serve(resolve_model(config)))
+
+
+def parse_serve_config(argv: Sequence[str]) -> ServeConfig:
+    """``serve ...`` (plus the REWARDSERVE_* variables) as a ServeConfig; bad options exit 2."""
+    argv = list(argv)
     if argv[:1] == ["serve"]:
         argv = ["serve", *_env_arguments(), *argv[1:]]
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        config = config_from_args(ServeConfig, args)
+        return config_from_args(ServeConfig, args)
     except ValueError as exc:  # bad choice, half-configured TLS, port out of range
         parser.error(str(exc))
-    logging.basicConfig(level=config.server.log_level, format=LOG_FORMAT, stream=sys.stderr)
-    return asyncio.run(serve(_with_model(config)))
 
 
 def _env_arguments() -> list[str]:
@@ -64,7 +70,7 @@ def _env_arguments() -> list[str]:
     return args
 
 
-def _with_model(config: ServeConfig) -> ServeConfig:
+def resolve_model(config: ServeConfig) -> ServeConfig:
     """The configured model, or the built-in demo model (created on first use) with a warning."""
     if config.engine.model.model:
         return config

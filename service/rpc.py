@@ -6,12 +6,14 @@ handler, so the servicer's methods stay "convert → engine → convert" and nev
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 import grpc
 
@@ -45,29 +47,71 @@ class CallScope:
             raise DeadlineExceededError("the deadline passed before the request was scheduled")
 
 
+class OpenCalls:
+    """Counts the calls being handled, so that a drain can wait for them to finish."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        return self._count
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        """Count the enclosed call as open."""
+        self._count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._count -= 1
+            if not self._count:
+                self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no call is open; False when ``timeout`` seconds passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
 def unary(method: Callable[[Any, Any, CallScope], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """Wrap a servicer method: open the call's scope, run it, map any error through the table.
+
+    The servicer provides ``open_calls: OpenCalls``; every call is counted there while it runs.
 
     ``asyncio.CancelledError`` is not caught: when the client cancels (or its deadline fires),
     grpc.aio cancels this task and the cancellation reaches the engine, which drops queued work.
     """
     @functools.wraps(method)
     async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        scope = CallScope(request_id=uuid.uuid4().hex, deadline=_deadline(context))
-        try:
-            await _adopt_request_id(scope, request, context)
-            scope.check_deadline()
-            reply = await method(self, request, scope)
-        except Exception as exc:  # noqa: BLE001 - every failure goes through the one table
-            failure = to_failure(exc, scope.request_id)
-            _log_call(method.__name__, scope, failure.code)
-            await context.abort(failure.code, failure.message,
-                                tuple(scope.trailing_metadata) + failure.trailing_metadata)
-        if scope.trailing_metadata:
-            context.set_trailing_metadata(tuple(scope.trailing_metadata))
-        _log_call(method.__name__, scope, grpc.StatusCode.OK)
-        return reply
+        with self.open_calls.track():
+            return await _handle(method, self, request, context)
     return handler
+
+
+async def _handle(method: Callable[[Any, Any, CallScope], Awaitable[Any]], servicer: Any, request: Any,
+                  context: grpc.aio.ServicerContext) -> Any:
+    """Run one call: the request id first (so refusals carry it too), then the deadline, then the work."""
+    scope = CallScope(request_id=uuid.uuid4().hex, deadline=_deadline(context))
+    try:
+        await _adopt_request_id(scope, request, context)
+        scope.check_deadline()
+        reply = await method(servicer, request, scope)
+    except Exception as exc:  # noqa: BLE001 - every failure goes through the one table
+        failure = to_failure(exc, scope.request_id)
+        _log_call(method.__name__, scope, failure.code)
+        # abort() raises: the lines below run only on success.
+        await context.abort(failure.code, failure.message,
+                            tuple(scope.trailing_metadata) + failure.trailing_metadata)
+    if scope.trailing_metadata:
+        context.set_trailing_metadata(tuple(scope.trailing_metadata))
+    _log_call(method.__name__, scope, grpc.StatusCode.OK)
+    return reply
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:

@@ -34,6 +34,7 @@ HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 HEALTH_CHECKED = ("", SERVICE_NAME)
 REFLECTED = (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
 
+_FLUSH_S = 1.0  # at most this long to let finished calls' replies and health checks go out
 EngineLoader = Callable[[EngineConfig], Any]
 
 
@@ -99,13 +100,24 @@ class RewardServer:
         deadline = time.monotonic() + grace
         # Permanent: a warm-up finishing during the drain cannot flip health back to SERVING.
         await self._health.enter_graceful_shutdown()
+        self._servicer.refuse_new_calls()
         await self._cancel_bring_up()
         if self._server is not None:
-            logger.info("rewardserve draining (grace %.1f s)", grace)
-            await self._server.stop(grace)
+            await self._stop_listening(deadline)
         if self._engine is not None:
             await self._engine.shutdown(grace_s=max(0.0, deadline - time.monotonic()))
         logger.info("rewardserve stopped")
+
+    async def _stop_listening(self, deadline: float) -> None:
+        """Keep the port open while in-flight calls finish: meanwhile health answers NOT_SERVING
+        and new calls a clean UNAVAILABLE (stopping at once would cancel calls still in transit)."""
+        logger.info("rewardserve draining: %d call(s) in flight, grace %.1f s",
+                    len(self._servicer.open_calls), max(0.0, deadline - time.monotonic()))
+        if not await self._servicer.open_calls.wait_idle(max(0.0, deadline - time.monotonic())):
+            logger.warning("rewardserve grace period over: cancelling %d call(s)", len(self._servicer.open_calls))
+        # What is left: replies being flushed, health watches, reflection streams, or calls past
+        # the grace period (cancelled now, which the engine sees as cancelled work).
+        await self._server.stop(min(_FLUSH_S, max(0.0, deadline - time.monotonic())))
 
     async def wait_for_termination(self) -> None:
         """Block until the server stops (for embedding it without the CLI)."""

@@ -12,7 +12,7 @@ from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 from rewardserve.engine.errors import EngineUnavailableError
 from rewardserve.engine.types import EncodeResult, PoolingTask
 from rewardserve.service import convert
-from rewardserve.service.rpc import CallScope, unary
+from rewardserve.service.rpc import CallScope, OpenCalls, unary
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +33,17 @@ def server_version() -> str:
 
 class RewardServicer(pb_grpc.RewardServiceServicer):
     """Serves one engine. The engine may be attached after the server started listening
-    (the model loads in the background); until then every RPC answers UNAVAILABLE."""
+    (the model loads in the background); until then, and once draining, RPCs answer UNAVAILABLE."""
 
     def __init__(self, engine: Any | None = None) -> None:
         self._engine = engine
         self._version = server_version()
+        self._draining = False
+        self.open_calls = OpenCalls()  # read by @unary and by the server's drain
+
+    def refuse_new_calls(self) -> None:
+        """Drain: answer new calls UNAVAILABLE (clients retry elsewhere); open calls go on."""
+        self._draining = True
 
     def attach(self, engine: Any) -> None:
         """Serve ``engine`` from now on (called once the model is loaded)."""
@@ -45,7 +51,9 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
 
     @property
     def engine(self) -> Any:
-        """The engine, or UNAVAILABLE while the model is still loading."""
+        """The engine, or UNAVAILABLE while the model is still loading or the server drains."""
+        if self._draining:
+            raise EngineUnavailableError("the server is draining; retry on another replica")
         if self._engine is None:
             raise EngineUnavailableError("the model is still loading")
         return self._engine

@@ -16,9 +16,10 @@ score head. ``convert="classify"`` picks the head in this order:
     returns next-token logits [N, vocab] (Gemma2's ``final_logit_softcapping`` applied, as the
     LM's own logits are). ``traits.returned_token_ids`` (override ``"returned_token_ids"``)
     names the vocab columns that matter and ``traits.step_tag_id`` (override ``"step_tag_id"``)
-    the step marker; token_classify defaults to STEP pooling. Pooling contract: pool the rows
-    (step positions), ``score`` them → [n, vocab], keep the ``returned_token_ids`` columns
-    → [n, k], then softmax over those k: e.g. math-shepherd's P(+) among {+, -}.
+    the step marker; both must be ints, as pooling.py reads the same ``--pooler-config`` keys
+    as ids. token_classify defaults to STEP pooling. Pooling contract: pool the rows (step
+    positions), ``score`` them → [n, vocab], keep the ``returned_token_ids`` columns → [n, k],
+    then softmax over those k: e.g. math-shepherd's P(+) among {+, -}.
 
 ``convert="embed"`` (or "auto" with no classify hint): no head, LAST pooling, normalized.
 """
@@ -66,7 +67,8 @@ def load(spec: LoadSpec) -> PoolingModel:
         return PackedDecoder(backbone, None, decoder_traits(spec, num_labels=0, activation="identity", normalize=True))
     lm_head = hf.get_output_embeddings()
     if score_weight is not None:
-        head = _linear(score_weight.to(spec.dtype), None)
+        bias = read_tensor(spec.folder, "score.bias")  # [L] or None
+        head = _linear(score_weight.to(spec.dtype), None if bias is None else bias.to(spec.dtype))
         num = head.out_features
         activation = default_activation(num, getattr(spec.hf_config, "problem_type", None))
         return PackedDecoder(backbone, head, decoder_traits(spec, num_labels=num, activation=activation))
@@ -97,6 +99,14 @@ def token_id(tokenizer: Any, token: str | int, what: str) -> int:
     return int(ids[0])
 
 
+def _int_id(value: Any, what: str) -> int:
+    """Token ids the pooling layer also reads from ``--pooler-config`` must be ints there too."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise EngineError(f"{what}: {value!r} must be a token id (int); text is only accepted "
+                          "in classifier_from_token")
+    return value
+
+
 def _from_tokens(spec: LoadSpec, backbone: nn.Module, lm_head: nn.Linear) -> PoolingModel:
     """Score rows taken from the LM head: chosen token rows, or the 2-way softmax difference."""
     tokens = spec.pooler_overrides["classifier_from_token"]
@@ -121,10 +131,9 @@ def _from_tokens(spec: LoadSpec, backbone: nn.Module, lm_head: nn.Linear) -> Poo
 def _full_lm_head(spec: LoadSpec, backbone: nn.Module, lm_head: nn.Linear) -> PoolingModel:
     """The whole LM head as the score head (math-shepherd PRMs): logits [N, vocab]."""
     over = spec.pooler_overrides
-    returned = over.get("returned_token_ids")
-    returned = tuple(token_id(spec.tokenizer, t, "returned_token_ids") for t in returned) if returned else None
-    step = over.get("step_tag_id")
-    step = token_id(spec.tokenizer, step, "step_tag_id") if step is not None else None
+    returned = tuple(_int_id(t, "returned_token_ids") for t in over["returned_token_ids"]) \
+        if over.get("returned_token_ids") else None
+    step = _int_id(over["step_tag_id"], "step_tag_id") if over.get("step_tag_id") is not None else None
     tied = lm_head.weight is backbone.get_input_embeddings().weight
     head: nn.Module = _linear(lm_head.weight, lm_head.bias) if tied else lm_head
     cap = getattr(text_config(spec.hf_config), "final_logit_softcapping", None)

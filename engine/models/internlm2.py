@@ -14,8 +14,9 @@ InternLM2 is Llama with renamed and fused weights; nothing of its remote code is
 query heads, then that group's key head, then its value head. Query head ``g`` of kv head ``h``
 becomes query head ``h * groups + g``, which is the kv head Llama's GQA pairs it with.
 
-The hub's ``get_score`` appends ``config.reward_token_id`` to the rendered conversation; the
-caller (chat template / tokenization) must do the same — this adapter scores what it is given.
+The hub's ``get_score`` appends ``config.reward_token_id`` to the rendered conversation: the
+traits carry it as ``append_token_id`` and prepare appends it to text and chat inputs (token id
+inputs are scored as given).
 """
 from __future__ import annotations
 
@@ -106,6 +107,8 @@ def load(spec: LoadSpec) -> PoolingModel:
     head.weight.data = v_head.to(spec.dtype)
     if head.bias is not None:
         head.bias.data = state["v_head.bias"].to(spec.dtype)
+    reward_token = getattr(spec.hf_config, "reward_token_id", None)
     traits = decoder_traits(spec, num_labels=v_head.shape[0], activation="identity",
-                            labels=("reward",) if v_head.shape[0] == 1 else None)
+                            labels=("reward",) if v_head.shape[0] == 1 else None,
+                            append_token_id=int(reward_token) if reward_token is not None else None)
     return PackedDecoder(backbone, head, traits)

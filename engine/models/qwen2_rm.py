@@ -64,9 +64,10 @@ def _mlp_head(state: dict, spec: LoadSpec) -> nn.Sequential:
 
 
 def _step_tag_id(spec: LoadSpec) -> int | None:
-    """``step_tag_id`` from the pooler overrides, else the tokenizer's ``<extra_0>`` if it has one."""
-    if spec.pooler_overrides.get("step_tag_id") is not None:
-        return int(spec.pooler_overrides["step_tag_id"])
+    """The architecture default: the tokenizer's ``<extra_0>`` id, if it has one.
+
+    A ``--pooler-config`` / request ``step_tag_id`` overrides it in pooling.py, not here.
+    """
     tok = spec.tokenizer
     if tok is None or STEP_TAG not in tok.get_vocab():
         return None

@@ -86,7 +86,7 @@ def test_chosen_token_rows(ckpt):
 def test_math_shepherd_step_rewards(ckpt):
     """(c) full LM head + STEP pooling + returned_token_ids (Mistral with a sliding window)."""
     _save(ckpt, "MistralForCausalLM")
-    over = {"returned_token_ids": ["+", "-"], "step_tag_id": "<extra_0>"}
+    over = {"returned_token_ids": [PLUS, MINUS], "step_tag_id": STEP_TAG_ID}
     model = load(ckpt, convert="classify", overrides=over)
     t = model.traits
     assert (t.returned_token_ids, t.step_tag_id) == ((PLUS, MINUS), STEP_TAG_ID)
@@ -131,6 +131,8 @@ def test_convert_embed(ckpt):
     ({"classifier_from_token": ["no"]}, "not exactly one"),          # "no" is 2 tokens here
     ({"classifier_from_token": ["+", "-", "Yes"], "method": "from_2_way_softmax"}, "exactly 2"),
     ({"classifier_from_token": ["+"], "method": "softmax_of_everything"}, "not one of"),
+    ({"returned_token_ids": ["+", "-"]}, "must be a token id"),   # pooling.py reads these as ids
+    ({"step_tag_id": "<extra_0>"}, "must be a token id"),
 ])
 def test_bad_token_overrides(ckpt, over, match):
     _save(ckpt, "LlamaForCausalLM")

@@ -82,9 +82,13 @@ def test_qwen2_process_reward_model_step_scores(ckpt):
     assert_close(logits.softmax(-1)[:, 1], want.softmax(-1)[:, 1])  # P(step is right)
 
 
-def test_qwen2_prm_step_tag_override(ckpt):
+def test_qwen2_prm_without_extra_0_has_no_default_step_tag(ckpt):
+    """No "<extra_0>" in the tokenizer: no default step tag (pooling then needs one per request)."""
+    from rewardserve.engine.demo import build_tokenizer
+
     _qwen2_rm_checkpoint(ckpt, "Qwen2ForProcessRewardModel", 2)
-    assert load(ckpt, overrides={"step_tag_id": 7}).traits.step_tag_id == 7
+    build_tokenizer(ckpt, specials=("<|endoftext|>",))
+    assert load(ckpt).traits.step_tag_id is None
 
 
 # ---- InternLM2 -------------------------------------------------------------------------

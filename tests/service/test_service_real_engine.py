@@ -1,0 +1,65 @@
+"""The server around the real AsyncEngine on the demo model (CPU): the issue's bad inputs get
+INVALID_ARGUMENT naming field and item, while a concurrent good call on the same server succeeds."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import grpc
+import pytest
+from rewardserve_client.v1 import reward_service_pb2 as pb
+from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
+
+from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig
+from rewardserve.service.server import RewardServer
+from service_testlib import local_config
+
+pytestmark = pytest.mark.slow
+MAX_LEN = 32
+
+
+def chat(*turns: tuple[str, str]) -> pb.Conversation:
+    return pb.Conversation(messages=[pb.ChatMessage(role=r, content=c) for r, c in turns])
+
+
+@pytest.fixture
+async def real_stub(demo_model_dir):
+    engine = EngineConfig(model=ModelConfig(model=str(demo_model_dir), dtype="float32", max_model_len=MAX_LEN),
+                          runner=RunnerConfig(device="cpu"))
+    config = dataclasses.replace(local_config(), engine=engine)
+    async with RewardServer(config) as server:  # the default loader: AsyncEngine.from_config
+        await asyncio.wait_for(server.wait_ready(), 120)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield pb_grpc.RewardServiceStub(channel)
+
+
+async def test_real_engine_every_rpc_and_bad_inputs_beside_a_good_call(real_stub):
+    info = await real_stub.GetModelInfo(pb.GetModelInfoRequest())
+    assert info.max_model_len == MAX_LEN and info.vocab_size == 400
+    good = [
+        real_stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text="The answer is 42.")] * 3)),
+        real_stub.Reward(pb.RewardRequest(inputs=[pb.EncodeInput(token_ids=pb.TokenIds(ids=[5, 6, 7]))])),
+        real_stub.ChatReward(pb.ChatRewardRequest(conversations=[chat(("user", "2+2?"), ("assistant", "4"))])),
+    ]
+    bad = [
+        (real_stub.Encode(pb.EncodeRequest()), "inputs: must not be empty"),
+        (real_stub.ChatReward(pb.ChatRewardRequest(conversations=[chat(("user", "hi")), chat(("robot", "x"))])),
+         "conversations[1]: unknown role 'robot'"),
+        (real_stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text="ok"),
+                                                   pb.EncodeInput(token_ids=pb.TokenIds(ids=[1, 400]))])),
+         "inputs[1]: token id 400"),
+        (real_stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(token_ids=pb.TokenIds(ids=[1] * (MAX_LEN + 1)))])),
+         f"inputs[0]: input has {MAX_LEN + 1} tokens"),
+    ]
+    outcomes = await asyncio.gather(*good, *(call for call, _ in bad), return_exceptions=True)
+    encoded, rewarded, chatted = outcomes[:3]
+    assert [r.index for r in encoded.results] == [0, 1, 2] and encoded.task == pb.POOLING_TASK_CLASSIFY
+    assert list(rewarded.results[0].data.shape) == [3, 1]
+    assert chatted.results[0].num_tokens > 0 and chatted.results[0].label_scores[0].label == "reward"
+    for error, (_, message) in zip(outcomes[3:], bad):
+        assert isinstance(error, grpc.aio.AioRpcError), error
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and error.details().startswith(message)
+    truncated = await real_stub.Encode(pb.EncodeRequest(
+        inputs=[pb.EncodeInput(token_ids=pb.TokenIds(ids=[1] * (MAX_LEN + 1)))],
+        truncation=pb.Truncation(truncate_prompt_tokens=-1)))
+    assert truncated.results[0].truncated and truncated.results[0].num_tokens == MAX_LEN
