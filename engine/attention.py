@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 
 ATTN_IMPLEMENTATION = "rewardserve_varlen"
-_state = {"backend": "sdpa"}
+# backend: the kernel in use; gqa_native: the torch kernel takes Hkv < H as is (probed on CUDA);
+# cuda_fallback: a CUDA forward took the SDPA loop (host syncs: no CUDA-graph capture then).
+_state = {"backend": "sdpa", "gqa_native": True, "cuda_fallback": False}
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: Va
     backend = _state["backend"]
     if softcap:  # neither bundled kernel soft-caps; flash_attn does
         backend = "flash_attn" if backend == "flash_attn" else "sdpa"
+    if q.dtype == torch.float32 and backend != "sdpa":  # FlashAttention kernels are 16-bit only
+        backend = "sdpa"
     if backend == "flash_attn":
         return _flash_attn(q, k, v, meta, is_causal, scale, window, softcap)
     if backend == "torch":
@@ -77,13 +81,44 @@ def _flash_attn(q, k, v, meta, is_causal, scale, window, softcap):
 
 
 def _torch_flash(q, k, v, meta, is_causal, scale, window):
-    # aten's FA2 entry point takes GQA directly (Hq % Hkv == 0) and a left window.
+    # aten's FA2 entry point takes GQA directly (Hq % Hkv == 0) and a left window; torch's
+    # public varlen_attn wraps this same op. probe_torch_flash() checks GQA once per process.
+    if k.shape[1] != q.shape[1] and not _state["gqa_native"]:
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
     left = window - 1 if window else None
     right = (0 if is_causal else None) if window else None
     out = torch.ops.aten._flash_attention_forward(
         q, k, v, meta.cu_seqlens, meta.cu_seqlens, meta.max_seqlen, meta.max_seqlen, 0.0, is_causal, False,
         scale=scale, window_size_left=left, window_size_right=right)
     return out[0]
+
+
+def probe_torch_flash(device: torch.device) -> bool:
+    """Check once that the torch kernel takes GQA (Hkv < H) natively; else repeat kv heads.
+
+    Runs a tiny packed batch both ways and compares; returns (and records) the verdict.
+    """
+    gen = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(40, 4, 64, device=device, dtype=torch.bfloat16, generator=gen)   # [T, H, D]
+    k, v = (torch.randn(40, 2, 64, device=device, dtype=torch.bfloat16, generator=gen) for _ in range(2))
+    meta = VarlenMeta(torch.tensor([0, 17, 40], dtype=torch.int32, device=device), 23)
+    want = _torch_flash(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), meta, True, 0.125, None)
+    try:
+        got = _torch_flash(q, k, v, meta, True, 0.125, None)
+        native = bool((got.float() - want.float()).abs().max().item() < 1e-2)
+    except RuntimeError:
+        native = False
+    _state["gqa_native"] = native
+    return native
+
+
+def cuda_fallback_used(reset: bool = False) -> bool:
+    """Whether a CUDA forward went through the SDPA loop since the last reset."""
+    used = _state["cuda_fallback"]
+    if reset:
+        _state["cuda_fallback"] = False
+    return used
 
 
 def sequence_mask(length: int, is_causal: bool, window: int | None, device: torch.device) -> torch.Tensor | None:
@@ -104,6 +139,8 @@ def _sdpa_masked(q, k, v, meta, is_causal, scale, window, softcap):
     A dense [T, T] mask over a packed batch costs O(T^2) memory and time; the blocks cost
     O(sum n_i^2) and give the same result.
     """
+    if q.is_cuda:
+        _state["cuda_fallback"] = True
     num_heads = q.shape[1]
     if k.shape[1] != num_heads:  # GQA: repeat kv heads
         rep = num_heads // k.shape[1]
@@ -111,6 +148,8 @@ def _sdpa_masked(q, k, v, meta, is_causal, scale, window, softcap):
     out = torch.empty_like(q)
     bounds = meta.cu_seqlens.tolist()
     for start, end in zip(bounds[:-1], bounds[1:]):
+        if end == start:  # zero-length sequence (padding of a fixed-size batch)
+            continue
         qh, kh, vh = (x[start:end].transpose(0, 1) for x in (q, k, v))  # [H, n, D]
         mask = sequence_mask(end - start, is_causal, window, q.device)
         out[start:end] = _attend(qh, kh, vh, mask, scale, softcap).transpose(0, 1)

@@ -30,7 +30,9 @@ class EngineCore:
         self.limits = Limits(self.traits.vocab_size, self.loaded.max_model_len, self.traits.append_token_id)
         self.info = model_info(config.model.model, self.loaded)
         head_dtype = None if config.model.head_dtype == "model" else torch.float32
-        self.runner = ModelRunner(self.loaded.model, self.loaded.device, self.loaded.backend, head_dtype)
+        self.runner = ModelRunner(self.loaded.model, self.loaded.device, self.loaded.backend, head_dtype,
+                                  compile=config.runner.compile, cuda_graphs=config.runner.cuda_graphs,
+                                  max_tokens=config.scheduler.max_num_batched_tokens)
 
     def plan(self, task: PoolingTask | None, params: PoolingParams | None) -> tuple[pooling.ResolvedPooling, PoolingParams]:
         """Resolve pooling: request > server --pooler-config > model traits."""

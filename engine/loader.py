@@ -88,6 +88,9 @@ def load(config: EngineConfig) -> Loaded:
     tokenizer = load_tokenizer(config, folder)
     spec = LoadSpec(folder, hf_config, config.model, dtype, tokenizer.hf if tokenizer else None,
                     config.model.pooler_overrides())
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a server log is no terminal: no weight-loading bars
     model = load_model(spec)
     max_len = config.model.max_model_len or model.traits.max_position_embeddings
     log.info("loaded %s (%s) on %s in %s, attention backend %s", folder, model.traits.architecture,

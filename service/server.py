@@ -60,6 +60,7 @@ class RewardServer:
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._bring_up: asyncio.Task | None = None
+        self._drained: asyncio.Future | None = None
 
     async def __aenter__(self) -> "RewardServer":
         await self.start()
@@ -95,8 +96,16 @@ class RewardServer:
         await asyncio.shield(self._bring_up)
 
     async def drain(self, grace_s: float | None = None) -> None:
-        """Stop gracefully: NOT_SERVING, refuse new calls, finish in-flight ones, stop the engine."""
-        grace = self.config.server.grace_period_s if grace_s is None else grace_s
+        """Stop gracefully: NOT_SERVING, refuse new calls, finish in-flight ones, stop the engine.
+
+        Idempotent: a second call (a second signal, ``__aexit__`` after ``drain``) waits for the first.
+        """
+        if self._drained is None:
+            grace = self.config.server.grace_period_s if grace_s is None else grace_s
+            self._drained = asyncio.ensure_future(self._drain(grace))
+        await asyncio.shield(self._drained)
+
+    async def _drain(self, grace: float) -> None:
         deadline = time.monotonic() + grace
         # Permanent: a warm-up finishing during the drain cannot flip health back to SERVING.
         await self._health.enter_graceful_shutdown()

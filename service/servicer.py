@@ -61,7 +61,8 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
     @unary
     async def Encode(self, request: pb.EncodeRequest, call: CallScope) -> pb.EncodeResponse:
         """Any pooling task on texts or token ids."""
-        engine, req = self.engine, convert.encode_call(request)
+        req = convert.encode_call(request)  # a bad request is INVALID_ARGUMENT even while loading
+        engine = self.engine
         task = req.task or convert.default_task(engine.info)
         results = await engine.encode(req.inputs, task, req.params, priority=req.priority,
                                       deadline=call.deadline, request_id=call.request_id)
@@ -73,7 +74,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
         """Deprecated: Encode with TOKEN_CLASSIFY. Every reply (errors too) says so in its trailers."""
         call.trailing_metadata.append((DEPRECATION_KEY, DEPRECATION_TEXT))
         _warn_deprecated_once()
-        engine, req = self.engine, convert.reward_call(request)
+        req, engine = convert.reward_call(request), self.engine
         results = await engine.encode(req.inputs, PoolingTask.TOKEN_CLASSIFY, req.params, priority=req.priority,
                                       deadline=call.deadline, request_id=call.request_id)
         return pb.RewardResponse(request_id=call.request_id, model=engine.info.model, **_encode_body(results, call))
@@ -81,7 +82,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
     @unary
     async def ChatReward(self, request: pb.ChatRewardRequest, call: CallScope) -> pb.ChatRewardResponse:
         """Conversations rendered with the chat template, scored."""
-        engine, req = self.engine, convert.chat_call(request)
+        req, engine = convert.chat_call(request), self.engine
         results = await engine.chat_reward(req.conversations, req.params, priority=req.priority,
                                            deadline=call.deadline, request_id=call.request_id)
         return pb.ChatRewardResponse(request_id=call.request_id, model=engine.info.model,

@@ -1,0 +1,137 @@
+"""Host-side packing for the runner: one int64 staging row per batch, built with numpy.
+
+Everything a forward pass needs from the host travels in ONE host→device copy. Layout of the
+row (int64, each region starting on a multiple of ``ALIGN`` elements)::
+
+    [input_ids: tok_cap][positions: tok_cap][cu_seqlens: seq_cap + 1][gather: num_rows]
+
+``tok_cap``/``seq_cap`` are the real token/sequence counts for an eager or compiled forward, and
+the bucket's capacities for a CUDA-graph replay. Graph padding: tokens ``T..tok_cap`` form one
+dummy sequence (ids 0, positions 0: always a valid position), and the ``cu_seqlens`` entries after it repeat
+``tok_cap`` (zero-length sequences), so the real sequences never attend to padding.
+``gather`` holds the packed row of every pooled position, item after item.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
+import torch
+
+ALIGN = 8  # 64-byte aligned regions: compiled kernels assume aligned inputs
+
+
+def _up(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each region of a staging row starts (in elements)."""
+
+    tok_cap: int
+    seq_cap: int  # number of sequences the cu_seqlens region describes
+    num_rows: int
+
+    @property
+    def pos_start(self) -> int:
+        return _up(self.tok_cap)
+
+    @property
+    def cu_start(self) -> int:
+        return self.pos_start + _up(self.tok_cap)
+
+    @property
+    def gather_start(self) -> int:
+        return self.cu_start + _up(self.seq_cap + 1)
+
+    @property
+    def total(self) -> int:
+        return self.gather_start + self.num_rows
+
+    def views(self, row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """row [>= total] → input_ids [tok_cap], positions [tok_cap], cu_seqlens [seq_cap + 1] (int64),
+        gather [num_rows]."""
+        return (row[:self.tok_cap], row[self.pos_start:self.pos_start + self.tok_cap],
+                row[self.cu_start:self.cu_start + self.seq_cap + 1],
+                row[self.gather_start:self.gather_start + self.num_rows])
+
+
+@dataclass
+class Plan:
+    """Host facts of one batch: sizes and how many pooled rows each item reads."""
+
+    lengths: np.ndarray   # [n] tokens per item
+    row_counts: list[int]  # pooled positions per item
+    num_tokens: int
+    max_seqlen: int
+
+    @property
+    def num_seqs(self) -> int:
+        return int(self.lengths.shape[0])
+
+    @property
+    def num_rows(self) -> int:
+        return sum(self.row_counts)
+
+
+def plan(items: list) -> Plan:
+    """Sizes of a batch of WorkItems (``token_ids``, ``positions``)."""
+    lengths = np.fromiter((len(it.token_ids) for it in items), dtype=np.int64, count=len(items))
+    counts = [len(it.positions) for it in items]
+    return Plan(lengths, counts, int(lengths.sum()), int(lengths.max(initial=0)))
+
+
+def fill(row: np.ndarray, items: list, p: Plan, layout: Layout) -> None:
+    """Write a batch into ``row`` (int64 numpy view of the staging buffer) following ``layout``."""
+    t, cap = p.num_tokens, layout.tok_cap
+    starts = np.zeros(p.num_seqs, dtype=np.int64)
+    np.cumsum(p.lengths[:-1], out=starts[1:])
+    ids = row[:cap]
+    ids[:t] = np.fromiter(chain.from_iterable(it.token_ids for it in items), dtype=np.int64, count=t)
+    ids[t:] = 0
+    pos = row[layout.pos_start:layout.pos_start + cap]
+    pos[:t] = np.arange(t, dtype=np.int64) - np.repeat(starts, p.lengths)
+    pos[t:] = 0  # the dummy padding sequence
+    cu = row[layout.cu_start:layout.cu_start + layout.seq_cap + 1]
+    cu[0] = 0
+    np.cumsum(p.lengths, out=cu[1:p.num_seqs + 1])
+    cu[p.num_seqs + 1:] = cap  # padding sequence, then zero-length sequences
+    rows = np.fromiter(chain.from_iterable(it.positions for it in items), dtype=np.int64, count=p.num_rows)
+    rows += np.repeat(starts, p.row_counts)
+    row[layout.gather_start:layout.gather_start + p.num_rows] = rows
+
+
+class StagingBuffer:
+    """A reusable host buffer (pinned on CUDA) that staging rows are written into.
+
+    Reuse is safe because the runner waits for each batch's results before packing the next,
+    and that wait comes after the batch's host→device copy in stream order.
+    """
+
+    def __init__(self, pinned: bool):
+        self.pinned = pinned
+        self.tensor = torch.empty(0, dtype=torch.int64)
+
+    def row(self, size: int) -> tuple[torch.Tensor, np.ndarray]:
+        """A [size] int64 tensor and its numpy view (grown in powers of two)."""
+        if self.tensor.numel() < size:
+            cap = 1 << max(12, (size - 1).bit_length())
+            self.tensor = torch.empty(cap, dtype=torch.int64, pin_memory=self.pinned)
+        t = self.tensor[:size]
+        return t, t.numpy()
+
+
+class ResultBuffer:
+    """A reusable pinned float32 buffer for the one device→host copy of a batch's results."""
+
+    def __init__(self, pinned: bool):
+        self.pinned = pinned
+        self.tensor = torch.empty(0, dtype=torch.float32)
+
+    def take(self, numel: int) -> torch.Tensor:
+        if self.tensor.numel() < numel:
+            cap = 1 << max(12, (numel - 1).bit_length())
+            self.tensor = torch.empty(cap, dtype=torch.float32, pin_memory=self.pinned)
+        return self.tensor[:numel]
