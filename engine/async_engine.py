@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from rewardserve.engine.config import EngineConfig
@@ -24,6 +25,21 @@ from rewardserve.engine.scheduler import Request, Scheduler
 from rewardserve.engine.types import ChatInput, EncodeInput, EncodeResult, ModelInfo, PoolingParams, PoolingTask
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """Queue depth now, and totals since start (for metrics)."""
+
+    queued_requests: int
+    queued_tokens: int
+    num_rejected: int
+    num_expired: int
+    num_cancelled: int
+    num_oom_splits: int
+    num_failed_items: int
+
+
 BatchObserver = Callable[[list[WorkItem], float], None]
 
 
@@ -38,6 +54,7 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self._ready = False
         self._draining = False
+        self.num_failed_items = 0
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "AsyncEngine":
@@ -47,6 +64,16 @@ class AsyncEngine:
     @property
     def info(self) -> ModelInfo:
         return self.core.info
+
+    def add_observer(self, observer: BatchObserver) -> None:
+        """Call ``observer(items, compute_seconds)`` after every batch (on the GPU thread)."""
+        self.observers.append(observer)
+
+    def stats(self) -> EngineStats:
+        """A snapshot of queue depth and fault counters (cheap; safe from any thread)."""
+        s = self.scheduler.stats
+        return EngineStats(s.queued_requests, s.queued_tokens, s.num_rejected, s.num_expired, s.num_cancelled,
+                           self.core.runner.num_oom_splits, self.num_failed_items)
 
     @property
     def is_ready(self) -> bool:
@@ -137,6 +164,7 @@ class AsyncEngine:
                 self._compute_isolating(items[:half])
                 self._compute_isolating(items[half:])
                 return
+            self.num_failed_items += 1
             error = exc if isinstance(exc, EngineError) else _item_error(exc, items[0])
             self.scheduler.fail(items[0].owner, error)
 

@@ -25,6 +25,7 @@ from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
 from rewardserve.engine.config import EngineConfig
 from rewardserve.service.config import ServeConfig, ServerConfig
+from rewardserve.service.metrics import MetricsInterceptor, ServerMetrics
 from rewardserve.service.servicer import SERVICE_NAME, RewardServicer
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,8 @@ class RewardServer:
         self._servicer = RewardServicer()
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
+        self.metrics = ServerMetrics() if config.server.metrics_port else None
+        self.metrics_port: int | None = None
         self._bring_up: asyncio.Task | None = None
         self._drained: asyncio.Future | None = None
 
@@ -76,7 +79,8 @@ class RewardServer:
 
     async def start(self) -> None:
         """Listen now; bring the engine up in the background (see ``wait_ready``)."""
-        server = grpc.aio.server(options=self.config.server.channel_options())
+        interceptors = [MetricsInterceptor(self.metrics)] if self.metrics else []
+        server = grpc.aio.server(options=self.config.server.channel_options(), interceptors=interceptors)
         pb_grpc.add_RewardServiceServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(REFLECTED, server)
@@ -85,8 +89,9 @@ class RewardServer:
         await server.start()
         self._server = server
         logger.info("rewardserve listening on %s:%d", self.config.server.host, self.port)
-        if self.config.server.metrics_port:
-            logger.warning("--metrics-port is not served yet; ignoring %d", self.config.server.metrics_port)
+        if self.metrics:
+            self.metrics_port = self.metrics.serve(self.config.server.metrics_port, self.config.server.host)
+            logger.info("rewardserve metrics on http://%s:%d/metrics", self.config.server.host, self.metrics_port)
         self._bring_up = asyncio.create_task(self._bring_up_engine(), name="rewardserve-bring-up")
 
     async def wait_ready(self) -> None:
@@ -139,6 +144,8 @@ class RewardServer:
                 # Loading reads and moves gigabytes: keep it off the event loop so health answers.
                 self._engine = await asyncio.to_thread(self._loader, self.config.engine)
             self._servicer.attach(self._engine)
+            if self.metrics:
+                self.metrics.bind_engine(self._engine)
             await self._engine.start()
         except asyncio.CancelledError:
             raise

@@ -1,0 +1,189 @@
+"""GPU parity: bfloat16 through the torch FlashAttention backend, eager and compiled + CUDA graphs.
+
+For each decoder family (Llama, Qwen2 with a sliding-window layer, Qwen3, Mistral with a sliding
+window, Gemma2 with soft-capping and a sliding window) a tiny checkpoint in the hub layout is
+scored by the offline Engine: one packed batch of 10 inputs (1..300 tokens, the window is 64),
+each input alone, and a 30-input batch over the largest graph bucket (the compiled dynamic path).
+Compared with transformers' own right-padded float32 forward (the reference) and its bfloat16
+forward (how far bf16 alone moves the result):
+  - last hidden state of every token (token_embed, no normalisation): relative L2 error,
+  - the LAST-pooled score (classify, raw logits): max abs error.
+Set REWARDSERVE_PARITY_JSON=path to record the tolerances and every difference seen.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+tf = pytest.importorskip("transformers")
+
+LENGTHS = (1, 2, 7, 33, 64, 65, 100, 150, 255, 300)
+WINDOW = 64
+SIZES = dict(vocab_size=400, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.1, pad_token_id=0,
+             bos_token_id=0, eos_token_id=0, num_labels=1)
+TOL = {  # bf16 has an 8-bit mantissa: ~0.4% per rounding, a few roundings per layer
+    "hidden_rel_vs_fp32": 2e-2,        # ‖engine − fp32‖ / ‖fp32‖ over all tokens
+    "hidden_rel_vs_fp32_over_hf_bf16": 2.0,  # ... at most this multiple of transformers-bf16's own error (+5e-3)
+    "logits_abs_vs_fp32": 5e-2,        # max |Δ score| / max(1, max |score|)
+    "packed_vs_alone_rel": 1e-2,       # relative L2, hidden; same kernels, different batch shapes
+    "mode_vs_eager_rel": 1.5e-2,       # compiled + graphs vs eager, relative L2
+}
+MODES = {"eager": dict(compile=False, cuda_graphs=False), "compile+graphs": dict(compile=True, cuda_graphs=True)}
+RESULTS: dict = {"tolerances": TOL, "lengths": LENGTHS, "window": WINDOW, "models": {}}
+
+
+def _builders():
+    c = dict(SIZES)
+    return {
+        "llama": lambda: tf.LlamaForSequenceClassification(tf.LlamaConfig(**c)),
+        "qwen2": lambda: tf.Qwen2ForSequenceClassification(tf.Qwen2Config(
+            **c, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1)),
+        "qwen3": lambda: tf.Qwen3ForSequenceClassification(tf.Qwen3Config(**c, head_dim=64)),
+        "mistral": lambda: tf.MistralForSequenceClassification(tf.MistralConfig(
+            **c, head_dim=64, sliding_window=WINDOW)),
+        "gemma2": lambda: tf.Gemma2ForSequenceClassification(tf.Gemma2Config(
+            **c, head_dim=64, sliding_window=WINDOW, attn_logit_softcapping=5.0, query_pre_attn_scalar=64)),
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _record():
+    yield
+    path = os.environ.get("REWARDSERVE_PARITY_JSON")
+    if path:
+        RESULTS["device"] = torch.cuda.get_device_name()
+        RESULTS["torch"] = torch.__version__
+        with open(path, "w") as f:
+            json.dump(RESULTS, f, indent=1)
+
+
+def _inputs(seed: int = 0) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, 400, (n,), generator=gen).tolist() for n in LENGTHS]
+
+
+@torch.no_grad()
+def _hf_reference(folder, seqs, dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """transformers' right-padded forward: per-sequence hidden [n, H] and LAST scores [N, 1]."""
+    hf = tf.AutoModelForSequenceClassification.from_pretrained(
+        str(folder), dtype=dtype, attn_implementation="eager").cuda().eval()
+    width = max(map(len, seqs))
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)], mask[i, :len(s)] = torch.tensor(s), 1
+    ids, mask = ids.cuda(), mask.cuda()
+    hidden = getattr(hf, hf.base_model_prefix)(input_ids=ids, attention_mask=mask).last_hidden_state
+    logits = hf(input_ids=ids, attention_mask=mask).logits
+    return [hidden[i, :len(s)].float().cpu() for i, s in enumerate(seqs)], logits.float().cpu()
+
+
+def _engine(folder, **runner):
+    from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig
+    from rewardserve.engine.engine import Engine
+
+    return Engine(EngineConfig(model=ModelConfig(model=str(folder), dtype="bfloat16"),
+                               runner=RunnerConfig(device="cuda", attention_backend="torch", **runner)))
+
+
+def _score(engine, seqs) -> tuple[list[torch.Tensor], torch.Tensor]:
+    from rewardserve.engine.types import PoolingParams
+
+    hidden = [r.data for r in engine.encode(seqs, task="token_embed", params=PoolingParams(normalize=False))]
+    logits = [r.data for r in engine.encode(seqs, task="classify", params=PoolingParams(use_activation=False))]
+    return hidden, torch.stack(logits)
+
+
+def _rel(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
+    a, b = torch.cat(got).float(), torch.cat(want).float()
+    return float((a - b).norm() / b.norm())
+
+
+def _abs(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / max(1.0, float(want.abs().max())))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    from rewardserve.engine.demo import build_tokenizer
+
+    out = {}
+    for name, build in _builders().items():
+        folder = tmp_path_factory.mktemp(name)
+        build_tokenizer(folder)
+        torch.manual_seed(0)
+        build().save_pretrained(str(folder))
+        out[name] = folder
+    return out
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3", "mistral", "gemma2"])
+def test_bf16_packed_equals_alone_and_transformers(name, checkpoints):
+    folder, seqs = checkpoints[name], _inputs()
+    ref_h, ref_l = _hf_reference(folder, seqs, torch.float32)
+    bf_h, bf_l = _hf_reference(folder, seqs, torch.bfloat16)
+    record = RESULTS["models"][name] = {"hf_bf16": {"hidden_rel_vs_fp32": _rel(bf_h, ref_h),
+                                                    "logits_abs_vs_fp32": _abs(bf_l, ref_l)}}
+    eager_h = None
+    for mode, flags in MODES.items():
+        engine = _engine(folder, **flags)
+        hidden, logits = _score(engine, seqs)
+        alone = [_score(engine, [s]) for s in seqs]
+        big_h, big_l = _score(engine, seqs * 3)  # over the largest graph bucket
+        got = {"hidden_rel_vs_fp32": _rel(hidden, ref_h), "logits_abs_vs_fp32": _abs(logits, ref_l),
+               "packed_vs_alone_rel": _rel(hidden, [a[0][0] for a in alone]),
+               "packed_vs_alone_logits_abs": _abs(logits, torch.cat([a[1] for a in alone])),
+               "big_batch_vs_packed_rel": _rel(big_h[:len(seqs)], hidden),
+               "big_batch_logits_abs": _abs(big_l[:len(seqs)], logits),
+               "runner": {k: v for k, v in engine.core.runner.stats.items() if k != "buckets"}}
+        if eager_h is not None:
+            got["mode_vs_eager_rel"] = _rel(hidden, eager_h)
+        record[mode] = got
+        eager_h = eager_h or hidden
+        del engine
+        torch.cuda.empty_cache()
+        _check(got, record["hf_bf16"], mode)
+
+
+def _check(got: dict, hf_bf16: dict, mode: str) -> None:
+    assert got["hidden_rel_vs_fp32"] <= TOL["hidden_rel_vs_fp32"], got
+    bound = TOL["hidden_rel_vs_fp32_over_hf_bf16"] * hf_bf16["hidden_rel_vs_fp32"] + 5e-3
+    assert got["hidden_rel_vs_fp32"] <= bound, (got, hf_bf16)
+    assert got["logits_abs_vs_fp32"] <= TOL["logits_abs_vs_fp32"], got
+    for key in ("packed_vs_alone_rel", "big_batch_vs_packed_rel"):
+        assert got[key] <= TOL["packed_vs_alone_rel"], (key, got)
+    for key in ("packed_vs_alone_logits_abs", "big_batch_logits_abs"):
+        assert got[key] <= TOL["logits_abs_vs_fp32"], (key, got)
+    if "mode_vs_eager_rel" in got:
+        assert got["mode_vs_eager_rel"] <= TOL["mode_vs_eager_rel"], (mode, got)
+
+
+def test_torch_flash_backend_gqa_window_and_causality():
+    """The torch kernel against per-sequence SDPA in fp32: GQA, sliding window, non-causal."""
+    from rewardserve.engine import attention
+
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    lengths = [1, 5, 64, 65, 200]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    total = int(cu[-1])
+    q = torch.randn(total, 8, 128, device="cuda", generator=gen).bfloat16()   # [T, H, D]
+    k, v = (torch.randn(total, 2, 128, device="cuda", generator=gen).bfloat16() for _ in range(2))
+    meta = attention.VarlenMeta(cu, max(lengths))
+    diffs = {}
+    for causal, window in ((True, None), (True, 16), (False, None)):
+        attention.set_backend("torch")
+        got = attention.varlen_attention(q, k, v, meta, is_causal=causal, scale=128 ** -0.5, window=window)
+        attention.set_backend("sdpa")
+        want = attention.varlen_attention(q.float(), k.float(), v.float(), meta, is_causal=causal,
+                                          scale=128 ** -0.5, window=window)
+        diffs[f"causal={causal},window={window}"] = float((got.float() - want).abs().max())
+    RESULTS["attention_kernel_max_abs_vs_fp32_sdpa"] = diffs
+    RESULTS["gqa_native"] = attention.probe_torch_flash(torch.device("cuda"))
+    assert max(diffs.values()) <= 2e-2, diffs

@@ -1,0 +1,65 @@
+"""Prometheus metrics of a real server on the demo model: RPC latency by method and code,
+batches, tokens, queue depth and drop counters, scraped over HTTP from --metrics-port."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import socket
+import urllib.request
+
+import grpc
+import pytest
+from rewardserve_client.v1 import reward_service_pb2 as pb
+from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
+
+from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig
+from rewardserve.service.server import RewardServer
+from service_testlib import local_config
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text format (0 when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = rf"^{re.escape(name)}(\{{{re.escape(want)}\}})? ([0-9.e+-]+)$" if want else rf"^{re.escape(name)} ([0-9.e+-]+)$"
+    match = re.search(pattern, text, re.MULTILINE)
+    return float(match.groups()[-1]) if match else 0.0
+
+
+async def scrape(port: int) -> str:
+    def get() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            return reply.read().decode()
+    return await asyncio.to_thread(get)
+
+
+async def test_metrics_count_rpcs_batches_tokens_and_queue(demo_model_dir):
+    engine = EngineConfig(model=ModelConfig(model=str(demo_model_dir)), runner=RunnerConfig(device="cpu"))
+    server_cfg = dataclasses.replace(local_config().server, metrics_port=free_port())
+    config = dataclasses.replace(local_config(), engine=engine, server=server_cfg)
+    async with RewardServer(config) as server:
+        await asyncio.wait_for(server.wait_ready(), 120)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.RewardServiceStub(channel)
+            seqs = [[1 + i] * (5 + i) for i in range(6)]
+            await asyncio.gather(*[stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(token_ids=pb.TokenIds(ids=s))]))
+                                   for s in seqs])
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(token_ids=pb.TokenIds(ids=[400]))]))
+        text = await scrape(server.metrics_port)
+    assert sample(text, "rewardserve_rpc_latency_seconds_count", code="OK", method="Encode") == 6
+    assert sample(text, "rewardserve_rpc_latency_seconds_count", code="INVALID_ARGUMENT", method="Encode") == 1
+    assert sample(text, "rewardserve_tokens_total") == sum(map(len, seqs))
+    assert sample(text, "rewardserve_sequences_total") == 6
+    assert 1 <= sample(text, "rewardserve_batch_tokens_count") <= 6
+    assert sample(text, "rewardserve_queue_time_seconds_count") == 6
+    assert "rewardserve_queue_requests 0.0" in text and "rewardserve_queue_tokens 0.0" in text
+    assert sample(text, "rewardserve_dropped_requests_total", reason="expired") == 0
