@@ -15,7 +15,8 @@ CONVERTS = ("auto", "none", "classify", "embed")
 HEAD_DTYPES = ("model", "float32")
 
 
-def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field with its documentation (and allowed values): the CLI is built from these."""
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
@@ -23,15 +24,18 @@ def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any
 class ModelConfig:
     """Which checkpoint to load and how to read it."""
 
-    model: str = _opt("", "Local folder in the Hugging Face layout, or a hub id (downloaded when a hub is reachable).")
-    revision: str | None = _opt(None, "Hub revision (branch, tag or commit) when --model is a hub id.")
-    tokenizer: str | None = _opt(None, "Tokenizer folder or hub id; defaults to --model.")
-    dtype: str = _opt("auto", "Weights and activations dtype; auto takes the checkpoint's (float32 on CPU).", DTYPES)
-    convert: str = _opt("auto", "Turn a *ForCausalLM into a classifier (classify) or an embedder (embed).", CONVERTS)
-    max_model_len: int | None = _opt(None, "Longest sequence accepted; defaults to the model's max_position_embeddings.")
-    pooler_config: str | None = _opt(None, 'Server pooling defaults as JSON, e.g. {"pooling_type": "LAST", "use_activation": false}.')
-    head_dtype: str = _opt("float32", "Dtype of the score head: float32 keeps rewards exact under bf16 backbones.", HEAD_DTYPES)
-    chat_template: str | None = _opt(None, "Chat template override: a file path or the template text.")
+    model: str = option("", "Local folder in the Hugging Face layout, or a hub id (downloaded when a hub is reachable).")
+    revision: str | None = option(None, "Hub revision (branch, tag or commit) when --model is a hub id.")
+    tokenizer: str | None = option(None, "Tokenizer folder or hub id; defaults to --model.")
+    dtype: str = option("auto", "Weights and activations dtype; auto takes the checkpoint's (float32 on CPU).", DTYPES)
+    convert: str = option("auto", "Turn a *ForCausalLM into a classifier (classify) or an embedder (embed).", CONVERTS)
+    max_model_len: int | None = option(None, "Longest sequence accepted; defaults to the model's max_position_embeddings.")
+    pooler_config: str | None = option(None, 'Server pooling defaults as JSON, e.g. {"pooling_type": "LAST", "use_activation": false}.')
+    head_dtype: str = option("float32", "Dtype of the score head: float32 keeps rewards exact under bf16 backbones.", HEAD_DTYPES)
+    chat_template: str | None = option(None, "Chat template override: a file path or the template text.")
+    policy_tokenizer: tuple[str, ...] = option(
+        (), "NAME=DIR (or NAME=HUB_ID) of a policy tokenizer whose token ids and rendered conversations "
+            "ChatReward re-templates for this reward model; repeat for several policies.")
 
     def pooler_overrides(self) -> dict[str, Any]:
         """The parsed ``--pooler-config`` JSON (empty when unset)."""
@@ -47,23 +51,23 @@ class ModelConfig:
 class RunnerConfig:
     """Where and how the forward pass runs."""
 
-    device: str = _opt("auto", "cuda, cuda:N, cpu, or auto (cuda when available).")
-    attention_backend: str = _opt("auto", "Variable-length attention kernel; auto picks the best available.", ATTENTION_BACKENDS)
-    compile: bool = _opt(False, "torch.compile the packed backbone (CUDA only; dynamic shapes, cached on disk).")
-    cuda_graphs: bool = _opt(False, "Replay CUDA graphs for small token buckets (the single-request latency path).")
-    seed: int = _opt(0, "Seed for anything random (the demo model's weights).")
+    device: str = option("auto", "cuda, cuda:N, cpu, or auto (cuda when available).")
+    attention_backend: str = option("auto", "Variable-length attention kernel; auto picks the best available.", ATTENTION_BACKENDS)
+    compile: bool = option(False, "torch.compile the packed backbone (CUDA only; dynamic shapes, cached on disk).")
+    cuda_graphs: bool = option(False, "Replay CUDA graphs for small token buckets (the single-request latency path).")
+    seed: int = option(0, "Seed for anything random (the demo model's weights).")
 
 
 @dataclass(frozen=True)
 class SchedulerConfig:
     """How queued work is cut into packed batches."""
 
-    max_num_batched_tokens: int = _opt(16384, "Token budget of one packed forward pass.")
-    max_num_seqs: int = _opt(256, "Most sequences in one packed forward pass.")
-    max_wait_ms: float = _opt(0.0, "Wait up to this long for a fuller batch when the GPU is idle (0: run at once).")
-    max_queue_requests: int = _opt(4096, "Most requests waiting; past it new work is refused (RESOURCE_EXHAUSTED).")
-    max_queue_tokens: int = _opt(8_000_000, "Most tokens waiting; past it new work is refused (RESOURCE_EXHAUSTED).")
-    tokenizer_workers: int = _opt(2, "Threads that tokenize and render chat templates off the event loop.")
+    max_num_batched_tokens: int = option(16384, "Token budget of one packed forward pass.")
+    max_num_seqs: int = option(256, "Most sequences in one packed forward pass.")
+    max_wait_ms: float = option(0.0, "Wait up to this long for a fuller batch when the GPU is idle (0: run at once).")
+    max_queue_requests: int = option(4096, "Most requests waiting; past it new work is refused (RESOURCE_EXHAUSTED).")
+    max_queue_tokens: int = option(8_000_000, "Most tokens waiting; past it new work is refused (RESOURCE_EXHAUSTED).")
+    tokenizer_workers: int = option(2, "Threads that tokenize and render chat templates off the event loop.")
 
 
 @dataclass(frozen=True)

@@ -9,33 +9,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rewardserve.engine.config import EngineConfig
+from rewardserve.engine.config import EngineConfig, option
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _MB = 1024 * 1024
-
-
-def _opt(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     """How the gRPC server listens, talks and stops."""
 
-    host: str = _opt("0.0.0.0", "Address to listen on ('[::]' for IPv6, 127.0.0.1 for this machine only).")
-    port: int = _opt(50051, "Port to listen on; 0 picks a free port (logged at start-up).")
-    grace_period_s: float = _opt(30.0, "On SIGTERM/SIGINT: how long in-flight calls may run before they are cancelled.")
-    max_receive_message_mb: int = _opt(64, "Largest request message accepted, in MiB.")
-    max_send_message_mb: int = _opt(256, "Largest reply message sent, in MiB (token_embed replies are big).")
-    keepalive_time_ms: int = _opt(30_000, "Send an HTTP/2 keepalive ping after this long without activity.")
-    keepalive_timeout_ms: int = _opt(10_000, "Close the connection when a keepalive ping is not answered within this.")
-    keepalive_min_time_ms: int = _opt(10_000, "Shortest interval between client pings the server tolerates (shorter: GOAWAY).")
-    tls_cert: str | None = _opt(None, "PEM certificate chain file: serve TLS (needs --tls-key).")
-    tls_key: str | None = _opt(None, "PEM private key file of --tls-cert.")
-    tls_client_ca: str | None = _opt(None, "PEM CA file: require and verify client certificates (mutual TLS).")
-    metrics_port: int = _opt(0, "Port of the Prometheus metrics endpoint; 0 turns it off.")
-    log_level: str = _opt("INFO", "Logging level.", LOG_LEVELS)
+    host: str = option("0.0.0.0", "Address to listen on ('[::]' for IPv6, 127.0.0.1 for this machine only).")
+    port: int = option(50051, "Port to listen on; 0 picks a free port (logged at start-up).")
+    grace_period_s: float = option(30.0, "On SIGTERM/SIGINT: how long in-flight calls may run before they are cancelled.")
+    max_receive_message_mb: int = option(64, "Largest request message accepted, in MiB.")
+    max_send_message_mb: int = option(256, "Largest reply message sent, in MiB (token_embed replies are big).")
+    keepalive_time_ms: int = option(30_000, "Send an HTTP/2 keepalive ping after this long without activity.")
+    keepalive_timeout_ms: int = option(10_000, "Close the connection when a keepalive ping is not answered within this.")
+    keepalive_min_time_ms: int = option(10_000, "Shortest interval between client pings the server tolerates (shorter: GOAWAY).")
+    tls_cert: str | None = option(None, "PEM certificate chain file: serve TLS (needs --tls-key).")
+    tls_key: str | None = option(None, "PEM private key file of --tls-cert.")
+    tls_client_ca: str | None = option(None, "PEM CA file: require and verify client certificates (mutual TLS).")
+    metrics_port: int = option(0, "Port of the Prometheus metrics endpoint; 0 turns it off.")
+    log_level: str = option("INFO", "Logging level.", LOG_LEVELS)
 
     def __post_init__(self) -> None:
         # Fail at start-up, not at the first handshake, when TLS is half configured.
