@@ -7,7 +7,6 @@ the whole tree (no server field may be called like an engine field).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from rewardserve.engine.config import EngineConfig, option
 
