@@ -29,6 +29,11 @@ def _scalar_type(tp: Any) -> type:
     return args[0] if args else tp
 
 
+def _is_repeated(tp: Any) -> bool:
+    """``tuple[X, ...]`` fields are repeatable options (``--name A --name B``)."""
+    return typing.get_origin(tp) is tuple
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one option per leaf field of ``cls`` to ``parser``."""
     names = set()
@@ -41,12 +46,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         kwargs = {"dest": "__".join(path), "default": f.default, "help": f.metadata.get("help", "")}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif _is_repeated(tp):
+            # argparse appends to the default in place: start from None, config_from_args makes the tuple.
+            kwargs.update(action="append", default=None, type=typing.get_args(tp)[0], metavar=f.name.upper())
         else:
             kwargs["type"] = kind
             kwargs["metavar"] = f.name.upper()
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]
-        kwargs["help"] += " (default: %(default)s)"
+        kwargs["help"] += " (repeatable)" if _is_repeated(tp) else " (default: %(default)s)"
         parser.add_argument(flag, **kwargs)
 
 
@@ -55,9 +63,10 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
     from rewardserve.engine.config import from_dict
 
     values: dict[str, Any] = {}
-    for path, _f, _tp in _leaves(cls):
+    for path, _f, tp in _leaves(cls):
         node = values
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[path[-1]] = getattr(args, "__".join(path))
+        value = getattr(args, "__".join(path))
+        node[path[-1]] = tuple(value or ()) if _is_repeated(tp) else value
     return from_dict(cls, values)

@@ -55,6 +55,11 @@ def compile_forward(model) -> PackedForward:
     """``model.forward_hidden`` compiled with dynamic shapes (the compile runs on first call)."""
     folder = configure_cache()
     log.info("torch.compile of the packed backbone (dynamic shapes; cache %s)", folder)
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):  # one entry per model (and T=1) in a process
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(64, getattr(dynamo_config, name)))
 
     def packed(input_ids, positions, cu_seqlens, max_seqlen):
         return model.forward_hidden(input_ids, positions, VarlenMeta(cu_seqlens, max_seqlen))  # [T, H]

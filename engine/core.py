@@ -9,7 +9,9 @@ from rewardserve.engine import pooling
 from rewardserve.engine.config import EngineConfig
 from rewardserve.engine.errors import InvalidInputError
 from rewardserve.engine.loader import load, model_info
+from rewardserve.engine.policy import PolicyTokenizers, ServedModelInfo
 from rewardserve.engine.prepare import Limits, WorkItem, prepare
+from rewardserve.engine.retemplate import Retemplater
 from rewardserve.engine.reward import RewardResult, to_reward_result
 from rewardserve.engine.runner import ModelRunner
 from rewardserve.engine.types import (ChatInput, EncodeInput, EncodeResult, PoolingParams, PoolingTask,
@@ -28,7 +30,11 @@ class EngineCore:
         self.tokenizer = self.loaded.tokenizer
         self.server_params = pooling.server_params(config.model.pooler_overrides())
         self.limits = Limits(self.traits.vocab_size, self.loaded.max_model_len, self.traits.append_token_id)
-        self.info = model_info(config.model.model, self.loaded)
+        # Policy tokenizers load with the model, so the server needs no extra wiring for them.
+        self.policies = PolicyTokenizers.load(config.model.policy_tokenizer, self.tokenizer)
+        self.retemplater = Retemplater(self.policies)
+        self.info = ServedModelInfo.extend(model_info(config.model.model, self.loaded),
+                                           policy_tokenizers=self.policies.infos())
         head_dtype = None if config.model.head_dtype == "model" else torch.float32
         self.runner = ModelRunner(self.loaded.model, self.loaded.device, self.loaded.backend, head_dtype,
                                   compile=config.runner.compile, cuda_graphs=config.runner.cuda_graphs,
@@ -51,7 +57,11 @@ class EngineCore:
         return prepare(inputs, resolved, merged, self.tokenizer, self.limits, field)
 
     def prepare_chat(self, conversations: Sequence[ChatInput], params: PoolingParams | None) -> list[WorkItem]:
-        """ChatReward: classify at the last token, plus every step tag for process RMs."""
+        """ChatReward: classify at the last token, plus every step tag for process RMs.
+
+        Policy responses and rendered conversations (``PolicyChat``) are re-templated first.
+        """
+        conversations = self.retemplater.resolve_all(conversations)
         step_tag = (params.step_tag_id if params and params.step_tag_id is not None else self.traits.step_tag_id)
         is_prm = step_tag is not None and self.traits.num_labels > 0
         task = PoolingTask.TOKEN_CLASSIFY if is_prm else PoolingTask.CLASSIFY

@@ -59,7 +59,7 @@ class CudaGraphs:
                 step()
             torch.cuda.synchronize(self.device)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                 out = step()  # [bucket, H]
             self.graphs[bucket] = (graph, out)
         torch.cuda.synchronize(self.device)

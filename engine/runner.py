@@ -188,7 +188,7 @@ class ModelRunner:
             compiled = compile_forward(self.model)
             third = max(1, max_tokens // 3)
             for lengths in ([third, third + 1, max(1, max_tokens - 2 * third - 1)],
-                            [min(max_tokens, 3001)], [300, 400], [7, 5, 3]):
+                            [min(max_tokens, 3001)], [300, 400], [7, 5, 3], [1]):  # T=1 is its own graph
                 self._dummy_forward(compiled, lengths)
         except Exception:  # noqa: BLE001 - a compiler failure must not take the server down
             log.exception("torch.compile failed: running the packed backbone eagerly")

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+from rewardserve.engine.chat_markers import TemplateMarkers, learn_markers
 from rewardserve.engine.errors import InvalidInputError
 from rewardserve.engine.types import ChatInput
 
@@ -18,6 +20,8 @@ class Tokenizer:
         self.hf = hf_tokenizer
         self.folder = folder
         self.chat_template = chat_template or getattr(hf_tokenizer, "chat_template", None)
+        self._markers: dict[str, TemplateMarkers | None] = {}
+        self._markers_lock = threading.Lock()
 
     @classmethod
     def load(cls, name_or_path: str | Path, chat_template: str | None = None) -> "Tokenizer":
@@ -62,6 +66,52 @@ class Tokenizer:
         except Exception as exc:  # jinja errors, raise_exception() in templates
             raise InvalidInputError(field, f"chat template failed: {exc}", index) from None
         return self.encode(text, add_special_tokens=False)
+
+    def render_text(self, messages: Sequence[dict[str, Any]], template: str | None = None, **options: Any) -> str:
+        """Render messages with a chat template (the model's unless given) to text, untokenized."""
+        return self.hf.apply_chat_template(list(messages), chat_template=template or self.chat_template,
+                                           tokenize=False, **options)
+
+    def markers(self, template: str | None = None) -> TemplateMarkers | None:
+        """The turn markers of ``template`` (the model's unless given); None when not learnable.
+
+        Learned once per template text: request-level template overrides are cached too.
+        """
+        template = template or self.chat_template
+        if not template:
+            return None
+        with self._markers_lock:
+            if template not in self._markers:
+                self._markers[template] = learn_markers(lambda msgs: self.render_text(msgs, template))
+            return self._markers[template]
+
+    def encode_rendered(self, text: str) -> list[int]:
+        """Tokenize text that may already start with BOS (a rendered template): BOS only once."""
+        ids = self.encode(text, add_special_tokens=True)
+        bos = self.hf.bos_token_id
+        if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+            return ids[1:]
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids → text, special tokens kept (they carry the template's structure)."""
+        return self.hf.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    @property
+    def special_tokens(self) -> tuple[str, ...]:
+        """Every special token string (BOS, EOS, PAD, end-of-turn markers such as <|eot_id|>, …)."""
+        return tuple(self.hf.convert_ids_to_tokens(sorted(self.special_ids)))
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """Every special token id: the named ones and the added tokens marked special."""
+        added = getattr(self.hf, "added_tokens_decoder", {}) or {}
+        return frozenset(self.hf.all_special_ids) | {i for i, tok in added.items() if getattr(tok, "special", False)}
+
+    @property
+    def pad_id(self) -> int | None:
+        """The padding token id (None without one)."""
+        return self.hf.pad_token_id
 
     def sha256(self) -> str:
         """Hash of the tokenizer files, so a trainer can pin the tokenizer it was trained with."""

@@ -15,9 +15,10 @@ from google.protobuf import json_format
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
 from rewardserve.engine.errors import InvalidInputError
+from rewardserve.engine.policy import PolicyTokenizerInfo, ServedModelInfo
 from rewardserve.engine.reward import RewardResult, StepResult
-from rewardserve.engine.types import (ChatInput, EncodeInput, EncodeResult, ModelInfo, PoolingParams, PoolingTask,
-                                      PoolingType, TextInput, TokensInput)
+from rewardserve.engine.types import (EncodeInput, EncodeResult, ModelInfo, PoolingParams, PoolingTask, PoolingType,
+                                      TextInput, TokensInput)
 
 TASKS = {
     pb.POOLING_TASK_CLASSIFY: PoolingTask.CLASSIFY,
@@ -47,15 +48,6 @@ class EncodeCall:
     priority: int
 
 
-@dataclass(frozen=True)
-class ChatCall:
-    """One engine ``chat_reward`` call, as read from a ChatReward request."""
-
-    conversations: tuple[ChatInput, ...]
-    params: PoolingParams
-    priority: int
-
-
 # ---------------------------------------------------------------- requests → engine
 
 def encode_call(request: pb.EncodeRequest) -> EncodeCall:
@@ -70,19 +62,6 @@ def reward_call(request: pb.RewardRequest) -> EncodeCall:
     """Read the deprecated RewardRequest: Encode with TOKEN_CLASSIFY."""
     params = pooling_params(request.pooling, request.truncation)
     return EncodeCall(encode_inputs(request.inputs), PoolingTask.TOKEN_CLASSIFY, params, request.priority)
-
-
-def chat_call(request: pb.ChatRewardRequest) -> ChatCall:
-    """Read a ChatRewardRequest: one ChatInput per conversation, sharing the template options."""
-    if not request.conversations:
-        raise InvalidInputError("conversations", "must not be empty")
-    kwargs = struct_to_dict(request.chat_template_kwargs) if request.HasField("chat_template_kwargs") else {}
-    conversations = tuple(
-        ChatInput(messages=chat_messages(conv, i), chat_template=request.chat_template or None,
-                  chat_template_kwargs=kwargs, add_generation_prompt=request.add_generation_prompt,
-                  continue_final_message=request.continue_final_message)
-        for i, conv in enumerate(request.conversations))
-    return ChatCall(conversations, pooling_params(request.pooling, request.truncation), request.priority)
 
 
 def encode_inputs(inputs: Sequence[pb.EncodeInput]) -> tuple[EncodeInput, ...]:
@@ -101,16 +80,6 @@ def _encode_input(item: pb.EncodeInput, index: int) -> EncodeInput:
             raise InvalidInputError("inputs", "token_ids.ids must not be empty", index)
         return TokensInput(tuple(item.token_ids.ids))
     raise InvalidInputError("inputs", "set either text or token_ids", index)
-
-
-def chat_messages(conversation: pb.Conversation, index: int) -> tuple[dict[str, Any], ...]:
-    """The turns as the plain dicts chat templates read; roles are checked by the template."""
-    if not conversation.messages:
-        raise InvalidInputError("conversations", "messages must not be empty", index)
-    for turn, message in enumerate(conversation.messages):
-        if not message.role:
-            raise InvalidInputError(f"conversations[{index}].messages", "role must not be empty", turn)
-    return tuple({"role": m.role, "content": m.content} for m in conversation.messages)
 
 
 def pooling_params(pooling: pb.PoolingParams, truncation: pb.Truncation, *,
@@ -240,13 +209,23 @@ def timing(results: Sequence[EncodeResult | RewardResult], total_s: float) -> pb
                      total_seconds=total_s)
 
 
-def model_info(info: ModelInfo, server_version: str) -> pb.GetModelInfoResponse:
-    """What is served, plus the server's version."""
+def model_info(info: ModelInfo, server_version: str, stream_max_in_flight: int = 0) -> pb.GetModelInfoResponse:
+    """What is served, plus the server's version and stream limit."""
     defaults = [pb.DefaultPooling(task=TASK_TO_PROTO[task], pooling_type=POOLING_TYPE_TO_PROTO[kind])
                 for task, kind in info.default_pooling.items()]
+    # A plain ModelInfo (an engine without the trainer integration) has no policy tokenizers.
+    policies = info.policy_tokenizers if isinstance(info, ServedModelInfo) else ()
     return pb.GetModelInfoResponse(
+        policy_tokenizers=[policy_tokenizer(p) for p in policies], stream_max_in_flight=stream_max_in_flight,
         model=info.model, architecture=info.architecture, tasks=[TASK_TO_PROTO[t] for t in info.tasks],
         labels=list(info.labels), max_model_len=info.max_model_len, dtype=info.dtype,
         hidden_size=info.hidden_size, vocab_size=info.vocab_size, has_chat_template=info.has_chat_template,
         chat_template_sha256=info.chat_template_sha256, tokenizer_sha256=info.tokenizer_sha256,
         server_version=server_version, default_pooling=defaults, is_causal=info.is_causal)
+
+
+def policy_tokenizer(info: PolicyTokenizerInfo) -> pb.PolicyTokenizerInfo:
+    """One policy tokenizer's GetModelInfo entry."""
+    return pb.PolicyTokenizerInfo(name=info.name, tokenizer_sha256=info.tokenizer_sha256,
+                                  chat_template_sha256=info.chat_template_sha256, vocab_size=info.vocab_size,
+                                  shares_vocab=info.shares_vocab, parses_rendered=info.parses_rendered)

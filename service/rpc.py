@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import grpc
 
@@ -112,6 +112,30 @@ async def _handle(method: Callable[[Any, Any, CallScope], Awaitable[Any]], servi
         context.set_trailing_metadata(tuple(scope.trailing_metadata))
     _log_call(method.__name__, scope, grpc.StatusCode.OK)
     return reply
+
+
+def stream(method: Callable[[Any, AsyncIterator[Any], CallScope], AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    """Wrap a bidirectional-streaming servicer method the way ``@unary`` wraps unary ones.
+
+    The request id comes from ``x-request-id`` metadata (or is made here) and goes out in the
+    initial metadata before any message is read; the call's deadline is the stream's. A
+    stream-level error (bad options, draining) ends the stream through the one error table;
+    per-item errors are the method's business and travel inside the stream.
+    """
+    @functools.wraps(method)
+    async def handler(self: Any, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        with self.open_calls.track():
+            scope = CallScope(request_id=uuid.uuid4().hex, deadline=_deadline(context))
+            try:
+                await _adopt_request_id(scope, None, context)
+                async for reply in method(self, requests, scope):
+                    yield reply
+            except Exception as exc:  # noqa: BLE001 - every stream-level failure goes through the table
+                failure = to_failure(exc, scope.request_id)
+                _log_call(method.__name__, scope, failure.code)
+                await context.abort(failure.code, failure.message, failure.trailing_metadata)
+            _log_call(method.__name__, scope, grpc.StatusCode.OK)
+    return handler
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:

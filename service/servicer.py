@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 from importlib import metadata
-from typing import Any
+from typing import Any, AsyncIterator
 
 from rewardserve_client.v1 import reward_service_pb2 as pb
 from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
-from rewardserve.engine.errors import EngineUnavailableError
+from rewardserve.engine.errors import EngineUnavailableError, InvalidInputError
 from rewardserve.engine.types import EncodeResult, PoolingTask
-from rewardserve.service import convert
-from rewardserve.service.rpc import CallScope, OpenCalls, unary
+from rewardserve.service import chat_convert, convert
+from rewardserve.service.rpc import CallScope, OpenCalls, stream, unary
+from rewardserve.service.stream import MAX_IN_FLIGHT, ItemStream
 
 logger = logging.getLogger(__name__)
 
@@ -81,18 +82,29 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
 
     @unary
     async def ChatReward(self, request: pb.ChatRewardRequest, call: CallScope) -> pb.ChatRewardResponse:
-        """Conversations rendered with the chat template, scored."""
-        req, engine = convert.chat_call(request), self.engine
-        results = await engine.chat_reward(req.conversations, req.params, priority=req.priority,
-                                           deadline=call.deadline, request_id=call.request_id)
-        return pb.ChatRewardResponse(request_id=call.request_id, model=engine.info.model,
-                                     results=[convert.chat_result(r) for r in results],
-                                     usage=convert.usage(results), timing=convert.timing(results, call.elapsed()))
+        """Conversations and groups of responses, re-templated when needed, rendered and scored."""
+        req, engine = chat_convert.chat_call(request), self.engine
+        try:
+            results = await engine.chat_reward(req.conversations, req.params, priority=req.priority,
+                                               deadline=call.deadline, request_id=call.request_id)
+        except InvalidInputError as exc:  # name the group and response, not the flattened position
+            raise req.relocate(exc) from None
+        return pb.ChatRewardResponse(
+            request_id=call.request_id, model=engine.info.model,
+            results=[chat_convert.result(r, origin) for r, origin in zip(results, req.origins)],
+            usage=convert.usage(results), timing=convert.timing(results, call.elapsed()))
+
+    @stream
+    async def StreamReward(self, requests: AsyncIterator[pb.StreamRewardRequest],
+                           call: CallScope) -> AsyncIterator[pb.StreamRewardResponse]:
+        """Items scored as they arrive, answered as they finish; see service/stream.py."""
+        async for answer in ItemStream(requests, lambda: self.engine, call).answers():
+            yield answer
 
     @unary
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, call: CallScope) -> pb.GetModelInfoResponse:
-        """The served model and the server version."""
-        return convert.model_info(self.engine.info, self._version)
+        """The served model, the server version and the stream limit."""
+        return convert.model_info(self.engine.info, self._version, MAX_IN_FLIGHT)
 
 
 def _warn_deprecated_once() -> None:

@@ -129,7 +129,8 @@ def test_model_info_carries_every_field(client):
         "max_model_len": 4096, "dtype": "bfloat16", "hidden_size": 64, "vocab_size": 1000,
         "has_chat_template": True, "chat_template_sha256": "ab" * 32,
         "tokenizer_sha256": "cd" * 32, "server_version": "0.1.0",
-        "default_pooling": {"classify": "last", "token_classify": "step"}, "is_causal": True}
+        "default_pooling": {"classify": "last", "token_classify": "step"}, "is_causal": True,
+        "policy_tokenizers": (), "stream_max_in_flight": 0}
     assert {f.name for f in dataclasses.fields(ModelInfo)} == {
         f.name for f in pb.GetModelInfoResponse.DESCRIPTOR.fields}
 

@@ -29,11 +29,11 @@ SIZES = dict(vocab_size=400, hidden_size=256, intermediate_size=512, num_hidden_
              num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.1, pad_token_id=0,
              bos_token_id=0, eos_token_id=0, num_labels=1)
 TOL = {  # bf16 has an 8-bit mantissa: ~0.4% per rounding, a few roundings per layer
-    "hidden_rel_vs_fp32": 2e-2,        # ‖engine − fp32‖ / ‖fp32‖ over all tokens
+    "hidden_rel_vs_fp32": 3e-2,        # ‖engine − fp32‖ / ‖fp32‖ over all tokens
     "hidden_rel_vs_fp32_over_hf_bf16": 2.0,  # ... at most this multiple of transformers-bf16's own error (+5e-3)
     "logits_abs_vs_fp32": 5e-2,        # max |Δ score| / max(1, max |score|)
     "packed_vs_alone_rel": 1e-2,       # relative L2, hidden; same kernels, different batch shapes
-    "mode_vs_eager_rel": 1.5e-2,       # compiled + graphs vs eager, relative L2
+    "mode_vs_eager_rel": 2e-2,         # compiled + graphs vs eager, relative L2
 }
 MODES = {"eager": dict(compile=False, cuda_graphs=False), "compile+graphs": dict(compile=True, cuda_graphs=True)}
 RESULTS: dict = {"tolerances": TOL, "lengths": LENGTHS, "window": WINDOW, "models": {}}

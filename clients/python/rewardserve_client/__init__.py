@@ -15,13 +15,16 @@ from rewardserve_client.client import RewardClient
 from rewardserve_client.errors import (CallCancelledError, DeadlineExceededError, InternalError,
                                        InvalidArgumentError, ResourceExhaustedError,
                                        RewardServeError, UnavailableError)
+from rewardserve_client.stream import AsyncRewardStream
 from rewardserve_client.types import (ChatRewardResponse, ChatRewardResult, EncodeResponse,
-                                      EncodeResult, ModelInfo, StepScore, Timing, Usage)
+                                      EncodeResult, ModelInfo, PolicyText, PolicyTokenizerInfo,
+                                      StepScore, StreamResult, Timing, Usage)
 
 __all__ = [
     "AsyncRewardClient", "RewardClient", "RetryPolicy",
     "RewardServeError", "InvalidArgumentError", "ResourceExhaustedError",
     "DeadlineExceededError", "UnavailableError", "InternalError", "CallCancelledError",
     "EncodeResponse", "EncodeResult", "ChatRewardResponse", "ChatRewardResult", "StepScore",
-    "ModelInfo", "Usage", "Timing",
+    "ModelInfo", "Usage", "Timing", "PolicyText", "PolicyTokenizerInfo", "StreamResult",
+    "AsyncRewardStream",
 ]

@@ -9,7 +9,10 @@ from google.protobuf import struct_pb2
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
 Input = Union[str, Sequence[int]]
-Conversation = Sequence[Mapping[str, str]]
+# A message list, or {"messages": [...], "response": ...} / {"rendered": ...} (see build_conversation).
+Conversation = Union[Sequence[Mapping[str, str]], Mapping[str, Any]]
+# {"prompt": [...messages], "responses": [...], "group_id": "..."}
+Group = Mapping[str, Any]
 
 
 def enum_value(enum, prefix: str, name: Optional[str]) -> int:
@@ -84,17 +87,58 @@ def _build_message(message: Any, where: str) -> pb.ChatMessage:
     return pb.ChatMessage(role=str(message["role"]), content=str(message["content"]))
 
 
+def build_policy_text(value: Any, where: str) -> pb.PolicyText:
+    """A response or rendering: ``str`` (text), a token id sequence, a ``PolicyText``, or a
+    ``{"text" | "token_ids", "tokenizer"}`` dict."""
+    if isinstance(value, str):
+        return pb.PolicyText(text=value)
+    if isinstance(value, Mapping) or hasattr(value, "tokenizer"):
+        get = value.get if isinstance(value, Mapping) else lambda k: getattr(value, k, None)
+        tokenizer, text, ids = get("tokenizer") or "", get("text"), get("token_ids")
+        if (text is None) == (ids is None):
+            raise ValueError(f"{where}: set exactly one of text and token_ids")
+        if text is not None:
+            return pb.PolicyText(tokenizer=tokenizer, text=text)
+        return pb.PolicyText(tokenizer=tokenizer, token_ids=_build_input(ids, 0).token_ids)
+    if hasattr(value, "__iter__") and not isinstance(value, bytes):
+        return pb.PolicyText(token_ids=_build_input(value, 0).token_ids)
+    raise TypeError(f"{where}: expected text, token ids or PolicyText, got {type(value).__name__}")
+
+
+def build_conversation(conversation: Any, where: str) -> pb.Conversation:
+    """A message list, or a dict with ``messages`` (+ ``response``) or ``rendered``."""
+    if isinstance(conversation, str):
+        raise TypeError(f"{where}: expected a list of messages or a dict")
+    if not isinstance(conversation, Mapping):
+        return pb.Conversation(messages=[_build_message(m, f"{where}[{j}]")
+                                         for j, m in enumerate(conversation)])
+    unknown = set(conversation) - {"messages", "response", "rendered"}
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+    built = pb.Conversation(messages=[_build_message(m, f"{where}.messages[{j}]")
+                                      for j, m in enumerate(conversation.get("messages") or ())])
+    for key in ("response", "rendered"):
+        if conversation.get(key) is not None:
+            getattr(built, key).CopyFrom(build_policy_text(conversation[key], f"{where}.{key}"))
+    return built
+
+
 def build_conversations(conversations: Iterable[Conversation]) -> list:
-    """Conversations (lists of role/content dicts) as Conversation messages."""
+    """Conversations as Conversation messages (may be empty when groups are sent)."""
+    return [build_conversation(c, f"conversations[{i}]") for i, c in enumerate(conversations)]
+
+
+def build_groups(groups: Iterable[Group]) -> list:
+    """Groups (``{"prompt", "responses", "group_id"}`` dicts) as ChatGroup messages."""
     built = []
-    for i, conversation in enumerate(conversations):
-        if isinstance(conversation, (str, Mapping)):
-            raise TypeError(f"conversations[{i}]: expected a list of messages")
-        messages = [_build_message(m, f"conversations[{i}][{j}]")
-                    for j, m in enumerate(conversation)]
-        built.append(pb.Conversation(messages=messages))
-    if not built:
-        raise ValueError("conversations must not be empty")
+    for g, group in enumerate(groups):
+        if not isinstance(group, Mapping) or "prompt" not in group or "responses" not in group:
+            raise ValueError(f"groups[{g}]: expected a {{'prompt', 'responses'}} dict")
+        prompt = [_build_message(m, f"groups[{g}].prompt[{j}]") for j, m in enumerate(group["prompt"])]
+        responses = [build_policy_text(r, f"groups[{g}].responses[{i}]")
+                     for i, r in enumerate(group["responses"])]
+        built.append(pb.ChatGroup(prompt=prompt, responses=responses,
+                                  group_id=str(group.get("group_id", "") or "")))
     return built
 
 
@@ -135,10 +179,13 @@ def reward_request(inputs, *, pooling_type, use_activation, step_tag_id, returne
 def chat_reward_request(conversations, *, chat_template, chat_template_kwargs,
                         add_generation_prompt, continue_final_message, truncate_prompt_tokens,
                         truncation_side, step_tag_id, returned_token_ids, priority,
-                        request_id) -> pb.ChatRewardRequest:
+                        request_id, groups=()) -> pb.ChatRewardRequest:
     """The ChatRewardRequest for ``chat_reward``'s arguments."""
+    built, built_groups = build_conversations(conversations), build_groups(groups)
+    if not built and not built_groups:
+        raise ValueError("conversations must not be empty (or pass groups)")
     return pb.ChatRewardRequest(
-        conversations=build_conversations(conversations),
+        conversations=built, groups=built_groups,
         chat_template=chat_template or "",
         chat_template_kwargs=build_struct(chat_template_kwargs),
         add_generation_prompt=add_generation_prompt,
@@ -146,3 +193,22 @@ def chat_reward_request(conversations, *, chat_template, chat_template_kwargs,
         truncation=build_truncation(truncate_prompt_tokens, truncation_side),
         pooling=build_pooling(step_tag_id=step_tag_id, returned_token_ids=returned_token_ids),
         priority=priority, request_id=request_id)
+
+
+def stream_options(*, chat_template=None, chat_template_kwargs=None, add_generation_prompt=False,
+                   continue_final_message=False, truncate_prompt_tokens=None, truncation_side=None,
+                   step_tag_id=None, returned_token_ids=None, priority=0,
+                   max_in_flight=0) -> pb.StreamRewardOptions:
+    """The StreamRewardOptions of a stream (every item shares them)."""
+    return pb.StreamRewardOptions(
+        chat_template=chat_template or "", chat_template_kwargs=build_struct(chat_template_kwargs),
+        add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
+        truncation=build_truncation(truncate_prompt_tokens, truncation_side),
+        pooling=build_pooling(step_tag_id=step_tag_id, returned_token_ids=returned_token_ids),
+        priority=priority, max_in_flight=max_in_flight)
+
+
+def stream_item(item_id: str, conversation: Conversation, group_id: str = "") -> pb.StreamItem:
+    """One StreamItem."""
+    return pb.StreamItem(id=str(item_id), conversation=build_conversation(conversation, f"item {item_id!r}"),
+                         group_id=group_id or "")

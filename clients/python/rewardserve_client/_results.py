@@ -8,7 +8,8 @@ import numpy as np
 
 from rewardserve_client._requests import enum_name
 from rewardserve_client.types import (ChatRewardResponse, ChatRewardResult, EncodeResponse,
-                                      EncodeResult, ModelInfo, StepScore, Timing, Usage)
+                                      EncodeResult, ModelInfo, PolicyTokenizerInfo, StepScore,
+                                      Timing, Usage)
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
 
@@ -57,9 +58,12 @@ def to_label_scores(label_scores) -> Dict[str, float]:
 def to_chat_reward_result(result: pb.ChatRewardResult) -> ChatRewardResult:
     steps = [StepScore(position=s.position, score=float(s.score),
                        label_scores=to_label_scores(s.label_scores)) for s in result.step_scores]
+    group_index = result.group_index if result.HasField("group_index") else None
     return ChatRewardResult(index=result.index, score=float(result.score),
                             label_scores=to_label_scores(result.label_scores), step_scores=steps,
-                            num_tokens=result.num_tokens, truncated=result.truncated)
+                            num_tokens=result.num_tokens, truncated=result.truncated,
+                            group_index=group_index, response_index=result.response_index,
+                            group_id=result.group_id)
 
 
 def to_chat_reward_response(reply: pb.ChatRewardResponse) -> ChatRewardResponse:
@@ -78,4 +82,13 @@ def to_model_info(reply: pb.GetModelInfoResponse) -> ModelInfo:
         vocab_size=reply.vocab_size, has_chat_template=reply.has_chat_template,
         chat_template_sha256=reply.chat_template_sha256,
         tokenizer_sha256=reply.tokenizer_sha256, server_version=reply.server_version,
-        default_pooling=pooling, is_causal=reply.is_causal)
+        default_pooling=pooling, is_causal=reply.is_causal,
+        policy_tokenizers=tuple(to_policy_tokenizer(p) for p in reply.policy_tokenizers),
+        stream_max_in_flight=reply.stream_max_in_flight)
+
+
+def to_policy_tokenizer(info: pb.PolicyTokenizerInfo) -> PolicyTokenizerInfo:
+    return PolicyTokenizerInfo(name=info.name, tokenizer_sha256=info.tokenizer_sha256,
+                               chat_template_sha256=info.chat_template_sha256,
+                               vocab_size=info.vocab_size, shares_vocab=info.shares_vocab,
+                               parses_rendered=info.parses_rendered)

@@ -12,8 +12,9 @@ import grpc
 from rewardserve_client import _requests, _results
 from rewardserve_client._base import (DEFAULT_TIMEOUT, ClientCore, MetadataLike, merge_options,
                                       resolve_credentials)
-from rewardserve_client._requests import Conversation, Input
+from rewardserve_client._requests import Conversation, Group, Input
 from rewardserve_client.client import REWARD_DEPRECATION
+from rewardserve_client.stream import DEFAULT_MAX_IN_FLIGHT, AsyncRewardStream
 from rewardserve_client.types import ChatRewardResponse, EncodeResponse, ModelInfo
 from rewardserve_client.v1 import reward_service_pb2 as pb
 from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
@@ -66,7 +67,8 @@ class AsyncRewardClient:
             priority=priority, request_id=rid)
         return _results.to_encode_response(await self._unary("Encode", request, rid, timeout))
 
-    async def chat_reward(self, conversations: Iterable[Conversation], *,
+    async def chat_reward(self, conversations: Iterable[Conversation] = (), *,
+                          groups: Iterable[Group] = (),
                           chat_template: Optional[str] = None,
                           chat_template_kwargs: Optional[Mapping[str, Any]] = None,
                           add_generation_prompt: bool = False,
@@ -85,9 +87,23 @@ class AsyncRewardClient:
             continue_final_message=continue_final_message,
             truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side,
             step_tag_id=step_tag_id, returned_token_ids=returned_token_ids, priority=priority,
-            request_id=rid)
+            request_id=rid, groups=groups)
         reply = await self._unary("ChatReward", request, rid, timeout)
         return _results.to_chat_reward_response(reply)
+
+    def stream(self, *, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, request_id: Optional[str] = None,
+               timeout: Optional[float] = None, **options: Any) -> AsyncRewardStream:
+        """Open a StreamReward call: ``async with client.stream() as s: fut = await s.submit(conv)``.
+
+        At most ``max_in_flight`` items are unanswered at a time (``submit`` waits). ``timeout``
+        bounds the whole stream (default: none, a stream lives as long as the trainer). ``options``
+        are ``chat_reward``'s template, truncation, step and ``priority`` arguments.
+        """
+        rid = self._core._request_id(request_id)
+        request_options = _requests.stream_options(max_in_flight=max_in_flight, **options)
+        return AsyncRewardStream(self._stub, request_options, max_in_flight=max_in_flight,
+                                 timeout=timeout, metadata=self._core._call_metadata(rid),
+                                 request_id=rid)
 
     async def model_info(self, *, timeout: Optional[float] = None) -> ModelInfo:
         """Describe the served model (GetModelInfo RPC)."""

@@ -92,7 +92,37 @@ def add_chat_reward(subparsers) -> None:
     parser.set_defaults(run=run_chat_reward)
 
 
-COMMANDS = [add_info, add_chat_reward]
+def run_openrlhf_proxy(args: argparse.Namespace) -> int:
+    from rewardserve_client.integrations.openrlhf import PATH, OpenRLHFProxy
+
+    client = RewardClient(args.target, timeout=args.timeout, secure=args.tls)
+    proxy = OpenRLHFProxy(args.target, host=args.host, port=args.port, client=client,
+                          policy_tokenizer=args.policy_tokenizer)
+    print(f"rewardserve-client: OpenRLHF reward proxy on http://{args.host}:{proxy.port}{PATH} "
+          f"-> {args.target}", file=sys.stderr, flush=True)
+    try:
+        proxy.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        proxy.stop()
+    return 0
+
+
+def add_openrlhf_proxy(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "openrlhf-proxy", help="serve OpenRLHF's --remote_rm_url protocol (POST /get_reward)")
+    _add_connection_args(parser)
+    parser.set_defaults(timeout=300.0)  # one call scores a whole micro-batch of rollouts
+    parser.add_argument("--host", default="127.0.0.1", help="HTTP address to listen on")
+    parser.add_argument("--port", type=int, default=5000, help="HTTP port (0: any free port)")
+    parser.add_argument("--policy-tokenizer", default=None, metavar="NAME",
+                        help="the server's --policy-tokenizer NAME of the policy that rendered "
+                             "the queries (default: the reward model's own tokenizer)")
+    parser.set_defaults(run=run_openrlhf_proxy)
+
+
+COMMANDS = [add_info, add_chat_reward, add_openrlhf_proxy]
 
 
 def build_parser() -> argparse.ArgumentParser:

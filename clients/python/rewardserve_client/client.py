@@ -4,15 +4,16 @@ from __future__ import annotations
 import random
 import time
 import warnings
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Tuple
 
 import grpc
 
 from rewardserve_client import _requests, _results
 from rewardserve_client._base import (DEFAULT_TIMEOUT, ClientCore, MetadataLike, merge_options,
                                       resolve_credentials)
-from rewardserve_client._requests import Conversation, Input
-from rewardserve_client.types import ChatRewardResponse, EncodeResponse, ModelInfo
+from rewardserve_client._requests import Conversation, Group, Input
+from rewardserve_client.stream import ItemLike, stream_items
+from rewardserve_client.types import ChatRewardResponse, EncodeResponse, ModelInfo, StreamResult
 from rewardserve_client.v1 import reward_service_pb2 as pb
 from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
@@ -96,7 +97,8 @@ class RewardClient:
             priority=priority, request_id=rid)
         return _results.to_encode_response(self._unary("Encode", request, rid, timeout))
 
-    def chat_reward(self, conversations: Iterable[Conversation], *,
+    def chat_reward(self, conversations: Iterable[Conversation] = (), *,
+                    groups: Iterable[Group] = (),
                     chat_template: Optional[str] = None,
                     chat_template_kwargs: Optional[Mapping[str, Any]] = None,
                     add_generation_prompt: bool = False, continue_final_message: bool = False,
@@ -108,7 +110,15 @@ class RewardClient:
         """Score conversations rendered with the served model's chat template (ChatReward RPC).
 
         Args:
-            conversations: each a list of ``{"role": ..., "content": ...}`` dicts.
+            conversations: each a list of ``{"role": ..., "content": ...}`` dicts, or a dict
+                ``{"messages": [...], "response": R}`` (the policy's response to the prompt
+                ``messages``) or ``{"rendered": R}`` (a whole conversation as the policy's chat
+                template rendered it). ``R`` is text, token ids, or a :class:`PolicyText` /
+                ``{"text" | "token_ids", "tokenizer"}`` naming a ``--policy-tokenizer`` of the
+                server (``""``: the reward model's own).
+            groups: ``{"prompt": [...], "responses": [R, ...], "group_id": "..."}`` dicts: N
+                responses to one prompt (GRPO). Their results follow the conversations' and
+                carry ``group_index``, ``response_index`` and ``group_id``.
             chat_template: a Jinja template replacing the model's own.
             chat_template_kwargs: extra template variables (e.g. ``{"enable_thinking": False}``).
             add_generation_prompt, continue_final_message: as in ``apply_chat_template``.
@@ -125,8 +135,22 @@ class RewardClient:
             continue_final_message=continue_final_message,
             truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side,
             step_tag_id=step_tag_id, returned_token_ids=returned_token_ids, priority=priority,
-            request_id=rid)
+            request_id=rid, groups=groups)
         return _results.to_chat_reward_response(self._unary("ChatReward", request, rid, timeout))
+
+    def stream(self, items: Iterable[ItemLike], *, max_in_flight: int = 0,
+               request_id: Optional[str] = None, timeout: Optional[float] = None,
+               **options: Any) -> Iterator[StreamResult]:
+        """Score ``(id, conversation[, group_id])`` items over one StreamReward call.
+
+        Yields a :class:`StreamResult` per item in completion order; a failed item carries its
+        error and the stream goes on. ``options`` are ``chat_reward``'s template, truncation,
+        ``step_tag_id``/``returned_token_ids`` and ``priority`` arguments. Not retried.
+        """
+        rid = self._core._request_id(request_id)
+        options = _requests.stream_options(max_in_flight=max_in_flight, **options)
+        return stream_items(self._stub, items, options, timeout=self._core._timeout(timeout),
+                            metadata=self._core._call_metadata(rid), request_id=rid)
 
     def model_info(self, *, timeout: Optional[float] = None) -> ModelInfo:
         """Describe the served model (GetModelInfo RPC)."""

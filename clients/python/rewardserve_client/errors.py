@@ -101,3 +101,14 @@ def from_rpc_error(exc: grpc.RpcError, sent_request_id: str = "") -> RewardServe
                   or _metadata_value(trailing, REQUEST_ID_KEY) or sent_request_id)
     cls = _BY_CODE.get(code, RewardServeError)
     return cls(code, _safe(exc, "details") or "", request_id, parse_retry_delay(trailing), trailing)
+
+
+_CODES_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def from_item_error(code: int, message: str, item_id: str, request_id: str = "",
+                    retry_after: float = 0.0) -> RewardServeError:
+    """The error of one StreamReward item (an ``ItemError``), as the matching exception."""
+    status = _CODES_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
+    cls = _BY_CODE.get(status, RewardServeError)
+    return cls(status, f"item {item_id!r}: {message}", request_id, retry_after or None)

@@ -6,7 +6,7 @@ Enums travel as lower-case names: tasks ``"classify"``, ``"token_classify"``, ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -79,6 +79,9 @@ class ChatRewardResult:
     step_scores: List[StepScore]
     num_tokens: int
     truncated: bool
+    group_index: Optional[int] = None  # the group's position in ``groups``; None for a conversation
+    response_index: int = 0            # the response's position in its group
+    group_id: str = ""                 # the group's (or stream item's) group_id
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,14 @@ class ChatRewardResponse:
     def scores(self) -> List[float]:
         """The raw rewards, one per conversation, in input order."""
         return [r.score for r in self.results]
+
+    def group_scores(self) -> List[List[float]]:
+        """The raw rewards of each group, in group order then response order (GRPO advantages)."""
+        groups: Dict[int, List[float]] = {}
+        for result in self.results:
+            if result.group_index is not None:
+                groups.setdefault(result.group_index, []).append(result.score)
+        return [groups[g] for g in sorted(groups)]
 
 
 @dataclass(frozen=True)
@@ -118,3 +129,40 @@ class ModelInfo:
     server_version: str
     default_pooling: Dict[str, str]
     is_causal: bool
+    policy_tokenizers: Tuple["PolicyTokenizerInfo", ...] = ()
+    stream_max_in_flight: int = 0
+
+
+@dataclass(frozen=True)
+class PolicyTokenizerInfo:
+    """A policy tokenizer the server was started with (``--policy-tokenizer NAME=DIR``)."""
+
+    name: str
+    tokenizer_sha256: str
+    chat_template_sha256: str
+    vocab_size: int
+    shares_vocab: bool       # token ids pass straight through to the reward model
+    parses_rendered: bool    # rendered conversations of this policy can be re-templated
+
+
+@dataclass(frozen=True)
+class PolicyText:
+    """A policy's output for ``response`` / ``rendered``: text or token ids, and which policy
+    tokenizer made them (``""``: the reward model's own)."""
+
+    text: Optional[str] = None
+    token_ids: Optional[Sequence[int]] = None
+    tokenizer: str = ""
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """One stream item's answer: ``result`` on success, else ``error`` (a RewardServeError)."""
+
+    id: str
+    result: Optional[ChatRewardResult] = None
+    error: Optional[Exception] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None

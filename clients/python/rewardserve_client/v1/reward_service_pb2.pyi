@@ -193,14 +193,38 @@ class ChatMessage(_message.Message):
     content: str
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
+class PolicyText(_message.Message):
+    __slots__ = ("tokenizer", "text", "token_ids")
+    TOKENIZER_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    tokenizer: str
+    text: str
+    token_ids: TokenIds
+    def __init__(self, tokenizer: _Optional[str] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ...) -> None: ...
+
 class Conversation(_message.Message):
-    __slots__ = ("messages",)
+    __slots__ = ("messages", "response", "rendered")
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    RENDERED_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
-    def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ...) -> None: ...
+    response: PolicyText
+    rendered: PolicyText
+    def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., response: _Optional[_Union[PolicyText, _Mapping]] = ..., rendered: _Optional[_Union[PolicyText, _Mapping]] = ...) -> None: ...
+
+class ChatGroup(_message.Message):
+    __slots__ = ("prompt", "responses", "group_id")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    prompt: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    responses: _containers.RepeatedCompositeFieldContainer[PolicyText]
+    group_id: str
+    def __init__(self, prompt: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., responses: _Optional[_Iterable[_Union[PolicyText, _Mapping]]] = ..., group_id: _Optional[str] = ...) -> None: ...
 
 class ChatRewardRequest(_message.Message):
-    __slots__ = ("conversations", "chat_template", "chat_template_kwargs", "add_generation_prompt", "continue_final_message", "truncation", "pooling", "priority", "request_id")
+    __slots__ = ("conversations", "chat_template", "chat_template_kwargs", "add_generation_prompt", "continue_final_message", "truncation", "pooling", "priority", "request_id", "groups")
     CONVERSATIONS_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_KWARGS_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +234,7 @@ class ChatRewardRequest(_message.Message):
     POOLING_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
     conversations: _containers.RepeatedCompositeFieldContainer[Conversation]
     chat_template: str
     chat_template_kwargs: _struct_pb2.Struct
@@ -219,7 +244,8 @@ class ChatRewardRequest(_message.Message):
     pooling: PoolingParams
     priority: int
     request_id: str
-    def __init__(self, conversations: _Optional[_Iterable[_Union[Conversation, _Mapping]]] = ..., chat_template: _Optional[str] = ..., chat_template_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., add_generation_prompt: bool = ..., continue_final_message: bool = ..., truncation: _Optional[_Union[Truncation, _Mapping]] = ..., pooling: _Optional[_Union[PoolingParams, _Mapping]] = ..., priority: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    groups: _containers.RepeatedCompositeFieldContainer[ChatGroup]
+    def __init__(self, conversations: _Optional[_Iterable[_Union[Conversation, _Mapping]]] = ..., chat_template: _Optional[str] = ..., chat_template_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., add_generation_prompt: bool = ..., continue_final_message: bool = ..., truncation: _Optional[_Union[Truncation, _Mapping]] = ..., pooling: _Optional[_Union[PoolingParams, _Mapping]] = ..., priority: _Optional[int] = ..., request_id: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[ChatGroup, _Mapping]]] = ...) -> None: ...
 
 class LabelScore(_message.Message):
     __slots__ = ("label", "score")
@@ -240,20 +266,26 @@ class StepScore(_message.Message):
     def __init__(self, position: _Optional[int] = ..., score: _Optional[float] = ..., label_scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ...) -> None: ...
 
 class ChatRewardResult(_message.Message):
-    __slots__ = ("index", "score", "label_scores", "step_scores", "num_tokens", "truncated")
+    __slots__ = ("index", "score", "label_scores", "step_scores", "num_tokens", "truncated", "group_index", "response_index", "group_id")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     LABEL_SCORES_FIELD_NUMBER: _ClassVar[int]
     STEP_SCORES_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    GROUP_INDEX_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     index: int
     score: float
     label_scores: _containers.RepeatedCompositeFieldContainer[LabelScore]
     step_scores: _containers.RepeatedCompositeFieldContainer[StepScore]
     num_tokens: int
     truncated: bool
-    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., label_scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., step_scores: _Optional[_Iterable[_Union[StepScore, _Mapping]]] = ..., num_tokens: _Optional[int] = ..., truncated: bool = ...) -> None: ...
+    group_index: int
+    response_index: int
+    group_id: str
+    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., label_scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., step_scores: _Optional[_Iterable[_Union[StepScore, _Mapping]]] = ..., num_tokens: _Optional[int] = ..., truncated: bool = ..., group_index: _Optional[int] = ..., response_index: _Optional[int] = ..., group_id: _Optional[str] = ...) -> None: ...
 
 class ChatRewardResponse(_message.Message):
     __slots__ = ("request_id", "model", "results", "usage", "timing")
@@ -282,7 +314,7 @@ class DefaultPooling(_message.Message):
     def __init__(self, task: _Optional[_Union[PoolingTask, str]] = ..., pooling_type: _Optional[_Union[PoolingType, str]] = ...) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model", "architecture", "tasks", "labels", "max_model_len", "dtype", "hidden_size", "vocab_size", "has_chat_template", "chat_template_sha256", "tokenizer_sha256", "server_version", "default_pooling", "is_causal")
+    __slots__ = ("model", "architecture", "tasks", "labels", "max_model_len", "dtype", "hidden_size", "vocab_size", "has_chat_template", "chat_template_sha256", "tokenizer_sha256", "server_version", "default_pooling", "is_causal", "policy_tokenizers", "stream_max_in_flight")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +329,8 @@ class GetModelInfoResponse(_message.Message):
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_POOLING_FIELD_NUMBER: _ClassVar[int]
     IS_CAUSAL_FIELD_NUMBER: _ClassVar[int]
+    POLICY_TOKENIZERS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     model: str
     architecture: str
     tasks: _containers.RepeatedScalarFieldContainer[PoolingTask]
@@ -311,4 +345,80 @@ class GetModelInfoResponse(_message.Message):
     server_version: str
     default_pooling: _containers.RepeatedCompositeFieldContainer[DefaultPooling]
     is_causal: bool
-    def __init__(self, model: _Optional[str] = ..., architecture: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[PoolingTask, str]]] = ..., labels: _Optional[_Iterable[str]] = ..., max_model_len: _Optional[int] = ..., dtype: _Optional[str] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., has_chat_template: bool = ..., chat_template_sha256: _Optional[str] = ..., tokenizer_sha256: _Optional[str] = ..., server_version: _Optional[str] = ..., default_pooling: _Optional[_Iterable[_Union[DefaultPooling, _Mapping]]] = ..., is_causal: bool = ...) -> None: ...
+    policy_tokenizers: _containers.RepeatedCompositeFieldContainer[PolicyTokenizerInfo]
+    stream_max_in_flight: int
+    def __init__(self, model: _Optional[str] = ..., architecture: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[PoolingTask, str]]] = ..., labels: _Optional[_Iterable[str]] = ..., max_model_len: _Optional[int] = ..., dtype: _Optional[str] = ..., hidden_size: _Optional[int] = ..., vocab_size: _Optional[int] = ..., has_chat_template: bool = ..., chat_template_sha256: _Optional[str] = ..., tokenizer_sha256: _Optional[str] = ..., server_version: _Optional[str] = ..., default_pooling: _Optional[_Iterable[_Union[DefaultPooling, _Mapping]]] = ..., is_causal: bool = ..., policy_tokenizers: _Optional[_Iterable[_Union[PolicyTokenizerInfo, _Mapping]]] = ..., stream_max_in_flight: _Optional[int] = ...) -> None: ...
+
+class PolicyTokenizerInfo(_message.Message):
+    __slots__ = ("name", "tokenizer_sha256", "chat_template_sha256", "vocab_size", "shares_vocab", "parses_rendered")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CHAT_TEMPLATE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHARES_VOCAB_FIELD_NUMBER: _ClassVar[int]
+    PARSES_RENDERED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tokenizer_sha256: str
+    chat_template_sha256: str
+    vocab_size: int
+    shares_vocab: bool
+    parses_rendered: bool
+    def __init__(self, name: _Optional[str] = ..., tokenizer_sha256: _Optional[str] = ..., chat_template_sha256: _Optional[str] = ..., vocab_size: _Optional[int] = ..., shares_vocab: bool = ..., parses_rendered: bool = ...) -> None: ...
+
+class StreamRewardOptions(_message.Message):
+    __slots__ = ("chat_template", "chat_template_kwargs", "add_generation_prompt", "continue_final_message", "truncation", "pooling", "priority", "max_in_flight")
+    CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    CHAT_TEMPLATE_KWARGS_FIELD_NUMBER: _ClassVar[int]
+    ADD_GENERATION_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    CONTINUE_FINAL_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    POOLING_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    chat_template: str
+    chat_template_kwargs: _struct_pb2.Struct
+    add_generation_prompt: bool
+    continue_final_message: bool
+    truncation: Truncation
+    pooling: PoolingParams
+    priority: int
+    max_in_flight: int
+    def __init__(self, chat_template: _Optional[str] = ..., chat_template_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., add_generation_prompt: bool = ..., continue_final_message: bool = ..., truncation: _Optional[_Union[Truncation, _Mapping]] = ..., pooling: _Optional[_Union[PoolingParams, _Mapping]] = ..., priority: _Optional[int] = ..., max_in_flight: _Optional[int] = ...) -> None: ...
+
+class StreamItem(_message.Message):
+    __slots__ = ("id", "conversation", "group_id")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    conversation: Conversation
+    group_id: str
+    def __init__(self, id: _Optional[str] = ..., conversation: _Optional[_Union[Conversation, _Mapping]] = ..., group_id: _Optional[str] = ...) -> None: ...
+
+class StreamRewardRequest(_message.Message):
+    __slots__ = ("options", "items")
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    options: StreamRewardOptions
+    items: _containers.RepeatedCompositeFieldContainer[StreamItem]
+    def __init__(self, options: _Optional[_Union[StreamRewardOptions, _Mapping]] = ..., items: _Optional[_Iterable[_Union[StreamItem, _Mapping]]] = ...) -> None: ...
+
+class ItemError(_message.Message):
+    __slots__ = ("code", "message", "retry_after_seconds")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    retry_after_seconds: float
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., retry_after_seconds: _Optional[float] = ...) -> None: ...
+
+class StreamRewardResponse(_message.Message):
+    __slots__ = ("id", "result", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    result: ChatRewardResult
+    error: ItemError
+    def __init__(self, id: _Optional[str] = ..., result: _Optional[_Union[ChatRewardResult, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...

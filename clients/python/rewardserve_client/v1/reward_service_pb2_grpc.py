@@ -55,6 +55,11 @@ class RewardServiceStub(object):
                 request_serializer=rewardserve_dot_v1_dot_reward__service__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=rewardserve_dot_v1_dot_reward__service__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.StreamReward = channel.stream_stream(
+                '/rewardserve.v1.RewardService/StreamReward',
+                request_serializer=rewardserve_dot_v1_dot_reward__service__pb2.StreamRewardRequest.SerializeToString,
+                response_deserializer=rewardserve_dot_v1_dot_reward__service__pb2.StreamRewardResponse.FromString,
+                _registered_method=True)
 
 
 class RewardServiceServicer(object):
@@ -93,6 +98,18 @@ class RewardServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamReward(self, request_iterator, context):
+        """StreamReward scores conversations as a trainer submits them (rollouts finishing one by one)
+        and answers each as soon as it is computed, matched by the caller's item id, in completion
+        order. A failed item is answered with an error inside the stream, which goes on. At most
+        `max_in_flight` items are read and not yet answered: the server stops reading until results
+        are sent, so gRPC flow control holds the client back. Cancelling the stream drops its queued
+        work. A draining server answers the items it already read, then ends the stream UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RewardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -115,6 +132,11 @@ def add_RewardServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=rewardserve_dot_v1_dot_reward__service__pb2.GetModelInfoRequest.FromString,
                     response_serializer=rewardserve_dot_v1_dot_reward__service__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'StreamReward': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamReward,
+                    request_deserializer=rewardserve_dot_v1_dot_reward__service__pb2.StreamRewardRequest.FromString,
+                    response_serializer=rewardserve_dot_v1_dot_reward__service__pb2.StreamRewardResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +248,33 @@ class RewardService(object):
             '/rewardserve.v1.RewardService/GetModelInfo',
             rewardserve_dot_v1_dot_reward__service__pb2.GetModelInfoRequest.SerializeToString,
             rewardserve_dot_v1_dot_reward__service__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamReward(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/rewardserve.v1.RewardService/StreamReward',
+            rewardserve_dot_v1_dot_reward__service__pb2.StreamRewardRequest.SerializeToString,
+            rewardserve_dot_v1_dot_reward__service__pb2.StreamRewardResponse.FromString,
             options,
             channel_credentials,
             insecure,

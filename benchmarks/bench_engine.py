@@ -1,0 +1,105 @@
+"""Our engine offline: throughput, single-request latency, a kernel profile; the bf16 matmul peak."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+
+def make_engine(folder, device: str, dtype: str, compile: bool, graphs: bool, max_tokens: int):
+    from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig, SchedulerConfig
+    from rewardserve.engine.engine import Engine
+
+    start = time.monotonic()
+    engine = Engine(EngineConfig(model=ModelConfig(model=str(folder), dtype=dtype),
+                                 runner=RunnerConfig(device=device, compile=compile, cuda_graphs=graphs),
+                                 scheduler=SchedulerConfig(max_num_batched_tokens=max_tokens)))
+    load_s = time.monotonic() - start
+    warm_s = engine.core.runner.warm_up(max_tokens)
+    return engine, {"load_s": round(load_s, 1), "warm_up_s": round(warm_s, 1), **engine.core.runner.stats}
+
+
+def throughput(engine, seqs: list[list[int]], repeats: int = 2) -> dict:
+    """Best of ``repeats`` full passes of ``Engine.encode`` (validation, packing, forward, results)."""
+    engine.encode(seqs[: max(1, len(seqs) // 8)], task="classify")  # warm the allocator for these shapes
+    _sync()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        results = engine.encode(seqs, task="classify")
+        times.append(time.perf_counter() - start)
+    assert len(results) == len(seqs) and all(np.isfinite(float(r.data[0])) for r in results)
+    tokens = sum(map(len, seqs))
+    out = {"seconds": min(times), "all_seconds": times, "tokens": tokens, "tok_s": tokens / min(times)}
+    if torch.cuda.is_available():
+        out["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def latency(call, lengths=(128, 512, 2048), n: int = 50, id_limit: int = 1000, seed: int = 7) -> dict:
+    """p50/p99 wall milliseconds of ``call([ids])`` for one request of each length."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for length in lengths:
+        ids = rng.integers(1, id_limit, length).tolist()
+        for _ in range(5):
+            call([ids])
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            call([ids])
+            times.append((time.perf_counter() - start) * 1e3)
+        out[str(length)] = {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
+                            "min_ms": float(min(times)), "n": n}
+    return out
+
+
+def profile(engine, seqs: list[list[int]], top: int = 15) -> dict:
+    """torch.profiler over one pass: top kernels by GPU time, and how busy the GPU was."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    engine.encode(seqs, task="classify")
+    start = time.perf_counter()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        engine.encode(seqs, task="classify")
+        _sync()
+    wall = time.perf_counter() - start
+    rows = []
+    for evt in prof.key_averages():
+        t = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)
+        if t > 0:
+            rows.append((t / 1e3, evt.key[:90], evt.count))
+    rows.sort(reverse=True)
+    total = sum(r[0] for r in rows)
+    return {"wall_ms": wall * 1e3, "gpu_kernel_ms": total, "gpu_busy_fraction": total / (wall * 1e3),
+            "top": [{"kernel": k, "ms": round(ms, 2), "pct": round(100 * ms / total, 1), "calls": c}
+                    for ms, k, c in rows[:top]]}
+
+
+def peak_matmul_tflops(sizes=((8192, 8192, 8192), (16384, 8192, 4096)), iters: int = 30) -> dict:
+    """Measured bf16 matmul peak (cuBLAS through torch.mm, random data, median of timed runs)."""
+    out = {}
+    for m, k, n in sizes:
+        a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+        b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
+        for _ in range(5):
+            torch.mm(a, b)
+        times = []
+        for _ in range(iters):
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            torch.mm(a, b)
+            e.record()
+            e.synchronize()
+            times.append(s.elapsed_time(e) / 1e3)
+        out[f"{m}x{k}x{n}"] = 2 * m * k * n / float(np.median(times)) / 1e12
+        del a, b
+    return {"tflops": max(out.values()), "by_shape": out}
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()

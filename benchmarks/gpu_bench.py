@@ -1,0 +1,215 @@
+"""GPU benchmark: transformers padded baselines vs our engine offline and through gRPC.
+
+One command on the GPU machine (random weights, real shapes, seeded workloads)::
+
+    python benchmarks/gpu_bench.py --models qwen3-0.6b --out results.json
+    python benchmarks/gpu_bench.py --models llama-3.1-8b --modes eager --out 8b.json
+
+Per model and workload (lognormal lengths around 600 tokens; GRPO-like groups of 16 responses
+sharing a prompt) it measures tokens/s, model TFLOP/s and MFU against the bf16 matmul peak
+measured in the same run, and peak memory, for: transformers right-padded batches in arrival
+order and length-sorted, our engine offline (eager and/or torch.compile; CUDA graphs on), and
+our engine behind ``rewardserve serve`` driven by concurrent AsyncRewardClient calls; then
+single-request latency p50/p99 at 128, 512 and 2048 tokens, offline and end to end. It writes
+JSON after every section (a run cut short keeps what it measured) and prints a table last.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_engine  # noqa: E402
+import bench_grpc  # noqa: E402
+import bench_hf  # noqa: E402
+import bench_models  # noqa: E402
+import bench_workloads  # noqa: E402
+from bench_report import print_table, targets  # noqa: E402
+
+DEFAULTS = {  # sequences per workload: engine / transformers subset; GRPO groups
+    "qwen3-0.6b": dict(num_seqs=1024, hf_seqs=256, grpo_groups=48),
+    "llama-3.1-8b": dict(num_seqs=256, hf_seqs=96, grpo_groups=12),
+    "tiny": dict(num_seqs=64, hf_seqs=32, grpo_groups=2),
+}
+SECTIONS = ("hf", "engine", "latency", "profile", "grpc")
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="qwen3-0.6b", help="comma list of " + ", ".join(bench_models.SHAPES))
+    p.add_argument("--sections", default=",".join(SECTIONS), help="comma list of " + ", ".join(SECTIONS))
+    p.add_argument("--modes", default="eager,compile", help="engine modes (CUDA graphs on in both): eager, compile")
+    p.add_argument("--grpc-mode", default="compile", choices=("eager", "compile"), help="engine mode of the server")
+    p.add_argument("--workloads", default="lognormal,grpo")
+    p.add_argument("--num-seqs", type=int, default=0, help="engine workload size (0: per-model default)")
+    p.add_argument("--hf-seqs", type=int, default=0, help="transformers subset size (0: per-model default)")
+    p.add_argument("--hf-batch-size", type=int, default=16)
+    p.add_argument("--max-num-batched-tokens", type=int, default=16384)
+    p.add_argument("--latency-n", type=int, default=50)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--workdir", default="/tmp/rewardserve-bench", help="where checkpoints are written")
+    p.add_argument("--logdir", default="", help="server logs (default: next to --out)")
+    p.add_argument("--out", default="gpu_bench.json")
+    return p.parse_args(argv)
+
+
+class Run:
+    """The JSON being built, saved after every section."""
+
+    def __init__(self, args):
+        self.args, self.path = args, Path(args.out)
+        cuda = args.device == "cuda"
+        import transformers
+
+        self.data = {"meta": {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name()
+                              if cuda else "cpu", "torch": torch.__version__, "transformers": transformers.__version__,
+                              "argv": sys.argv[1:], "python": sys.version.split()[0]}, "models": {}}
+        self.start = time.monotonic()
+
+    def save(self) -> None:
+        self.data["meta"]["elapsed_s"] = round(time.monotonic() - self.start, 1)
+        self.path.write_text(json.dumps(self.data, indent=1))
+
+    def section(self, model: str, key: str, fn, *a, **kw):
+        """Run one measurement; record its result (or its error) and save."""
+        t = time.monotonic()
+        print(f"[{time.monotonic() - self.start:6.1f}s] {model}: {key} ...", flush=True)
+        try:
+            value = fn(*a, **kw)
+        except Exception as exc:  # noqa: BLE001 - keep measuring the rest
+            import traceback
+
+            traceback.print_exc()
+            value = {"error": f"{type(exc).__name__}: {exc}"}
+        if isinstance(value, dict):
+            value.setdefault("section_s", round(time.monotonic() - t, 1))
+        self.data["models"].setdefault(model, {})[key] = value
+        self.save()
+        return value
+
+
+def with_flops(result: dict, flops: float, peak: float | None) -> dict:
+    if "seconds" in result:
+        result["tflops"] = flops / result["seconds"] / 1e12
+        result["mfu"] = result["tflops"] / peak if peak else None
+    return result
+
+
+def bench_model(run: Run, name: str) -> None:
+    args, d = run.args, DEFAULTS.get(name, DEFAULTS["tiny"])
+    cuda, sections = args.device == "cuda", args.sections.split(",")
+    limit = bench_models.SAFE_ID_LIMIT[name]
+    n, hf_n, groups = args.num_seqs or d["num_seqs"], args.hf_seqs or d["hf_seqs"], d["grpo_groups"]
+    loads = {"lognormal": bench_workloads.lognormal(n, limit), "grpo": bench_workloads.grpo(groups, limit)}
+    loads = {k: v for k, v in loads.items() if k in args.workloads.split(",")}
+    run.data["models"].setdefault(name, {})["workloads"] = {k: bench_workloads.describe(v) for k, v in loads.items()}
+    peak = run.data.get("peak_matmul", {}).get("tflops")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    folder, hf, build_s = bench_models.build(name, Path(args.workdir), args.device, dtype)
+    run.data["models"][name]["build_s"] = round(build_s, 1)
+    if "hf" in sections:
+        for wl, seqs in loads.items():
+            subset = seqs[:hf_n]
+            for order in ("fifo", "sorted"):
+                r = run.section(name, f"hf_{order}/{wl}", bench_hf.run_padded, hf, subset, args.hf_batch_size,
+                                bench_models.pad_id(name), order == "sorted", args.device)
+                with_flops(r, bench_models.forward_flops(name, map(len, subset)), peak)
+        run.data["models"][name]["hf_attn_implementation"] = hf.config._attn_implementation
+    del hf
+    _free()
+    for mode in args.modes.split(","):
+        bench_engine_mode(run, name, folder, mode, loads, peak, sections)
+    if "grpc" in sections:
+        bench_server(run, name, folder, loads, peak)
+    run.save()
+
+
+def bench_engine_mode(run: Run, name: str, folder, mode: str, loads: dict, peak, sections) -> None:
+    args, cuda = run.args, run.args.device == "cuda"
+    holder = []
+
+    def setup() -> dict:
+        engine, info = bench_engine.make_engine(folder, args.device, "bfloat16" if cuda else "float32",
+                                                mode == "compile", True, args.max_num_batched_tokens)
+        holder.append(engine)
+        return info
+
+    run.section(name, f"engine_{mode}/setup", setup)
+    if not holder:
+        return
+    engine = holder.pop()
+    if "engine" in sections:
+        for wl, seqs in loads.items():
+            r = run.section(name, f"engine_{mode}/{wl}", bench_engine.throughput, engine, seqs)
+            with_flops(r, bench_models.forward_flops(name, map(len, seqs)), peak)
+    limit = bench_models.SAFE_ID_LIMIT[name]
+    if "latency" in sections:
+        call = lambda ids: engine.encode(ids, task="classify")  # noqa: E731
+        run.section(name, f"latency_engine_{mode}+graphs", bench_engine.latency, call, n=args.latency_n, id_limit=limit)
+        if mode == "eager":
+            engine.core.runner.use_graphs = False
+            run.section(name, "latency_engine_eager", bench_engine.latency, call, n=args.latency_n, id_limit=limit)
+            engine.core.runner.use_graphs = True
+    if "profile" in sections and cuda and "lognormal" in loads:
+        run.section(name, f"profile_engine_{mode}", bench_engine.profile, engine, loads["lognormal"][:64])
+    from rewardserve.engine.compiled import num_compiled_graphs
+
+    run.data["models"][name][f"engine_{mode}/setup"]["dynamo_graphs_at_end"] = num_compiled_graphs()
+    del engine
+    _free()
+
+
+def bench_server(run: Run, name: str, folder, loads: dict, peak) -> None:
+    args, cuda = run.args, run.args.device == "cuda"
+    logdir = Path(args.logdir) if args.logdir else Path(args.out).parent
+    server = bench_grpc.Server(folder, logdir / f"server-{name}.log", dtype="bfloat16" if cuda else "float32",
+                               compile=args.grpc_mode == "compile", graphs=True, max_tokens=args.max_num_batched_tokens)
+    try:
+        up = run.section(name, "grpc/start", lambda: {"ready_s": server.start(), "mode": args.grpc_mode})
+        if "error" in up:
+            return
+        for wl, seqs in loads.items():
+            bench_grpc.saturate(server.target, seqs[: max(8, len(seqs) // 8)])  # warm the server's shapes
+            best = None
+            for _ in range(2):
+                r = run.section(name, f"grpc_{args.grpc_mode}/{wl}", bench_grpc.saturate, server.target, seqs)
+                best = r if best is None or r.get("tok_s", 0) > best.get("tok_s", 0) else best
+            with_flops(best, bench_models.forward_flops(name, map(len, seqs)), peak)
+            best["server_gpu_mem_gb"] = server.gpu_memory_gb()
+            run.data["models"][name][f"grpc_{args.grpc_mode}/{wl}"] = best
+        limit = bench_models.SAFE_ID_LIMIT[name]
+        run.section(name, f"latency_grpc_{args.grpc_mode}+graphs", bench_grpc.latency, server.target,
+                    n=args.latency_n, id_limit=limit)
+    finally:
+        server.stop()
+
+
+def _free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    run = Run(args)
+    if args.device == "cuda":
+        run.data["peak_matmul"] = bench_engine.peak_matmul_tflops()
+        run.save()
+    for name in args.models.split(","):
+        bench_model(run, name)
+    run.data["targets"] = targets(run.data)
+    run.save()
+    print_table(run.data)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
