@@ -29,6 +29,7 @@ class ServerConfig:
     tls_cert: str | None = option(None, "PEM certificate chain file: serve TLS (needs --tls-key).")
     tls_key: str | None = option(None, "PEM private key file of --tls-cert.")
     tls_client_ca: str | None = option(None, "PEM CA file: require and verify client certificates (mutual TLS).")
+    stream_max_in_flight: int = option(256, "StreamReward: most items of one stream queued or computing at once.")
     metrics_port: int = option(0, "Port of the Prometheus metrics endpoint; 0 turns it off.")
     log_level: str = option("INFO", "Logging level.", LOG_LEVELS)
 
@@ -40,6 +41,8 @@ class ServerConfig:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be in 0..65535, not {self.port}")
+        if self.stream_max_in_flight < 1:
+            raise ValueError(f"--stream-max-in-flight must be at least 1, not {self.stream_max_in_flight}")
 
     @property
     def address(self) -> str:

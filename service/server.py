@@ -57,7 +57,7 @@ class RewardServer:
         self.port: int | None = None
         self._engine = engine
         self._loader = loader
-        self._servicer = RewardServicer()
+        self._servicer = RewardServicer(stream_max_in_flight=config.server.stream_max_in_flight)
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self.metrics = ServerMetrics() if config.server.metrics_port else None

@@ -36,8 +36,9 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
     """Serves one engine. The engine may be attached after the server started listening
     (the model loads in the background); until then, and once draining, RPCs answer UNAVAILABLE."""
 
-    def __init__(self, engine: Any | None = None) -> None:
+    def __init__(self, engine: Any | None = None, stream_max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self._engine = engine
+        self._stream_max_in_flight = stream_max_in_flight
         self._version = server_version()
         self._draining = False
         self.open_calls = OpenCalls()  # read by @unary and by the server's drain
@@ -98,13 +99,13 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
     async def StreamReward(self, requests: AsyncIterator[pb.StreamRewardRequest],
                            call: CallScope) -> AsyncIterator[pb.StreamRewardResponse]:
         """Items scored as they arrive, answered as they finish; see service/stream.py."""
-        async for answer in ItemStream(requests, lambda: self.engine, call).answers():
+        async for answer in ItemStream(requests, lambda: self.engine, call, self._stream_max_in_flight).answers():
             yield answer
 
     @unary
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, call: CallScope) -> pb.GetModelInfoResponse:
         """The served model, the server version and the stream limit."""
-        return convert.model_info(self.engine.info, self._version, MAX_IN_FLIGHT)
+        return convert.model_info(self.engine.info, self._version, self._stream_max_in_flight)
 
 
 def _warn_deprecated_once() -> None:

@@ -24,7 +24,7 @@ from rewardserve.service.chat_convert import ChatOptions, Origin
 from rewardserve.service.errors import to_failure
 from rewardserve.service.rpc import CallScope
 
-MAX_IN_FLIGHT = 256  # per stream; GetModelInfo reports it, clients may ask for less
+MAX_IN_FLIGHT = 256  # default per-stream limit (--stream-max-in-flight); clients may ask for less
 ITEM_FIELD = "conversation"
 _DONE = object()     # the reader's last word: every item read was answered
 
@@ -35,14 +35,15 @@ class ItemStream:
     items already read have been answered."""
 
     def __init__(self, requests: AsyncIterator[pb.StreamRewardRequest], engine_of: Callable[[], Any],
-                 call: CallScope) -> None:
+                 call: CallScope, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self._requests = requests
+        self._max_in_flight = max_in_flight
         self._engine_of = engine_of
         self._call = call
         self._answers: asyncio.Queue = asyncio.Queue()
         self._tasks: set[asyncio.Task] = set()
         self._ids: set[str] = set()   # ids of the items in flight
-        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._slots = asyncio.Semaphore(max_in_flight)
         self._options = chat_convert.chat_options(pb.StreamRewardOptions())
         self._count = 0               # items read so far: the next item's index
 
@@ -82,7 +83,7 @@ class ItemStream:
             raise InvalidInputError("options", "only the first message of a stream may set them")
         self._options = chat_convert.chat_options(message.options)
         wanted = message.options.max_in_flight
-        limit = min(wanted, MAX_IN_FLIGHT) if wanted else MAX_IN_FLIGHT
+        limit = min(wanted, self._max_in_flight) if wanted else self._max_in_flight
         self._slots = asyncio.Semaphore(limit)
 
     def _accept(self, item: pb.StreamItem) -> None:

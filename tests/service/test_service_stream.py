@@ -11,9 +11,12 @@ import pytest
 from fake_engine import FakeEngine
 from grpc_health.v1 import health_pb2
 from rewardserve_client.v1 import reward_service_pb2 as pb
+from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
+from rewardserve.service.config import ServerConfig
+from rewardserve.service.server import RewardServer
 from rewardserve.service.stream import MAX_IN_FLIGHT
-from service_testlib import health_status
+from service_testlib import health_status, local_config
 
 
 class GatedEngine(FakeEngine):
@@ -173,3 +176,15 @@ async def test_a_draining_server_answers_what_it_read_then_ends_the_stream_unava
     assert await call.code() == grpc.StatusCode.UNAVAILABLE
     await drain
     assert [c.request_id.rsplit("/", 1)[-1] for c in fake.calls] == ["a"]
+
+
+async def test_server_limit_caps_what_a_stream_may_ask_for():
+    """--stream-max-in-flight is the ceiling: GetModelInfo reports it, and a bad value is refused."""
+    with pytest.raises(ValueError, match="stream-max-in-flight"):
+        ServerConfig(stream_max_in_flight=0)
+    config = local_config(stream_max_in_flight=7)
+    async with RewardServer(config, FakeEngine()) as server:
+        await server.wait_ready()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            info = await pb_grpc.RewardServiceStub(channel).GetModelInfo(pb.GetModelInfoRequest())
+    assert info.stream_max_in_flight == 7
