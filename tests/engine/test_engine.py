@@ -139,3 +139,17 @@ def test_unsupported_task_is_named(tmp_path, demo_model_dir):
     traits = ModelTraits("BertModel", 32, 100, 512, num_labels=0, default_pooling=decoder_pooling())
     with pytest.raises(UnsupportedTaskError, match="task: BertModel cannot do classify"):
         resolve(traits, PoolingTask.CLASSIFY, PoolingParams())
+
+
+def test_chat_template_override_kwargs_and_generation_prompt(demo_engine):
+    template = ("{% for m in messages %}[{{ m['role'] }}{% if shout %}!{% endif %}]{{ m['content'] }}{% endfor %}"
+                "{% if add_generation_prompt %}[assistant]{% endif %}")
+    messages = ({"role": "user", "content": "hi"},)
+    chat = ChatInput(messages=messages, chat_template=template, chat_template_kwargs={"shout": True},
+                     add_generation_prompt=True)
+    tokenizer = demo_engine.core.tokenizer
+    assert tokenizer.render_chat(chat) == tokenizer.encode("[user!]hi[assistant]", add_special_tokens=False)
+    open_turn = ChatInput(messages=({"role": "user", "content": "hi"}, {"role": "assistant", "content": "The"}),
+                          continue_final_message=True)
+    rendered = tokenizer.hf.decode(tokenizer.render_chat(open_turn))
+    assert rendered.endswith("<|im_start|>assistant\nThe")  # no end-of-turn after the open message
