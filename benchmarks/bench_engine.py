@@ -34,6 +34,7 @@ def throughput(engine, seqs: list[list[int]], repeats: int = 2) -> dict:
     assert len(results) == len(seqs) and all(np.isfinite(float(r.data[0])) for r in results)
     tokens = sum(map(len, seqs))
     out = {"seconds": min(times), "all_seconds": times, "tokens": tokens, "tok_s": tokens / min(times)}
+    out.update(gpu_busy(engine, seqs))
     if torch.cuda.is_available():
         out["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return out
@@ -57,22 +58,37 @@ def latency(call, lengths=(128, 512, 2048), n: int = 50, id_limit: int = 1000, s
     return out
 
 
-def profile(engine, seqs: list[list[int]], top: int = 15) -> dict:
-    """torch.profiler over one pass: top kernels by GPU time, and how busy the GPU was."""
+def gpu_busy(engine, seqs: list[list[int]]) -> dict:
+    """One more pass with per-batch CUDA events: GPU time of the batches over wall time."""
+    runner = engine.core.runner
+    if not torch.cuda.is_available():
+        return {}
+    runner.gpu_ms = []
+    start = time.perf_counter()
+    engine.encode(seqs, task="classify")
+    wall = time.perf_counter() - start
+    busy, runner.gpu_ms = sum(runner.gpu_ms) / 1e3, None
+    return {"gpu_busy_fraction": busy / wall, "gpu_batch_s": busy, "events_pass_s": wall}
+
+
+def profile(engine, seqs: list[list[int]], top: int = 15, repeats: int = 1) -> dict:
+    """torch.profiler over ``repeats`` passes: top kernels by GPU time, and how busy the GPU was."""
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     engine.encode(seqs, task="classify")
     start = time.perf_counter()
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-        engine.encode(seqs, task="classify")
+        for _ in range(repeats):
+            engine.encode(seqs, task="classify")
         _sync()
-    wall = time.perf_counter() - start
+    wall = (time.perf_counter() - start) / repeats
     rows = []
     for evt in prof.key_averages():
         t = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)
         if t > 0:
             rows.append((t / 1e3, evt.key[:90], evt.count))
     rows.sort(reverse=True)
+    rows = [(ms / repeats, k, c // repeats) for ms, k, c in rows]
     total = sum(r[0] for r in rows)
     return {"wall_ms": wall * 1e3, "gpu_kernel_ms": total, "gpu_busy_fraction": total / (wall * 1e3),
             "top": [{"kernel": k, "ms": round(ms, 2), "pct": round(100 * ms / total, 1), "calls": c}

@@ -27,8 +27,10 @@ def figures(m: dict) -> dict:
            "grpc_p50_512": lat.get("512", {}).get("p50_ms")}
     if engine and sorted_hf:
         out["speedup_vs_sorted"] = engine["tok_s"] / sorted_hf["tok_s"]
-    if engine and grpc:
-        out["grpc_over_offline"] = grpc["tok_s"] / engine["tok_s"]
+    mode = next((k.split("/")[0][5:] for k, v in m.items() if k.startswith("grpc_") and v is grpc), None)
+    twin = _best(m, f"engine_{mode}") if mode else {}
+    if twin and grpc:  # the server against the offline engine in the same mode (eager or compile)
+        out["grpc_over_offline"] = grpc["tok_s"] / twin["tok_s"]
     return out
 
 
@@ -68,3 +70,45 @@ def print_table(data: dict) -> None:
                 print(f"{model:13} {key[8:]:28} {cells[0]:>16} {cells[1]:>14} {cells[2]:>14}")
     for label, v in data.get("targets", {}).items():
         print(f"{'MET ' if v['met'] else 'MISS'} {label}: {v['value']:,.3f}")
+
+
+def merge(runs: list[dict]) -> dict:
+    """Several result files as one: each model's sections side by side (each keeps its own MFU)."""
+    merged = {"meta": runs[0]["meta"], "models": {}}
+    for run in runs:
+        for model, sections in run["models"].items():
+            merged["models"].setdefault(model, {}).update(sections)
+    merged["targets"] = targets(merged)
+    return merged
+
+
+def markdown(data: dict, sources: list[str]) -> str:
+    """The README table: throughput (both workloads), latency p50/p99, the targets' verdict."""
+    lines = ["| model | method | lognormal tok/s | MFU | GRPO tok/s | MFU |", "|---|---|---:|---:|---:|---:|"]
+    for model, m in data["models"].items():
+        methods = dict.fromkeys(k.split("/")[0] for k, v in m.items() if isinstance(v, dict) and "tok_s" in v)
+        for method in methods:
+            cells = []
+            for wl in ("lognormal", "grpo"):
+                v = m.get(f"{method}/{wl}", {})
+                cells += [_fmt(v.get("tok_s"), digits=0), f"{_fmt(v.get('mfu'), 100)}%"]
+            lines.append(f"| {model} | {method} | " + " | ".join(cells) + " |")
+    lines += ["", "| model | single request (p50 / p99 ms) | 128 | 512 | 2048 |", "|---|---|---:|---:|---:|"]
+    for model, m in data["models"].items():
+        for key, v in m.items():
+            if key.startswith("latency_") and isinstance(v, dict) and "512" in v:
+                cells = [f"{v[n]['p50_ms']:.2f} / {v[n]['p99_ms']:.2f}" for n in ("128", "512", "2048")]
+                lines.append(f"| {model} | {key[8:]} | " + " | ".join(cells) + " |")
+    lines += ["", "| target | measured | met |", "|---|---:|---|"]
+    for label, v in data["targets"].items():
+        lines.append(f"| {label} | {v['value']:,.3f} | {'yes' if v['met'] else 'no'} |")
+    lines += ["", "Sources: " + ", ".join(f"`{s}`" for s in sources)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python benchmarks/bench_report.py benchmarks/results/*.json
+    import json
+    import sys
+
+    files = [f for f in sys.argv[1:] if "parity" not in f]
+    print(markdown(merge([json.load(open(f)) for f in files]), [f.split("/")[-1] for f in files]))

@@ -35,7 +35,7 @@ from bench_report import print_table, targets  # noqa: E402
 
 DEFAULTS = {  # sequences per workload: engine / transformers subset; GRPO groups
     "qwen3-0.6b": dict(num_seqs=1024, hf_seqs=256, grpo_groups=48),
-    "llama-3.1-8b": dict(num_seqs=256, hf_seqs=96, grpo_groups=12),
+    "llama-3.1-8b": dict(num_seqs=192, hf_seqs=64, grpo_groups=10),
     "tiny": dict(num_seqs=64, hf_seqs=32, grpo_groups=2),
 }
 SECTIONS = ("hf", "engine", "latency", "profile", "grpc")
@@ -126,8 +126,8 @@ def bench_model(run: Run, name: str) -> None:
     _free()
     for mode in args.modes.split(","):
         bench_engine_mode(run, name, folder, mode, loads, peak, sections)
-    if "grpc" in sections:
-        bench_server(run, name, folder, loads, peak)
+        if "grpc" in sections and mode == args.grpc_mode:  # the server right after its offline twin
+            bench_server(run, name, folder, loads, peak)
     run.save()
 
 
@@ -159,6 +159,8 @@ def bench_engine_mode(run: Run, name: str, folder, mode: str, loads: dict, peak,
             engine.core.runner.use_graphs = True
     if "profile" in sections and cuda and "lognormal" in loads:
         run.section(name, f"profile_engine_{mode}", bench_engine.profile, engine, loads["lognormal"][:64])
+        one = [list(range(1, 513))]
+        run.section(name, f"profile_engine_{mode}+graphs_512", bench_engine.profile, engine, one, repeats=20)
     from rewardserve.engine.compiled import num_compiled_graphs
 
     run.data["models"][name][f"engine_{mode}/setup"]["dynamo_graphs_at_end"] = num_compiled_graphs()

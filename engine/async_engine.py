@@ -134,25 +134,42 @@ class AsyncEngine:
             raise
 
     def _gpu_loop(self) -> None:
+        """Cut and launch the next batch, then finish the one in flight: the device computes
+        batch i+1 while this thread finishes batch i. With nothing in flight it blocks for work."""
+        inflight = None
         while True:
-            batch = self.scheduler.next_batch()
-            if batch is None:
-                return
-            if batch:  # empty when everything cut was cancelled or expired
-                self._run_batch(batch)
+            batch = self.scheduler.next_batch(0.0 if inflight else None)
+            if batch is None and inflight is None:
+                return  # closed
+            launched = self._launch(batch) if batch else None  # empty: all cancelled or expired
+            if inflight is not None:
+                self._finish_batch(*inflight)
+            inflight = launched
 
-    def _run_batch(self, batch: list[WorkItem]) -> None:
+    def _launch(self, batch: list[WorkItem]) -> tuple:
         start = time.monotonic()
-        self._compute_isolating(batch)
+        try:
+            return batch, self.core.launch(batch), start
+        except Exception:  # noqa: BLE001 - run it again item-isolated, synchronously
+            self._compute_isolating(batch)
+            return batch, None, start
+
+    def _finish_batch(self, batch: list[WorkItem], pending, start: float) -> None:
+        if pending is not None:
+            try:
+                self.core.collect(batch, pending)
+            except Exception:  # noqa: BLE001
+                self._compute_isolating(batch)
         seconds = time.monotonic() - start
         self._update_throughput(batch, seconds)
         for item in batch:
             item.queue_time_s = start - item.owner.arrival
             item.compute_time_s = seconds
+        for observe in self.observers:  # before the replies go out: metrics never lag a reply
+            observe(batch, seconds)
+        for item in batch:
             if item.result is not None:
                 self.scheduler.complete(item)
-        for observe in self.observers:
-            observe(batch, seconds)
 
     def _compute_isolating(self, items: list[WorkItem]) -> None:
         """Run a batch; on failure split it so a failing item fails alone."""

@@ -57,9 +57,15 @@ def compile_forward(model) -> PackedForward:
     log.info("torch.compile of the packed backbone (dynamic shapes; cache %s)", folder)
     import torch._dynamo.config as dynamo_config
 
-    for name in ("recompile_limit", "cache_size_limit"):  # one entry per model (and T=1) in a process
+    for name in ("recompile_limit", "cache_size_limit"):  # one entry per model in a process
         if hasattr(dynamo_config, name):
             setattr(dynamo_config, name, max(64, getattr(dynamo_config, name)))
+    import torch.fx.experimental._config as fx_config
+
+    # Duck shaping would tie sizes that happen to be equal in the first batch (e.g. T and the
+    # staging row's offsets, or T and max_seqlen) and recompile when they differ later.
+    if hasattr(fx_config, "use_duck_shape"):
+        fx_config.use_duck_shape = False
 
     def packed(input_ids, positions, cu_seqlens, max_seqlen):
         return model.forward_hidden(input_ids, positions, VarlenMeta(cu_seqlens, max_seqlen))  # [T, H]

@@ -99,3 +99,12 @@ class EngineCore:
         """Compute a batch of items in place (item.result = (data, logits))."""
         for item, out in zip(items, self.runner.execute(items)):
             item.result = out
+
+    def launch(self, items: list[WorkItem]):
+        """Queue a batch on the device without waiting; ``collect`` sets the results."""
+        return self.runner.launch(items)
+
+    def collect(self, items: list[WorkItem], pending) -> None:
+        """Wait for a launched batch and set each item's result."""
+        for item, out in zip(items, self.runner.collect(pending)):
+            item.result = out

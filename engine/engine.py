@@ -53,14 +53,24 @@ class Engine:
         return [self.core.to_reward(it) for it in items]
 
     def _run_all(self, items: list[WorkItem], progress: bool) -> None:
+        """Run every batch; batch i+1 is launched before batch i is collected, so the host's
+        finishing and packing overlap the device's work."""
         bar = _progress(sum(it.num_tokens for it in items), progress)
+        inflight = None
         for batch in self.batches(items):
-            start = time.monotonic()
-            self.core.run(batch)
-            for item in batch:
-                item.compute_time_s = time.monotonic() - start
-            bar.update(sum(it.num_tokens for it in batch)) if bar else None
+            launched = (batch, self.core.launch(batch), time.monotonic())
+            if inflight is not None:
+                self._collect(*inflight, bar)
+            inflight = launched
+        if inflight is not None:
+            self._collect(*inflight, bar)
         bar.close() if bar else None
+
+    def _collect(self, batch: list[WorkItem], pending: Any, start: float, bar) -> None:
+        self.core.collect(batch, pending)
+        for item in batch:
+            item.compute_time_s = time.monotonic() - start
+        bar.update(sum(it.num_tokens for it in batch)) if bar else None
 
     def batches(self, items: list[WorkItem]) -> Iterator[list[WorkItem]]:
         """Cut items into packed batches by token budget and sequence count (input order)."""

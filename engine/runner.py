@@ -1,10 +1,13 @@
 """ModelRunner: the only owner of CUDA state. WorkItems → per-item pooled outputs.
 
-Per batch: pack on the host (numpy, one staging row, see ``staging``) → one host→device copy →
-forward (a captured CUDA graph for small batches, else the compiled or eager packed backbone;
-[T, hidden]) → gather the pooled rows only (MEAN averaged per sequence) → head on pooled rows
-(float32) → one device→host copy and the batch's only host synchronisation → ``finish`` per item
-on the CPU. A CUDA out-of-memory error splits the batch in two and retries each half.
+Per batch, ``launch`` packs on the host (numpy, one staging row, see ``staging``) → one
+host→device copy → forward (a captured CUDA graph for small batches, else the compiled or eager
+packed backbone; [T, hidden]) → gathers the pooled rows only (MEAN averaged per sequence) →
+runs the head on them (float32) → starts one device→host copy, and returns without waiting.
+``collect`` waits for that copy (the batch's only host synchronisation) and runs ``finish`` per
+item on the CPU. ``execute`` is the two back to back; callers that launch batch i+1 before
+collecting batch i keep the GPU busy while the host finishes and packs. A CUDA out-of-memory
+error splits the batch in two and runs each half.
 
 Compile and graphs are prepared in ``warm_up`` (the server runs it before reporting SERVING; the
 offline engine runs it on its first batch). Either falls back to the eager forward, with a
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -41,6 +45,19 @@ class _Dummy:
         self.positions = [n - 1]
 
 
+@dataclass
+class Pending:
+    """A launched batch: its results are on their way to ``host`` (done when ``event`` is)."""
+
+    items: list
+    counts: list[int] | None = None       # pooled rows per item
+    shapes: list[torch.Size] | None = None  # [logits [R, L]] and/or [hidden rows [R, H]]
+    host: torch.Tensor | None = None       # flat float32 results (pinned on CUDA)
+    event: torch.cuda.Event | None = None
+    started: torch.cuda.Event | None = None
+    outputs: list[Output] | None = None    # already computed (CPU, or after an OOM split)
+
+
 class ModelRunner:
     """Runs packed batches of WorkItems on one device."""
 
@@ -54,45 +71,89 @@ class ModelRunner:
             if head_dtype is not None:
                 module.to(head_dtype)  # fp32 head keeps rewards exact under a bf16 backbone
         attention.set_backend(backend)
-        on_cuda = device.type == "cuda"
-        if on_cuda and backend == "torch" and not attention.probe_torch_flash(device):
+        self.cuda = device.type == "cuda"
+        if self.cuda and backend == "torch" and not attention.probe_torch_flash(device):
             log.warning("torch FlashAttention kernel refused GQA: repeating kv heads")
-        if (compile or cuda_graphs) and not on_cuda:
+        if (compile or cuda_graphs) and not self.cuda:
             log.info("compile / CUDA graphs are CUDA-only: running eagerly on %s", device)
         packs = getattr(getattr(model, "traits", None), "supports_packing", True)
-        self.want_compile = compile and on_cuda and packs
-        self.want_graphs = cuda_graphs and on_cuda and packs
+        self.want_compile = compile and self.cuda and packs
+        self.want_graphs = cuda_graphs and self.cuda and packs
         self.max_tokens = max_tokens
         self.forward = eager_forward(self.model)  # (ids, positions, cu_seqlens, max_seqlen) → [T, H]
+        self.min_tokens = 1                       # 2 once compiled: T=1 would specialise the graph
         self.graphs: CudaGraphs | None = None
         self.use_graphs = True                    # benchmarks may turn replay off
-        self.staging = staging.StagingBuffer(pinned=on_cuda)
-        self.results = staging.ResultBuffer(pinned=on_cuda)
+        self.gpu_ms: list[float] | None = None    # set to a list to record each batch's GPU time
         self.num_oom_splits = 0
         self.stats: dict = {"compile": False, "cuda_graphs": False}
         self._warm = False
 
-    @torch.inference_mode()
     def execute(self, items: list[WorkItem]) -> list[Output]:
         """Compute every item; returns (data, logits) per item in order. OOM splits the batch."""
+        return self.collect(self.launch(items))
+
+    @torch.inference_mode()
+    def launch(self, items: list[WorkItem]) -> Pending:
+        """Queue a batch on the device and return at once (see ``collect``)."""
         if not self._warm and (self.want_compile or self.want_graphs):
             self.warm_up(self.max_tokens)
         try:
-            return self._run(items)
+            return self._launch(items)
         except torch.OutOfMemoryError:
             if len(items) == 1:
                 raise ItemFailed("out of memory on a single sequence") from None
             self.num_oom_splits += 1
             log.warning("CUDA out of memory on a batch of %d sequences; splitting it", len(items))
-            torch.cuda.empty_cache() if self.device.type == "cuda" else None
+            torch.cuda.empty_cache() if self.cuda else None
             half = len(items) // 2
-            return self.execute(items[:half]) + self.execute(items[half:])
+            return Pending(items, outputs=self.execute(items[:half]) + self.execute(items[half:]))
 
-    def _run(self, items: list) -> list[Output]:
+    def _launch(self, items: list) -> Pending:
+        timing = self.gpu_ms is not None and self.cuda
+        started = _event(timing) if timing else None
         plan = staging.plan(items)
         hidden, gather = self._forward(items, plan)            # [T or bucket, H], [G]
         rows, counts = self._pool(hidden, gather, items, plan)  # [R, H]
-        return [finish(h, it.pooling) for h, it in zip(self._to_host(rows, counts, items), items)]
+        heads = [it.pooling.uses_head for it in items]
+        parts = []
+        if any(heads):
+            parts.append(self.score(rows))                     # [R, L] float32
+        if not all(heads):
+            parts.append(rows.float())                         # [R, H]
+        flat = parts[0].reshape(-1) if len(parts) == 1 else torch.cat([p.reshape(-1) for p in parts])
+        if not self.cuda:
+            return Pending(items, outputs=self._split(flat, [p.shape for p in parts], counts, items))
+        host = torch.empty(flat.numel(), dtype=torch.float32, pin_memory=True)
+        host.copy_(flat, non_blocking=True)
+        return Pending(items, counts, [p.shape for p in parts], host, _event(timing), started)
+
+    @torch.inference_mode()
+    def collect(self, pending: Pending) -> list[Output]:
+        """Wait for a launched batch's results (the one host sync per batch) and finish each item."""
+        if pending.outputs is not None:
+            return pending.outputs
+        pending.event.synchronize()
+        if pending.started is not None and self.gpu_ms is not None:
+            self.gpu_ms.append(pending.started.elapsed_time(pending.event))
+        flat = pending.host.clone()  # the pinned block goes back to torch's host cache
+        return self._split(flat, pending.shapes, pending.counts, pending.items)
+
+    @staticmethod
+    def _split(flat: torch.Tensor, shapes: list, counts: list[int], items: list) -> list[Output]:
+        """Flat float32 host results → ``finish`` of each item's rows (views, no copies)."""
+        views, start = [], 0
+        for shape in shapes:
+            n = torch.Size(shape).numel()
+            views.append(flat[start:start + n].view(shape))
+            start += n
+        heads = [it.pooling.uses_head for it in items]
+        logits, hidden = (views[0], views[-1]) if any(heads) else (None, views[0])
+        out, offset = [], 0
+        for item, uses_head, n in zip(items, heads, counts):
+            out.append(finish((logits if uses_head else hidden)[offset:offset + n], item.pooling))
+            offset += n
+        return out
 
     def _forward(self, items: list, plan: staging.Plan) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage the batch, copy it in once and run it; returns hidden and the gather rows."""
@@ -100,16 +161,18 @@ class ModelRunner:
         bucket = self.graphs.bucket_for(plan.num_tokens, plan.num_seqs) if use else None
         if bucket is not None:
             layout = self.graphs.layout(bucket, plan.num_rows)
-        else:
-            layout = staging.Layout(plan.num_tokens, plan.num_seqs, plan.num_rows)
-        host, array = self.staging.row(layout.total)
-        staging.fill(array, items, plan, layout)
+        else:  # a too-short batch gets a dummy sequence (see min_tokens)
+            tok_cap = max(plan.num_tokens, self.min_tokens)
+            layout = staging.Layout(tok_cap, plan.num_seqs + (tok_cap > plan.num_tokens), plan.num_rows)
+        host = torch.empty(layout.total, dtype=torch.int64, pin_memory=self.cuda)
+        staging.fill(host.numpy(), items, plan, layout)
         if bucket is not None:
             hidden, row = self.graphs.replay(host, bucket)     # [bucket, H]
             return hidden, layout.views(row)[3]
         row = host.to(self.device, non_blocking=True)
         ids, positions, cu_seqlens, gather = layout.views(row)
-        return self.forward(ids, positions, cu_seqlens.to(torch.int32), plan.max_seqlen), gather
+        max_seqlen = max(plan.max_seqlen, self.min_tokens)
+        return self.forward(ids, positions, cu_seqlens.to(torch.int32), max_seqlen), gather
 
     @staticmethod
     def _pool(hidden: torch.Tensor, gather: torch.Tensor, items: list, plan: staging.Plan
@@ -124,31 +187,6 @@ class ModelRunner:
             offset += n
             rows.append(chunk.mean(0, keepdim=True) if item.pooling.pooling_type == PoolingType.MEAN else chunk)
         return torch.cat(rows), [r.shape[0] for r in rows]
-
-    def _to_host(self, rows: torch.Tensor, counts: list[int], items: list) -> list[torch.Tensor]:
-        """Head on head items' rows, one copy to the host, split per item (float32 CPU views)."""
-        heads = [it.pooling.uses_head for it in items]
-        parts = []
-        if any(heads):
-            parts.append(self.score(rows))               # [R, L] float32
-        if not all(heads):
-            parts.append(rows.float())                   # [R, H]
-        flat = parts[0].reshape(-1) if len(parts) == 1 else torch.cat([p.reshape(-1) for p in parts])
-        if self.device.type == "cuda":
-            buf = self.results.take(flat.numel())
-            buf.copy_(flat, non_blocking=True)
-            torch.cuda.current_stream(self.device).synchronize()  # the one host sync per batch
-            flat = buf.clone()
-        views, start = [], 0
-        for part in parts:
-            views.append(flat[start:start + part.numel()].view(part.shape))
-            start += part.numel()
-        logits, hidden = (views[0], views[-1]) if any(heads) else (None, views[0])
-        out, offset = [], 0
-        for uses_head, n in zip(heads, counts):
-            out.append((logits if uses_head else hidden)[offset:offset + n])
-            offset += n
-        return out
 
     def score(self, rows: torch.Tensor) -> torch.Tensor:
         """Pooled rows [R, H] → logits [R, L] in float32 (head in ``head_dtype``)."""
@@ -166,7 +204,7 @@ class ModelRunner:
                 self._compile(max_tokens)
             if self.want_graphs and self.graphs is None:
                 self._capture(max_tokens)
-        if self.device.type == "cuda":
+        if self.cuda:
             torch.cuda.synchronize(self.device)
         self._warm = True
         self.stats["warm_up_s"] = round(time.monotonic() - start, 2)
@@ -176,10 +214,10 @@ class ModelRunner:
         items = [_Dummy(n) for n in lengths]
         plan = staging.plan(items)
         layout = staging.Layout(plan.num_tokens, plan.num_seqs, plan.num_rows)
-        host, array = self.staging.row(layout.total)
-        staging.fill(array, items, plan, layout)
+        host = torch.empty(layout.total, dtype=torch.int64)
+        staging.fill(host.numpy(), items, plan, layout)
         ids, positions, cu_seqlens, _ = layout.views(host.to(self.device))
-        forward(ids, positions, cu_seqlens.to(torch.int32), plan.max_seqlen)
+        forward(ids, positions, cu_seqlens.to(torch.int32), max(plan.max_seqlen, 2))
 
     def _compile(self, max_tokens: int) -> None:
         """Compile, then run the shapes serving will see (many sequences, one long, a few)."""
@@ -188,13 +226,13 @@ class ModelRunner:
             compiled = compile_forward(self.model)
             third = max(1, max_tokens // 3)
             for lengths in ([third, third + 1, max(1, max_tokens - 2 * third - 1)],
-                            [min(max_tokens, 3001)], [300, 400], [7, 5, 3], [1]):  # T=1 is its own graph
+                            [min(max_tokens, 3001)], [300, 400], [7, 5, 3], [1, 1]):
                 self._dummy_forward(compiled, lengths)
         except Exception:  # noqa: BLE001 - a compiler failure must not take the server down
             log.exception("torch.compile failed: running the packed backbone eagerly")
             self.stats["compile"] = "failed"
             return
-        self.forward = compiled
+        self.forward, self.min_tokens = compiled, 2
         self.stats.update(compile=True, compile_s=round(time.monotonic() - start, 1),
                           compiled_graphs=num_compiled_graphs())
 
@@ -214,3 +252,9 @@ class ModelRunner:
         self.graphs = graphs
         self.stats.update(cuda_graphs=True, capture_s=round(seconds, 1), buckets=list(buckets),
                           compiled_graphs=num_compiled_graphs() if self.stats["compile"] is True else 0)
+
+
+def _event(timing: bool) -> torch.cuda.Event:
+    event = torch.cuda.Event(enable_timing=timing)
+    event.record()
+    return event

@@ -1,6 +1,8 @@
 """Host-side packing for the runner: one int64 staging row per batch, built with numpy.
 
-Everything a forward pass needs from the host travels in ONE host→device copy. Layout of the
+Everything a forward pass needs from the host travels in ONE host→device copy (the runner
+writes the row into pinned memory from torch's caching host allocator, which keeps a block until
+the copy that reads it is done, so batches can be launched back to back). Layout of the
 row (int64, each region starting on a multiple of ``ALIGN`` elements)::
 
     [input_ids: tok_cap][positions: tok_cap][cu_seqlens: seq_cap + 1][gather: num_rows]
@@ -101,37 +103,3 @@ def fill(row: np.ndarray, items: list, p: Plan, layout: Layout) -> None:
     rows = np.fromiter(chain.from_iterable(it.positions for it in items), dtype=np.int64, count=p.num_rows)
     rows += np.repeat(starts, p.row_counts)
     row[layout.gather_start:layout.gather_start + p.num_rows] = rows
-
-
-class StagingBuffer:
-    """A reusable host buffer (pinned on CUDA) that staging rows are written into.
-
-    Reuse is safe because the runner waits for each batch's results before packing the next,
-    and that wait comes after the batch's host→device copy in stream order.
-    """
-
-    def __init__(self, pinned: bool):
-        self.pinned = pinned
-        self.tensor = torch.empty(0, dtype=torch.int64)
-
-    def row(self, size: int) -> tuple[torch.Tensor, np.ndarray]:
-        """A [size] int64 tensor and its numpy view (grown in powers of two)."""
-        if self.tensor.numel() < size:
-            cap = 1 << max(12, (size - 1).bit_length())
-            self.tensor = torch.empty(cap, dtype=torch.int64, pin_memory=self.pinned)
-        t = self.tensor[:size]
-        return t, t.numpy()
-
-
-class ResultBuffer:
-    """A reusable pinned float32 buffer for the one device→host copy of a batch's results."""
-
-    def __init__(self, pinned: bool):
-        self.pinned = pinned
-        self.tensor = torch.empty(0, dtype=torch.float32)
-
-    def take(self, numel: int) -> torch.Tensor:
-        if self.tensor.numel() < numel:
-            cap = 1 << max(12, (numel - 1).bit_length())
-            self.tensor = torch.empty(cap, dtype=torch.float32, pin_memory=self.pinned)
-        return self.tensor[:numel]

@@ -30,9 +30,11 @@ SIZES = dict(vocab_size=400, hidden_size=256, intermediate_size=512, num_hidden_
              bos_token_id=0, eos_token_id=0, num_labels=1)
 TOL = {  # bf16 has an 8-bit mantissa: ~0.4% per rounding, a few roundings per layer
     "hidden_rel_vs_fp32": 3e-2,        # ‖engine − fp32‖ / ‖fp32‖ over all tokens
-    "hidden_rel_vs_fp32_over_hf_bf16": 2.0,  # ... at most this multiple of transformers-bf16's own error (+5e-3)
-    "logits_abs_vs_fp32": 5e-2,        # max |Δ score| / max(1, max |score|)
+    "logits_abs_vs_fp32": 1e-1,        # max |Δ score| / max(1, max |score|)
+    "vs_hf_bf16_factor": 2.0,          # and at most 2x transformers-bf16's own error (+ the slack below)
+    "vs_hf_bf16_slack": {"hidden_rel_vs_fp32": 5e-3, "logits_abs_vs_fp32": 2e-2},
     "packed_vs_alone_rel": 1e-2,       # relative L2, hidden; same kernels, different batch shapes
+    "packed_vs_alone_logits_abs": 1e-2,
     "mode_vs_eager_rel": 2e-2,         # compiled + graphs vs eager, relative L2
 }
 MODES = {"eager": dict(compile=False, cuda_graphs=False), "compile+graphs": dict(compile=True, cuda_graphs=True)}
@@ -53,8 +55,9 @@ def _builders():
     }
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(autouse=True)
 def _record():
+    """Write what was measured after every test (a run cut short keeps it)."""
     yield
     path = os.environ.get("REWARDSERVE_PARITY_JSON")
     if path:
@@ -124,6 +127,30 @@ def checkpoints(tmp_path_factory):
     return out
 
 
+def test_torch_flash_backend_gqa_window_and_causality():
+    """The torch kernel against per-sequence SDPA in fp32: GQA, sliding window, non-causal."""
+    from rewardserve.engine import attention
+
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    lengths = [1, 5, 64, 65, 200]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
+    total = int(cu[-1])
+    q = torch.randn(total, 8, 128, device="cuda", generator=gen).bfloat16()   # [T, H, D]
+    k, v = (torch.randn(total, 2, 128, device="cuda", generator=gen).bfloat16() for _ in range(2))
+    meta = attention.VarlenMeta(cu, max(lengths))
+    diffs = {}
+    for causal, window in ((True, None), (True, 16), (False, None)):
+        attention.set_backend("torch")
+        got = attention.varlen_attention(q, k, v, meta, is_causal=causal, scale=128 ** -0.5, window=window)
+        attention.set_backend("sdpa")
+        want = attention.varlen_attention(q.float(), k.float(), v.float(), meta, is_causal=causal,
+                                          scale=128 ** -0.5, window=window)
+        diffs[f"causal={causal},window={window}"] = float((got.float() - want).abs().max())
+    RESULTS["attention_kernel_max_abs_vs_fp32_sdpa"] = diffs
+    RESULTS["gqa_native"] = attention.probe_torch_flash(torch.device("cuda"))
+    assert max(diffs.values()) <= 2e-2, diffs
+
+
 @pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3", "mistral", "gemma2"])
 def test_bf16_packed_equals_alone_and_transformers(name, checkpoints):
     folder, seqs = checkpoints[name], _inputs()
@@ -149,41 +176,19 @@ def test_bf16_packed_equals_alone_and_transformers(name, checkpoints):
         eager_h = eager_h or hidden
         del engine
         torch.cuda.empty_cache()
-        _check(got, record["hf_bf16"], mode)
+        got["failures"] = _failures(got, record["hf_bf16"])
+    assert not any(record[mode]["failures"] for mode in MODES), record
 
 
-def _check(got: dict, hf_bf16: dict, mode: str) -> None:
-    assert got["hidden_rel_vs_fp32"] <= TOL["hidden_rel_vs_fp32"], got
-    bound = TOL["hidden_rel_vs_fp32_over_hf_bf16"] * hf_bf16["hidden_rel_vs_fp32"] + 5e-3
-    assert got["hidden_rel_vs_fp32"] <= bound, (got, hf_bf16)
-    assert got["logits_abs_vs_fp32"] <= TOL["logits_abs_vs_fp32"], got
-    for key in ("packed_vs_alone_rel", "big_batch_vs_packed_rel"):
-        assert got[key] <= TOL["packed_vs_alone_rel"], (key, got)
-    for key in ("packed_vs_alone_logits_abs", "big_batch_logits_abs"):
-        assert got[key] <= TOL["logits_abs_vs_fp32"], (key, got)
-    if "mode_vs_eager_rel" in got:
-        assert got["mode_vs_eager_rel"] <= TOL["mode_vs_eager_rel"], (mode, got)
-
-
-def test_torch_flash_backend_gqa_window_and_causality():
-    """The torch kernel against per-sequence SDPA in fp32: GQA, sliding window, non-causal."""
-    from rewardserve.engine import attention
-
-    gen = torch.Generator(device="cuda").manual_seed(1)
-    lengths = [1, 5, 64, 65, 200]
-    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
-    total = int(cu[-1])
-    q = torch.randn(total, 8, 128, device="cuda", generator=gen).bfloat16()   # [T, H, D]
-    k, v = (torch.randn(total, 2, 128, device="cuda", generator=gen).bfloat16() for _ in range(2))
-    meta = attention.VarlenMeta(cu, max(lengths))
-    diffs = {}
-    for causal, window in ((True, None), (True, 16), (False, None)):
-        attention.set_backend("torch")
-        got = attention.varlen_attention(q, k, v, meta, is_causal=causal, scale=128 ** -0.5, window=window)
-        attention.set_backend("sdpa")
-        want = attention.varlen_attention(q.float(), k.float(), v.float(), meta, is_causal=causal,
-                                          scale=128 ** -0.5, window=window)
-        diffs[f"causal={causal},window={window}"] = float((got.float() - want).abs().max())
-    RESULTS["attention_kernel_max_abs_vs_fp32_sdpa"] = diffs
-    RESULTS["gqa_native"] = attention.probe_torch_flash(torch.device("cuda"))
-    assert max(diffs.values()) <= 2e-2, diffs
+def _failures(got: dict, hf_bf16: dict) -> list[str]:
+    """Every tolerance the measured differences break (empty: parity holds)."""
+    limits = {key: TOL[key] for key in ("hidden_rel_vs_fp32", "logits_abs_vs_fp32", "packed_vs_alone_rel",
+                                        "packed_vs_alone_logits_abs", "mode_vs_eager_rel")}
+    limits["big_batch_vs_packed_rel"] = TOL["packed_vs_alone_rel"]
+    limits["big_batch_logits_abs"] = TOL["packed_vs_alone_logits_abs"]
+    out = [f"{key} {got[key]:.3g} > {limit:.3g}" for key, limit in limits.items() if got.get(key, 0) > limit]
+    for key, slack in TOL["vs_hf_bf16_slack"].items():
+        bound = TOL["vs_hf_bf16_factor"] * hf_bf16[key] + slack
+        if got[key] > bound:
+            out.append(f"{key} {got[key]:.3g} > {TOL['vs_hf_bf16_factor']}x transformers-bf16 + {slack}")
+    return out

@@ -32,7 +32,8 @@ def items(seed: int = 0) -> list[Item]:
 def staged(batch: list[Item], tok_cap: int | None = None, seq_cap: int | None = None):
     plan = staging.plan(batch)
     layout = staging.Layout(tok_cap or plan.num_tokens, seq_cap or plan.num_seqs, plan.num_rows)
-    host, array = staging.StagingBuffer(pinned=False).row(layout.total)
+    host = torch.empty(layout.total, dtype=torch.int64)
+    array = host.numpy()
     array[:] = -7  # poison: every region must be written
     staging.fill(array, batch, plan, layout)
     return plan, layout, host
