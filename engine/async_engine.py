@@ -22,9 +22,11 @@ from rewardserve.engine.prepare import WorkItem
 from rewardserve.engine.reward import RewardResult
 from rewardserve.engine.runner import ItemFailed
 from rewardserve.engine.scheduler import Request, Scheduler
-from rewardserve.engine.types import ChatInput, EncodeInput, EncodeResult, ModelInfo, PoolingParams, PoolingTask
+from rewardserve.engine.types import (ChatInput, EncodeInput, EncodeResult, ModelInfo, PoolingParams, PoolingTask,
+                                      TokensInput)
 
 log = logging.getLogger(__name__)
+INLINE_PREPARE_MAX_TOKENS = 8192
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,10 @@ class AsyncEngine:
                      deadline: float | None = None, request_id: str = "") -> list[EncodeResult]:
         """Run ``task`` on every input; results keep input order (see the interface docs)."""
         self._check_ready()
-        items = await self._prepare(self.core.prepare, inputs, task, params)
+        if _is_small_token_batch(inputs):  # no tokenizer work: a thread hop would cost more than it saves
+            items = self.core.prepare(inputs, task, params)
+        else:
+            items = await self._prepare(self.core.prepare, inputs, task, params)
         await self._run(items, priority, deadline, request_id)
         return [self.core.to_result(it) for it in items]
 
@@ -210,6 +215,17 @@ def _item_error(exc: Exception, item: WorkItem) -> Exception:
     log.exception("unexpected failure computing item %d of request %s", item.index, item.owner.request_id,
                   exc_info=exc)
     return exc
+
+
+def _is_small_token_batch(inputs: Sequence[EncodeInput]) -> bool:
+    """Token-id inputs small enough to validate on the event loop (well under a millisecond)."""
+    total = 0
+    for item in inputs:
+        ids = item.token_ids if isinstance(item, TokensInput) else None
+        if ids is None:
+            return False
+        total += len(ids)
+    return total <= INLINE_PREPARE_MAX_TOKENS
 
 
 def _settle(future: asyncio.Future, request: Request) -> None:
