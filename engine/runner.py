@@ -221,6 +221,12 @@ class ModelRunner:
 
     def _compile(self, max_tokens: int) -> None:
         """Compile, then run the shapes serving will see (many sequences, one long, a few)."""
+        if attention.cuda_fallback_used():
+            # The SDPA loop reads cu_seqlens on the host: dynamo would break the graph at every
+            # layer and recompile for each new sequence count, which costs minutes and buys nothing.
+            log.warning("torch.compile off: this model's attention needs the SDPA fallback (host syncs)")
+            self.stats["compile"] = "fallback attention"
+            return
         start = time.monotonic()
         try:
             compiled = compile_forward(self.model)
