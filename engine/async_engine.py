@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence
 
 from rewardserve.engine.config import EngineConfig
 from rewardserve.engine.core import EngineCore
-from rewardserve.engine.errors import DeadlineExceededError, EngineError, EngineUnavailableError
+from rewardserve.engine.errors import (DeadlineExceededError, EngineError, EngineUnavailableError,
+                                      ItemFailedError)
 from rewardserve.engine.prepare import WorkItem
 from rewardserve.engine.reward import RewardResult
 from rewardserve.engine.runner import ItemFailed
@@ -111,7 +112,10 @@ class AsyncEngine:
         """Render each conversation with the chat template and score it."""
         self._check_ready()
         items = await self._prepare(self.core.prepare_chat, conversations, params)
-        await self._run(items, priority, deadline, request_id)
+        try:
+            await self._run(items, priority, deadline, request_id)
+        except ItemFailedError as exc:  # name the caller's field, not the engine's generic one
+            raise ItemFailedError("conversations", exc.reason, exc.index) from None
         return [self.core.to_reward(it) for it in items]
 
     def _check_ready(self) -> None:
@@ -211,7 +215,7 @@ class AsyncEngine:
 
 def _item_error(exc: Exception, item: WorkItem) -> Exception:
     if isinstance(exc, ItemFailed):
-        return EngineError(f"item {item.index} could not be computed: {exc}")
+        return ItemFailedError("inputs", f"could not be computed ({exc}; {item.num_tokens} tokens)", item.index)
     log.exception("unexpected failure computing item %d of request %s", item.index, item.owner.request_id,
                   exc_info=exc)
     return exc

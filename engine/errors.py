@@ -25,6 +25,19 @@ class UnsupportedTaskError(InvalidInputError):
     """The served model cannot do the requested task."""
 
 
+class ItemFailedError(EngineError):
+    """One item could not be computed even on its own (e.g. out of memory at its length).
+
+    Only its request fails; the rest of its batch and every other request are computed.
+    """
+
+    def __init__(self, field: str, reason: str, index: int | None = None):
+        self.field = field
+        self.index = index
+        self.reason = reason
+        super().__init__(f"{field}[{index}]: {reason}" if index is not None else f"{field}: {reason}")
+
+
 class EngineOverloadedError(EngineError):
     """The waiting queue is full; retry after ``retry_after_s`` seconds."""
 

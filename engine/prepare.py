@@ -24,6 +24,7 @@ class WorkItem:
     result: Any = field(default=None, repr=False)  # (data, logits) once computed
     queue_time_s: float = 0.0
     compute_time_s: float = 0.0
+    is_complete: bool = False       # reported to the scheduler (its tokens left the queue count)
 
     @property
     def num_tokens(self) -> int:

@@ -114,7 +114,8 @@ class Scheduler:
 
     def _release(self, request: Request) -> None:
         self.stats.queued_requests -= 1
-        self.stats.queued_tokens -= sum(it.num_tokens for it in request.items if it.result is None)
+        # Items computed but not yet reported (a sibling failed first) still count as queued.
+        self.stats.queued_tokens -= sum(it.num_tokens for it in request.items if not it.is_complete)
 
     def complete(self, item: WorkItem) -> None:
         """Called by the GPU thread when an item's result is set."""
@@ -122,6 +123,7 @@ class Scheduler:
         with self._cond:
             if request.is_finished:
                 return
+            item.is_complete = True
             request.remaining -= 1
             self.stats.queued_tokens -= item.num_tokens
             done = request.remaining == 0
@@ -137,7 +139,8 @@ class Scheduler:
                 return None
             if self._closed and not self._heap:
                 return None
-            self._wait_for_fuller_batch()
+            if timeout is None:  # the GPU is idle; with a batch in flight, waiting would delay its replies
+                self._wait_for_fuller_batch()
             batch, expired = self._cut()
         for request in expired:
             self.stats.num_expired += 1

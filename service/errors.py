@@ -27,7 +27,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from rewardserve.engine.errors import (DeadlineExceededError, EngineOverloadedError, EngineUnavailableError,
-                                       InvalidInputError, RequestCancelledError)
+                                       InvalidInputError, ItemFailedError, RequestCancelledError)
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ RETRY_AFTER_KEY = "retry-after-ms"
 _TABLE: dict[type[BaseException], grpc.StatusCode] = {
     InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
     EngineOverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ItemFailedError: grpc.StatusCode.RESOURCE_EXHAUSTED,  # out of memory on one item, even alone
     DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     EngineUnavailableError: grpc.StatusCode.UNAVAILABLE,
     RequestCancelledError: grpc.StatusCode.CANCELLED,

@@ -37,6 +37,8 @@ class ServerMetrics:
                                       buckets=LATENCY_BUCKETS, registry=r)
         self.tokens = Counter("rewardserve_tokens", "Tokens computed (rate() gives tokens/s)", registry=r)
         self.sequences = Counter("rewardserve_sequences", "Sequences computed", registry=r)
+        self.stream_items = Counter("rewardserve_stream_items", "StreamReward answers by status code", ["code"],
+                                    registry=r)
         self._engine: Any = None
         r.register(_EngineCollector(lambda: self._engine))
 
@@ -86,19 +88,26 @@ class _EngineCollector:
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Times every unary RPC and labels it with its final status code."""
+    """Times every unary RPC and our streams (whole-stream duration), labelled with the final
+    status code; counts stream answers by their own code."""
 
-    def __init__(self, metrics: ServerMetrics) -> None:
+    def __init__(self, metrics: ServerMetrics, stream_prefix: str = "/rewardserve.") -> None:
         self.metrics = metrics
+        self.stream_prefix = stream_prefix  # health Watch and reflection streams are not ours to time
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler  # streams (health Watch, reflection) are not timed
-        method = handler_call_details.method.rsplit("/", 1)[-1]
-        return grpc.unary_unary_rpc_method_handler(
-            self._timed(method, handler.unary_unary), request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+        path = handler_call_details.method
+        method = path.rsplit("/", 1)[-1]
+        if handler is not None and handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._timed(method, handler.unary_unary), request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler is not None and handler.stream_stream is not None and path.startswith(self.stream_prefix):
+            return grpc.stream_stream_rpc_method_handler(
+                self._timed_stream(method, handler.stream_stream), request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        return handler
 
     def _timed(self, method: str, behavior):
         async def timed(request, context):
@@ -109,7 +118,34 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 code = grpc.StatusCode.CANCELLED
                 raise
             finally:
-                code = code or context.code() or grpc.StatusCode.OK
-                name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-                self.metrics.rpc_latency.labels(method, name).observe(time.perf_counter() - start)
+                self._observe(method, code, context, start)
         return timed
+
+    def _timed_stream(self, method: str, behavior):
+        async def timed(requests, context):
+            start, code = time.perf_counter(), None
+            try:
+                async for reply in behavior(requests, context):
+                    self.metrics.stream_items.labels(_answer_code(reply)).inc()
+                    yield reply
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                self._observe(method, code, context, start)
+        return timed
+
+    def _observe(self, method: str, code, context, start: float) -> None:
+        code = code or context.code() or grpc.StatusCode.OK
+        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        self.metrics.rpc_latency.labels(method, name).observe(time.perf_counter() - start)
+
+
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+def _answer_code(reply: Any) -> str:
+    """A stream answer's own status: OK, or its ItemError's code."""
+    if reply.HasField("error"):
+        return _CODE_NAMES.get(reply.error.code, str(reply.error.code))
+    return "OK"

@@ -12,7 +12,7 @@ import torch
 
 from rewardserve.engine.async_engine import AsyncEngine
 from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig, SchedulerConfig
-from rewardserve.engine.errors import DeadlineExceededError, EngineOverloadedError
+from rewardserve.engine.errors import DeadlineExceededError, EngineOverloadedError, ItemFailedError
 
 
 class GatedForward:
@@ -136,3 +136,36 @@ async def test_injected_out_of_memory_is_split_and_survived(engine):
     for a, b in zip(got, expected):
         assert torch.allclose(a[0].data, b[0].data, atol=1e-5, rtol=0)
     assert engine.is_ready
+
+
+async def test_an_item_that_fails_alone_fails_only_its_request(engine):
+    seqs = random_seqs(6, seed=5)
+    engine.forward.fail_above = 400  # "out of memory" on any batch over 400 tokens, even one sequence
+    blocker = await hold_gpu(engine)
+    doomed = asyncio.create_task(engine.encode([[9] * 50, [9] * 500, [9] * 60]))
+    others = [asyncio.create_task(engine.encode([s[:200]])) for s in seqs]
+    await asyncio.sleep(0.05)
+    engine.forward.gate.set()
+    await blocker
+    with pytest.raises(ItemFailedError, match=r"inputs\[1\]: could not be computed .*500 tokens"):
+        await doomed
+    for task, seq in zip(others, seqs):
+        got = await task
+        alone = await engine.encode([seq[:200]])
+        assert torch.allclose(got[0].data, alone[0].data, atol=1e-5, rtol=0)
+    assert engine.stats().queued_tokens == 0 and engine.stats().queued_requests == 0
+    assert engine.is_ready and engine.stats().num_failed_items == 1
+
+
+async def test_one_request_spread_over_many_batches_keeps_input_order(demo_model_dir):
+    config = EngineConfig(model=ModelConfig(model=str(demo_model_dir)), runner=RunnerConfig(device="cpu"),
+                          scheduler=SchedulerConfig(max_num_batched_tokens=64))
+    eng = await asyncio.to_thread(AsyncEngine.from_config, config)
+    await eng.start()
+    seqs = [s[:60] for s in random_seqs(9, seed=11)]
+    together = await eng.encode(seqs)
+    assert [r.index for r in together] == list(range(9))
+    for got, seq in zip(together, seqs):
+        alone = await eng.encode([seq])
+        assert torch.allclose(got.data, alone[0].data, atol=1e-5, rtol=0)
+    await eng.shutdown(2)

@@ -1,6 +1,9 @@
 """Scheduler unit tests: order, budgets, no starvation, deadlines, cancellation, backpressure."""
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from rewardserve.engine.config import SchedulerConfig
@@ -104,3 +107,47 @@ def test_queue_limits_refuse_with_retry_delay():
     assert scheduler.stats.num_rejected == 2
     finish(scheduler, scheduler.next_batch(0))
     scheduler.submit(request("e", [1]))  # admitted work completed: room again
+
+
+def test_failed_request_returns_its_computed_but_unreported_tokens():
+    scheduler, _ = make()
+    req = request("r", [10, 20, 30])
+    scheduler.submit(req)
+    batch = scheduler.next_batch(0)
+    batch[0].result = ("done", None)
+    scheduler.complete(batch[0])          # reported
+    batch[1].result = ("done", None)      # computed, not reported: its sibling fails first
+    scheduler.fail(req, RuntimeError("item 2 failed"))
+    assert scheduler.stats.queued_tokens == 0 and scheduler.stats.queued_requests == 0
+    scheduler.complete(batch[1])          # late report of a finished request changes nothing
+    assert scheduler.stats.queued_tokens == 0
+
+
+def test_max_wait_holds_an_idle_gpu_until_the_batch_is_full():
+    scheduler, _ = make(max_wait_ms=60_000)
+    scheduler.submit(request("a", [50]))
+    got: list = []
+    worker = threading.Thread(target=lambda: got.append(scheduler.next_batch(None)))
+    worker.start()
+    time.sleep(0.05)
+    assert not got  # held for a fuller batch
+    scheduler.submit(request("b", [50]))  # the budget (100 tokens) is now full
+    worker.join(10)
+    assert names(got[0]) == [("a", 0), ("b", 0)]
+
+
+def test_max_wait_never_delays_a_batch_in_flight():
+    # timeout=0: the GPU thread still has a batch to finish, so it must not sleep here.
+    scheduler, _ = make(max_wait_ms=60_000)
+    scheduler.submit(request("a", [50]))
+    start = time.monotonic()
+    assert names(scheduler.next_batch(0.0)) == [("a", 0)]
+    assert time.monotonic() - start < 10  # a wait would have taken the whole minute
+
+
+def test_without_max_wait_a_lone_request_runs_at_once():
+    scheduler, _ = make()
+    scheduler.submit(request("a", [5]))
+    start = time.monotonic()
+    assert names(scheduler.next_batch(None)) == [("a", 0)]
+    assert time.monotonic() - start < 10

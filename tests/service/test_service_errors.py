@@ -12,7 +12,7 @@ from grpc_status import rpc_status
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
 from rewardserve.engine.errors import (DeadlineExceededError, EngineOverloadedError, EngineUnavailableError,
-                                       RequestCancelledError)
+                                       ItemFailedError, RequestCancelledError)
 
 TEXT = pb.EncodeInput(text="hello")
 
@@ -111,6 +111,7 @@ async def test_overloaded_reward_keeps_its_deprecation_trailer(stub, fake):
     (DeadlineExceededError("deadline passed before compute"), grpc.StatusCode.DEADLINE_EXCEEDED),
     (EngineUnavailableError("draining"), grpc.StatusCode.UNAVAILABLE),
     (RequestCancelledError("cancelled"), grpc.StatusCode.CANCELLED),
+    (ItemFailedError("conversations", "could not be computed (out of memory)", 0), grpc.StatusCode.RESOURCE_EXHAUSTED),
 ])
 async def test_engine_errors_map_to_their_status(stub, fake, exc, code):
     fake.fail_with = exc

@@ -1,5 +1,5 @@
 """Prometheus metrics of a real server on the demo model: RPC latency by method and code,
-batches, tokens, queue depth and drop counters, scraped over HTTP from --metrics-port."""
+stream answers by code, batches, tokens, queue depth and drop counters, scraped over HTTP from --metrics-port."""
 from __future__ import annotations
 
 import asyncio
@@ -34,6 +34,11 @@ def sample(text: str, name: str, **labels: str) -> float:
     return float(match.groups()[-1]) if match else 0.0
 
 
+def stream_item(item_id: str, role: str) -> pb.StreamItem:
+    messages = [pb.ChatMessage(role=role, content="hi"), pb.ChatMessage(role="assistant", content="hello")]
+    return pb.StreamItem(id=item_id, conversation=pb.Conversation(messages=messages))
+
+
 async def scrape(port: int) -> str:
     def get() -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
@@ -54,12 +59,19 @@ async def test_metrics_count_rpcs_batches_tokens_and_queue(demo_model_dir):
                                    for s in seqs])
             with pytest.raises(grpc.aio.AioRpcError):
                 await stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(token_ids=pb.TokenIds(ids=[400]))]))
+            answers = [a async for a in stub.StreamReward(iter([pb.StreamRewardRequest(items=[
+                stream_item("good", "user"), stream_item("bad", "robot")])]))]
         text = await scrape(server.metrics_port)
+    assert sorted(a.WhichOneof("outcome") for a in answers) == ["error", "result"]
+    assert sample(text, "rewardserve_stream_items_total", code="OK") == 1
+    assert sample(text, "rewardserve_stream_items_total", code="INVALID_ARGUMENT") == 1
+    assert sample(text, "rewardserve_rpc_latency_seconds_count", code="OK", method="StreamReward") == 1
     assert sample(text, "rewardserve_rpc_latency_seconds_count", code="OK", method="Encode") == 6
     assert sample(text, "rewardserve_rpc_latency_seconds_count", code="INVALID_ARGUMENT", method="Encode") == 1
-    assert sample(text, "rewardserve_tokens_total") == sum(map(len, seqs))
-    assert sample(text, "rewardserve_sequences_total") == 6
-    assert 1 <= sample(text, "rewardserve_batch_tokens_count") <= 6
-    assert sample(text, "rewardserve_queue_time_seconds_count") == 6
+    chat_tokens = next(a.result.num_tokens for a in answers if a.WhichOneof("outcome") == "result")
+    assert sample(text, "rewardserve_tokens_total") == sum(map(len, seqs)) + chat_tokens
+    assert sample(text, "rewardserve_sequences_total") == 7
+    assert 2 <= sample(text, "rewardserve_batch_tokens_count") <= 7
+    assert sample(text, "rewardserve_queue_time_seconds_count") == 7
     assert "rewardserve_queue_requests 0.0" in text and "rewardserve_queue_tokens 0.0" in text
     assert sample(text, "rewardserve_dropped_requests_total", reason="expired") == 0
