@@ -14,12 +14,13 @@ Cancellation: when the client cancels (or the deadline fires), grpc.aio cancels 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, AsyncIterator, Callable
 
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
 from rewardserve.engine.errors import EngineOverloadedError, InvalidInputError, ItemFailedError
-from rewardserve.service import chat_convert
+from rewardserve.service import chat_convert, convert
 from rewardserve.service.chat_convert import ChatOptions, Origin
 from rewardserve.service.errors import to_failure
 from rewardserve.service.rpc import CallScope
@@ -108,6 +109,7 @@ class ItemStream:
         return chat_convert.conversation(item.conversation, self._options, ITEM_FIELD, None)
 
     async def _score(self, item: pb.StreamItem, index: int, chat: Any, options: ChatOptions) -> None:
+        arrival, rewards = time.monotonic(), []
         try:
             rewards = await self._engine_of().chat_reward(
                 [chat], options.params, priority=options.priority, deadline=self._call.deadline,
@@ -118,6 +120,7 @@ class ItemStream:
             answer = pb.StreamRewardResponse(id=item.id, error=item_error(_as_item_error(exc), self._call))
         finally:
             self._ids.discard(item.id)
+        answer.timing.CopyFrom(convert.timing(rewards, time.monotonic() - arrival))
         self._answers.put_nowait(answer)
 
 

@@ -60,3 +60,14 @@ def test_error_message_names_code_and_request_id():
 def test_tensor_with_empty_shape_is_a_flat_vector():
     array = to_array(pb.FloatTensor(values=[1.0, 2.0]))
     assert array.shape == (2,) and array.dtype == np.float32
+
+
+def test_stream_answers_carry_their_own_timing():
+    from rewardserve_client.stream import to_stream_result
+
+    timing = pb.Timing(queue_seconds=0.25, compute_seconds=0.5, total_seconds=1.0)
+    good = to_stream_result(pb.StreamRewardResponse(id="a", result=pb.ChatRewardResult(score=2.0), timing=timing))
+    bad = to_stream_result(pb.StreamRewardResponse(id="b", error=pb.ItemError(code=3, message="conversation: x"),
+                                                   timing=timing))
+    assert good.ok and good.result.score == 2.0 and good.timing.compute_seconds == 0.5
+    assert not bad.ok and bad.timing.total_seconds == 1.0

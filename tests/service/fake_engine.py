@@ -183,4 +183,5 @@ def _reward_result(index: int, conv: ChatInput, step_tag: int | None) -> RewardR
     steps = tuple(StepResult(position=p, score=0.75, label_scores=(("neg", 0.25), ("pos", 0.75)))
                   for p, ch in enumerate(text) if step_tag is not None and ord(ch) == step_tag)
     return RewardResult(index=index, score=float(len(text)), label_scores=(("reward", 0.5),),
-                        num_tokens=len(text), truncated=False, step_scores=steps)
+                        num_tokens=len(text), truncated=False, step_scores=steps,
+                        queue_time_s=0.001 * (index + 1), compute_time_s=0.003)

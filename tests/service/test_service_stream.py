@@ -73,6 +73,10 @@ async def test_answers_come_as_items_finish_matched_by_id(stub, fake):
     # The fake's score is the length of role + content: each answer is its own item's.
     assert [(a.result.score, a.result.index, a.result.group_id) for a in answers] == [
         (9.0, 2, "g1"), (5.0, 0, ""), (7.0, 1, "")]
+    # Each answer carries its own item's timing (the fake: queue 1 ms, compute 3 ms per item).
+    assert all(a.timing.queue_seconds == pytest.approx(0.001) for a in answers)
+    assert all(a.timing.compute_seconds == pytest.approx(0.003) for a in answers)
+    assert all(a.timing.total_seconds > 0 for a in answers)
 
 
 async def test_item_errors_travel_in_the_stream_and_do_not_end_it(stub, fake):

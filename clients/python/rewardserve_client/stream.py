@@ -18,7 +18,7 @@ from typing import Any, AsyncIterator, Dict, Iterable, Iterator, Optional, Tuple
 import grpc
 
 from rewardserve_client import _requests
-from rewardserve_client._results import to_chat_reward_result
+from rewardserve_client._results import to_chat_reward_result, to_timing
 from rewardserve_client.errors import (CallCancelledError, RewardServeError, from_item_error,
                                        from_rpc_error)
 from rewardserve_client.types import ChatRewardResult, StreamResult
@@ -32,11 +32,12 @@ ItemLike = Tuple[Any, ...]
 
 def to_stream_result(answer: pb.StreamRewardResponse, request_id: str = "") -> StreamResult:
     """A StreamRewardResponse as a StreamResult (its error as a RewardServeError)."""
+    timing = to_timing(answer.timing)
     if answer.HasField("result"):
-        return StreamResult(id=answer.id, result=to_chat_reward_result(answer.result))
+        return StreamResult(id=answer.id, result=to_chat_reward_result(answer.result), timing=timing)
     error = answer.error
     return StreamResult(id=answer.id, error=from_item_error(
-        error.code, error.message, answer.id, request_id, error.retry_after_seconds))
+        error.code, error.message, answer.id, request_id, error.retry_after_seconds), timing=timing)
 
 
 def _item_request(item: ItemLike) -> pb.StreamRewardRequest:

@@ -162,6 +162,7 @@ class StreamResult:
     id: str
     result: Optional[ChatRewardResult] = None
     error: Optional[Exception] = None
+    timing: Optional[Timing] = None  # this item's queue, compute and total seconds on the server
 
     @property
     def ok(self) -> bool:
