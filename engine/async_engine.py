@@ -57,6 +57,7 @@ class AsyncEngine:
         self._thread: threading.Thread | None = None
         self._ready = False
         self._draining = False
+        self._num_preparing = 0  # requests handed to the tokenizer pool, not yet queued
         self.num_failed_items = 0
 
     @classmethod
@@ -123,7 +124,14 @@ class AsyncEngine:
             raise EngineUnavailableError("draining" if self._draining else "engine is not ready yet")
 
     async def _prepare(self, fn: Callable[..., list[WorkItem]], *args: Any) -> list[WorkItem]:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        # Requests waiting for the tokenizer pool count against the queue limit too: a flood of
+        # text must be refused at the door, not pile up unbounded in front of the pool.
+        self.scheduler.check_room(self._num_preparing)
+        self._num_preparing += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self._num_preparing -= 1
 
     async def _run(self, items: list[WorkItem], priority: int, deadline: float | None, request_id: str) -> None:
         if deadline is not None and time.monotonic() >= deadline:

@@ -85,10 +85,21 @@ class Scheduler:
             self.stats.queued_tokens += request.num_tokens
             self._cond.notify()
 
+    def check_room(self, num_preparing: int) -> None:
+        """Refuse a request before it is tokenized when the queue plus the requests still being
+        prepared already hold ``max_queue_requests`` (tokens are counted once they are known)."""
+        with self._cond:
+            self._refuse_if_full(self.stats.queued_requests + num_preparing + 1 > self.config.max_queue_requests,
+                                 False)
+
     def _admit(self, request: Request) -> None:
         cfg, stats = self.config, self.stats
         full_requests = stats.queued_requests + 1 > cfg.max_queue_requests
         full_tokens = stats.queued_tokens + request.num_tokens > cfg.max_queue_tokens
+        self._refuse_if_full(full_requests, full_tokens)
+
+    def _refuse_if_full(self, full_requests: bool, full_tokens: bool) -> None:
+        stats = self.stats
         if full_requests or full_tokens:
             stats.num_rejected += 1
             retry = min(5.0, max(0.05, stats.queued_tokens / self.throughput_tok_s))

@@ -169,3 +169,26 @@ async def test_one_request_spread_over_many_batches_keeps_input_order(demo_model
         alone = await eng.encode([seq])
         assert torch.allclose(got.data, alone[0].data, atol=1e-5, rtol=0)
     await eng.shutdown(2)
+
+
+async def test_requests_waiting_for_the_tokenizer_count_against_the_queue_limit(demo_model_dir):
+    config = EngineConfig(model=ModelConfig(model=str(demo_model_dir)), runner=RunnerConfig(device="cpu"),
+                          scheduler=SchedulerConfig(max_queue_requests=3))
+    eng = await asyncio.to_thread(AsyncEngine.from_config, config)
+    await eng.start()
+    tokenizer_free, prepare = threading.Event(), eng.core.prepare
+
+    def slow_prepare(*args):
+        tokenizer_free.wait(10)
+        return prepare(*args)
+
+    eng.core.prepare = slow_prepare
+    calls = [asyncio.create_task(eng.encode([f"text {i}"])) for i in range(8)]
+    await asyncio.sleep(0.1)  # all eight reached the door while the tokenizer is busy
+    tokenizer_free.set()
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    refused = [r for r in results if isinstance(r, EngineOverloadedError)]
+    assert len(refused) == 5 and all("queue full (requests)" in str(r) for r in refused)
+    assert sum(isinstance(r, list) for r in results) == 3
+    assert eng.stats().num_rejected == 5 and eng.stats().queued_requests == 0
+    await eng.shutdown(2)
