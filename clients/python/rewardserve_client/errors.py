@@ -28,7 +28,10 @@ class RewardServeError(Exception):
         request_id: the request id (the server's, else the one this client sent), for logs.
         retry_delay: seconds the server asked callers to wait before retrying, or None.
         trailing_metadata: the reply's trailing metadata, as (key, value) pairs.
+        item_id: the StreamReward item this error is about; None for a whole call or stream.
     """
+
+    item_id: Optional[str] = None
 
     def __init__(self, code: grpc.StatusCode, details: str, request_id: str = "",
                  retry_delay: Optional[float] = None, trailing_metadata: Metadata = ()):
@@ -111,4 +114,6 @@ def from_item_error(code: int, message: str, item_id: str, request_id: str = "",
     """The error of one StreamReward item (an ``ItemError``), as the matching exception."""
     status = _CODES_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
     cls = _BY_CODE.get(status, RewardServeError)
-    return cls(status, f"item {item_id!r}: {message}", request_id, retry_after or None)
+    error = cls(status, f"item {item_id!r}: {message}", request_id, retry_after or None)
+    error.item_id = item_id
+    return error

@@ -143,7 +143,7 @@ class AsyncRewardServeRewardFunc(_Options):
             futures = [await stream.submit(conversation, id=item_id) for item_id, conversation in items]
             outcomes = await asyncio.gather(*futures, return_exceptions=True)
         for outcome in outcomes:  # a stream-level failure (not an item's) fails the whole call
-            if isinstance(outcome, RewardServeError) and not outcome.details.startswith("item "):
+            if isinstance(outcome, RewardServeError) and outcome.item_id is None:
                 raise outcome
         return _collect(len(items), ((item_id, getattr(o, "score", None),
                                       o if isinstance(o, BaseException) else None)
