@@ -70,4 +70,4 @@ def test_stream_answers_carry_their_own_timing():
     bad = to_stream_result(pb.StreamRewardResponse(id="b", error=pb.ItemError(code=3, message="conversation: x"),
                                                    timing=timing))
     assert good.ok and good.result.score == 2.0 and good.timing.compute_seconds == 0.5
-    assert not bad.ok and bad.timing.total_seconds == 1.0
+    assert not bad.ok and bad.timing.total_seconds == 1.0 and bad.error.item_id == "b"

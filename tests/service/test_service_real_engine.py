@@ -63,3 +63,34 @@ async def test_real_engine_every_rpc_and_bad_inputs_beside_a_good_call(real_stub
         inputs=[pb.EncodeInput(token_ids=pb.TokenIds(ids=[1] * (MAX_LEN + 1)))],
         truncation=pb.Truncation(truncate_prompt_tokens=-1)))
     assert truncated.results[0].truncated and truncated.results[0].num_tokens == MAX_LEN
+
+
+async def test_real_server_refuses_overload_with_retry_info_and_stays_serving(demo_model_dir):
+    from google.rpc import error_details_pb2, status_pb2
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from rewardserve.engine.config import SchedulerConfig
+
+    engine = EngineConfig(model=ModelConfig(model=str(demo_model_dir)), runner=RunnerConfig(device="cpu"),
+                          scheduler=SchedulerConfig(max_queue_requests=2))
+    config = dataclasses.replace(local_config(), engine=engine)
+    async with RewardServer(config) as server:
+        await asyncio.wait_for(server.wait_ready(), 120)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.RewardServiceStub(channel)
+            calls = [stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text=f"answer {i} " * 20)] * 4))
+                     for i in range(24)]
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+            refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+            served = [o for o in outcomes if isinstance(o, pb.EncodeResponse)]
+            assert refused and served and len(refused) + len(served) == 24
+            for error in refused:
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue full" in error.details()
+                status = status_pb2.Status.FromString(dict(error.trailing_metadata())["grpc-status-details-bin"])
+                retry = error_details_pb2.RetryInfo()
+                assert status.details[0].Unpack(retry) and retry.retry_delay.ToTimedelta().total_seconds() > 0
+            assert all(len(r.results) == 4 for r in served)
+            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            again = await stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text="after the flood")]))
+            assert len(again.results) == 1
