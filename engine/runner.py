@@ -158,16 +158,16 @@ class ModelRunner:
     def _forward(self, items: list, plan: staging.Plan) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage the batch, copy it in once and run it; returns hidden and the gather rows."""
         use = self.graphs is not None and self.use_graphs
-        bucket = self.graphs.bucket_for(plan.num_tokens, plan.num_seqs) if use else None
-        if bucket is not None:
-            layout = self.graphs.layout(bucket, plan.num_rows)
+        key = self.graphs.bucket_for(plan.num_tokens, plan.num_seqs) if use else None
+        if key is not None:
+            layout = self.graphs.layout(key, plan.num_rows)
         else:  # a too-short batch gets a dummy sequence (see min_tokens)
             tok_cap = max(plan.num_tokens, self.min_tokens)
             layout = staging.Layout(tok_cap, plan.num_seqs + (tok_cap > plan.num_tokens), plan.num_rows)
         host = torch.empty(layout.total, dtype=torch.int64, pin_memory=self.cuda)
         staging.fill(host.numpy(), items, plan, layout)
-        if bucket is not None:
-            hidden, row = self.graphs.replay(host, bucket)     # [bucket, H]
+        if key is not None:
+            hidden, row = self.graphs.replay(host, key)        # [bucket, H]
             return hidden, layout.views(row)[3]
         row = host.to(self.device, non_blocking=True)
         ids, positions, cu_seqlens, gather = layout.views(row)
@@ -257,6 +257,7 @@ class ModelRunner:
             return
         self.graphs = graphs
         self.stats.update(cuda_graphs=True, capture_s=round(seconds, 1), buckets=list(buckets),
+                          seq_buckets=list(graphs.seq_buckets), num_graphs=len(graphs.graphs),
                           compiled_graphs=num_compiled_graphs() if self.stats["compile"] is True else 0)
 
 
