@@ -17,6 +17,10 @@ ATTN_IMPLEMENTATION = "rewardserve_varlen"
 # backend: the kernel in use; gqa_native: the torch kernel takes Hkv < H as is (probed on CUDA);
 # cuda_fallback: a CUDA forward took the SDPA loop (host syncs: no CUDA-graph capture then).
 _state = {"backend": "sdpa", "gqa_native": True, "cuda_fallback": False}
+# The packed call in progress. Some transformers decoder layers (StableLM's, for one) do not pass
+# their **kwargs on to attention; the hook then reads the packing from here. Forwards run on one
+# thread at a time (the runner's), so a module-level slot is enough.
+_active: dict[str, "VarlenMeta | None"] = {"meta": None}
 
 
 @dataclass(frozen=True)
@@ -166,10 +170,33 @@ def _attend(qh, kh, vh, mask, scale, softcap):
     return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)
 
 
+class packed_call:
+    """``with packed_call(meta):`` around a backbone forward makes ``meta`` the active packing."""
+
+    def __init__(self, meta: VarlenMeta):
+        self.meta = meta
+
+    def __enter__(self) -> VarlenMeta:
+        _active["meta"] = self.meta
+        return self.meta
+
+    def __exit__(self, *exc) -> None:
+        _active["meta"] = None
+
+
+def _packing_of(module, kwargs: dict) -> VarlenMeta:
+    if "cu_seq_lens_q" in kwargs:
+        return VarlenMeta(kwargs["cu_seq_lens_q"], kwargs["max_length_q"])
+    meta = _active["meta"]
+    if meta is None:  # called outside the engine's packed forward: refuse rather than mix sequences
+        raise RuntimeError(f"{type(module).__name__}: packed attention called without cu_seqlens")
+    return meta
+
+
 def hf_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                          sliding_window=None, softcap=None, **kwargs):
     """transformers attention hook: query [1, H, T, D], key/value [1, Hkv, T, D] → [1, T, H, D]."""
-    meta = VarlenMeta(kwargs["cu_seq_lens_q"], kwargs["max_length_q"])
+    meta = _packing_of(module, kwargs)
     is_causal = kwargs.get("is_causal")
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from rewardserve.engine.attention import VarlenMeta
+from rewardserve.engine.attention import VarlenMeta, packed_call
 from rewardserve.engine.types import PoolingTask, PoolingType
 
 ACTIVATIONS = ("sigmoid", "softmax", "identity")
@@ -82,8 +82,9 @@ def run_hf_packed(backbone: nn.Module, input_ids: torch.Tensor, positions: torch
 
     The backbone must have ``config._attn_implementation == ATTN_IMPLEMENTATION``.
     """
-    out = backbone(input_ids=input_ids[None], position_ids=positions[None], use_cache=False,
-                   **meta.as_kwargs(), **extra)
+    with packed_call(meta):  # for decoder layers that drop the packing kwargs on the way down
+        out = backbone(input_ids=input_ids[None], position_ids=positions[None], use_cache=False,
+                       **meta.as_kwargs(), **extra)
     return out.last_hidden_state[0]
 
 

@@ -45,7 +45,23 @@ def _gemma2():
     return tf.Gemma2ForSequenceClassification(cfg)
 
 
-BUILDERS = {"llama": _llama, "qwen2": _qwen2, "qwen3": _qwen3, "mistral": _mistral, "gemma2": _gemma2}
+def _stablelm():
+    # Its decoder layers drop **kwargs before attention: packing must still reach the hook.
+    cfg = tf.StableLmConfig(**SIZES, partial_rotary_factor=0.5, num_labels=1)
+    return tf.StableLmForSequenceClassification(cfg)
+
+
+def _phi3():
+    return tf.Phi3ForSequenceClassification(tf.Phi3Config(**SIZES, num_labels=2))
+
+
+def _olmo2():
+    return tf.Olmo2ForSequenceClassification(tf.Olmo2Config(**SIZES, num_labels=1))
+
+
+# Skywork-Reward families first; then "any other *ForSequenceClassification decoder".
+BUILDERS = {"llama": _llama, "qwen2": _qwen2, "qwen3": _qwen3, "mistral": _mistral, "gemma2": _gemma2,
+            "stablelm": _stablelm, "phi3": _phi3, "olmo2": _olmo2}
 
 
 @torch.no_grad()
