@@ -74,7 +74,7 @@ def main_encode(argv: list[str] | None = None) -> int:
         engine = Engine(config)
         progress = args.progress if args.progress is not None else len(inputs) > 64
         results = engine.encode(inputs, task=args.task, progress=progress)
-    except (EngineError, ValueError) as exc:
+    except (EngineError, ValueError, OSError) as exc:  # bad input, options or files: one line, no traceback
         print(f"rewardserve encode: error: {exc}", file=sys.stderr)
         return 2
     with _open(args.output, "w", sys.stdout) as dst:

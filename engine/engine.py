@@ -8,8 +8,7 @@ from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig, S
 from rewardserve.engine.core import EngineCore
 from rewardserve.engine.prepare import WorkItem
 from rewardserve.engine.reward import RewardResult
-from rewardserve.engine.types import (ChatInput, EncodeResult, ModelInfo, PoolingParams, PoolingTask,
-                                      as_input)
+from rewardserve.engine.types import ChatInput, EncodeResult, ModelInfo, PoolingParams, PoolingTask
 
 
 class Engine:
@@ -41,7 +40,7 @@ class Engine:
         Raises InvalidInputError naming the field and index of the first bad input.
         """
         task = PoolingTask(task) if task else None
-        items = self.core.prepare([as_input(x) for x in inputs], task, params)
+        items = self.core.prepare(list(inputs), task, params)  # plain forms are read (and checked) there
         self._run_all(items, progress)
         return [self.core.to_result(it) for it in items]
 

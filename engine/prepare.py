@@ -1,6 +1,7 @@
 """Prepare: inputs → validated token ids and pooling plans (runs on the tokenizer threads)."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -40,13 +41,18 @@ class Limits:
     append_token_id: int | None = None  # e.g. InternLM2's reward token after text/chat inputs
 
 
+def to_input(value: Any, index: int, field_name: str) -> EncodeInput:
+    """A plain input (str, list of ids, dict) as an input type; a wrong shape names the item."""
+    try:
+        return as_input(value)
+    except TypeError as exc:
+        raise InvalidInputError(field_name, str(exc), index) from None
+
+
 def to_token_ids(item: EncodeInput, index: int, tokenizer: Tokenizer | None, params: PoolingParams,
                  field_name: str) -> list[int]:
     """Tokenize text, render conversations, or take token ids as given."""
-    try:
-        item = as_input(item)
-    except TypeError as exc:
-        raise InvalidInputError(field_name, str(exc), index) from None
+    item = to_input(item, index, field_name)
     if isinstance(item, TokensInput):
         return list(item.token_ids)
     if tokenizer is None:
@@ -62,6 +68,12 @@ def to_token_ids(item: EncodeInput, index: int, tokenizer: Tokenizer | None, par
 def check_tokens(ids: list[int], index: int, limits: Limits, field_name: str) -> None:
     if not ids:
         raise InvalidInputError(field_name, "input is empty (0 tokens)", index)
+    if not all(type(t) is int for t in ids):  # the fast check; NumPy integers are fine too
+        wrong = next((t for t in ids if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
+        if wrong is not None:
+            raise InvalidInputError(field_name, f"token ids must be integers, not {type(wrong).__name__} "
+                                    f"({wrong!r})", index)
+        ids[:] = [int(t) for t in ids]
     bad = next((t for t in ids if not 0 <= t < limits.vocab_size), None)
     if bad is not None:
         raise InvalidInputError(field_name, f"token id {bad} is outside the vocabulary "
@@ -93,9 +105,10 @@ def prepare(inputs: Sequence[EncodeInput], pooling: ResolvedPooling, params: Poo
     if not inputs:
         raise InvalidInputError(field_name, "must not be empty")
     items = []
-    for index, item in enumerate(inputs):
+    for index, value in enumerate(inputs):
+        item = to_input(value, index, field_name)
         ids = to_token_ids(item, index, tokenizer, params, field_name)
-        if limits.append_token_id is not None and not isinstance(item, (TokensInput, list, tuple)):
+        if limits.append_token_id is not None and not isinstance(item, TokensInput):
             ids = [*ids, limits.append_token_id]
         check_tokens(ids, index, limits, field_name)
         ids, truncated = truncate(ids, index, params, limits, field_name)

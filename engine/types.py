@@ -85,11 +85,17 @@ def as_input(value: Any) -> EncodeInput:
     if isinstance(value, str):
         return TextInput(value)
     if isinstance(value, dict) and "messages" in value:
+        if not isinstance(value["messages"], (list, tuple)):
+            raise TypeError("messages must be a list of {role, content} objects")
         return ChatInput(messages=tuple(value["messages"]))
     if isinstance(value, dict) and "text" in value:
+        if not isinstance(value["text"], str):
+            raise TypeError(f"text must be a string, not {type(value['text']).__name__}")
         return TextInput(value["text"])
     if isinstance(value, dict) and "token_ids" in value:
-        return TokensInput(tuple(value["token_ids"]))
+        value = value["token_ids"]
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"token_ids must be a list of integers, not {type(value).__name__}")
     if isinstance(value, (list, tuple)):
         return TokensInput(tuple(value))
     raise TypeError(f"cannot use {type(value).__name__} as an encode input")

@@ -56,6 +56,11 @@ def test_encode_files_and_embed_task(demo_model_dir, tmp_path):
     ("not json\n", [], "input line 1: not JSON"),
     ('{"text": "x"}\n', ["--task", "nonsense"], "invalid choice"),
     ('{"text": "x"}\n', ["--no-such-option"], "unrecognized arguments"),
+    ('{"text": "ok"}\n{"token_ids": "abc"}\n', [], "inputs[1]: token_ids must be a list of integers, not str"),
+    ('{"token_ids": [1.5, 2]}\n', [], "inputs[0]: token ids must be integers, not float (1.5)"),
+    ('{"token_ids": [true, 2]}\n', [], "inputs[0]: token ids must be integers, not bool"),
+    ('{"text": 5}\n', [], "inputs[0]: text must be a string, not int"),
+    ('{"text": "x"}\n', ["--input", "/no/such/file.jsonl"], "No such file or directory"),
 ])
 def test_encode_errors_are_one_clear_line(demo_model_dir, stdin, args, message):
     done = run(["--model", str(demo_model_dir), *args], stdin)
