@@ -41,7 +41,10 @@ class ModelConfig:
         """The parsed ``--pooler-config`` JSON (empty when unset)."""
         if not self.pooler_config:
             return {}
-        value = json.loads(self.pooler_config)
+        try:
+            value = json.loads(self.pooler_config)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--pooler-config is not JSON: {exc.msg} at character {exc.pos}") from None
         if not isinstance(value, dict):
             raise ValueError("--pooler-config must be a JSON object")
         return value

@@ -64,7 +64,10 @@ async def test_encode_unset_options_stay_none_so_server_defaults_apply(stub, fak
     assert (p.pooling_type, p.use_activation, p.truncate_prompt_tokens, p.add_special_tokens) == (None,) * 4
 
 
-async def test_reward_is_token_classify_with_deprecation_trailer(stub, fake, caplog):
+async def test_reward_is_token_classify_with_deprecation_trailer(stub, fake, caplog, monkeypatch):
+    import rewardserve.service.servicer as servicer_module
+
+    monkeypatch.setattr(servicer_module, "_warned_deprecated", False)  # as in a fresh process
     caplog.set_level(logging.WARNING, logger="rewardserve.service.servicer")
     for _ in range(2):
         call = stub.Reward(pb.RewardRequest(inputs=[ids(3, 4)], request_id="old-api"))
@@ -74,8 +77,8 @@ async def test_reward_is_token_classify_with_deprecation_trailer(stub, fake, cap
         assert "POOLING_TASK_TOKEN_CLASSIFY" in trailers[DEPRECATION_KEY]
     assert reply.request_id == "old-api" and list(reply.results[0].data.shape) == [2, 1]
     assert fake.calls[-1].task is PoolingTask.TOKEN_CLASSIFY
-    # One warning per process: at most one here (an earlier test in this process may have had it).
-    assert len([r for r in caplog.records if "deprecated Reward" in r.getMessage()]) <= 1
+    # One warning per process, however many calls.
+    assert len([r for r in caplog.records if "deprecated Reward" in r.getMessage()]) == 1
 
 
 async def test_chat_reward_builds_chat_inputs_and_returns_rewards(stub, fake):
