@@ -38,7 +38,10 @@ buf-lint: venv
 
 ## buf breaking against the previous commit of main (skipped only when it had no proto yet)
 buf-breaking: venv
-	@if git rev-parse -q --verify HEAD~1 >/dev/null && git ls-tree -r --name-only HEAD~1 | grep -q '^proto/.*\.proto$$'; then \
+	@if [ "$$(git rev-parse --is-shallow-repository)" = true ]; then git fetch -q --deepen=1 2>/dev/null || true; fi
+	@if ! git rev-parse -q --verify HEAD~1 >/dev/null; then \
+		echo "buf breaking: SKIPPED, HEAD~1 is not in this clone (shallow or first commit)"; \
+	elif git ls-tree -r --name-only HEAD~1 | grep -q '^proto/.*\.proto$$'; then \
 		$(BIN)/buf breaking --against '.git#ref=HEAD~1' && echo "buf breaking: no breaking change against HEAD~1"; \
 	else echo "buf breaking: HEAD~1 has no proto/ yet, nothing to compare"; fi
 
