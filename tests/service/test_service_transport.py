@@ -40,6 +40,20 @@ async def test_tls_server_answers_tls_clients_only(tmp_path):
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+async def test_reward_clients_speak_tls_with_given_credentials(tmp_path):
+    from rewardserve_client import AsyncRewardClient
+
+    key, cert = self_signed(tmp_path, "server")
+    async with RewardServer(local_config(tls_cert=str(cert), tls_key=str(key)), engine=FakeEngine()) as server:
+        await server.wait_ready()
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        async with AsyncRewardClient(f"localhost:{server.port}", credentials=credentials, timeout=5) as client:
+            assert (await client.model_info()).model == "fake-reward"
+        async with AsyncRewardClient(f"localhost:{server.port}", timeout=2, max_retries=0) as plain:
+            with pytest.raises(Exception, match="UNAVAILABLE"):
+                await plain.model_info()
+
+
 async def test_mutual_tls_refuses_clients_without_a_certificate(tmp_path):
     key, cert = self_signed(tmp_path, "server")
     client_key, client_cert = self_signed(tmp_path, "client")
