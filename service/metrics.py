@@ -7,8 +7,9 @@ queue depth and drop counters at scrape time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -111,29 +112,28 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def _timed(self, method: str, behavior):
         async def timed(request, context):
-            start, code = time.perf_counter(), None
-            try:
+            with self._timing(method, context):
                 return await behavior(request, context)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            finally:
-                self._observe(method, code, context, start)
         return timed
 
     def _timed_stream(self, method: str, behavior):
         async def timed(requests, context):
-            start, code = time.perf_counter(), None
-            try:
+            with self._timing(method, context):  # the whole stream, first message to last
                 async for reply in behavior(requests, context):
                     self.metrics.stream_items.labels(_answer_code(reply)).inc()
                     yield reply
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            finally:
-                self._observe(method, code, context, start)
         return timed
+
+    @contextlib.contextmanager
+    def _timing(self, method: str, context) -> Iterator[None]:
+        start, code = time.perf_counter(), None
+        try:
+            yield
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            self._observe(method, code, context, start)
 
     def _observe(self, method: str, code, context, start: float) -> None:
         code = code or context.code() or grpc.StatusCode.OK
