@@ -7,8 +7,10 @@ for classify tasks).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
 import sys
 from typing import IO, Any, Iterable
 
@@ -68,7 +70,7 @@ def main_encode(argv: list[str] | None = None) -> int:
     from rewardserve.engine.engine import Engine
 
     try:
-        config = config_from_args(EngineConfig, args)
+        config = with_demo_model(config_from_args(EngineConfig, args))
         with _open(args.input, "r", sys.stdin) as src:
             inputs = read_inputs(src)
         engine = Engine(config)
@@ -80,6 +82,19 @@ def main_encode(argv: list[str] | None = None) -> int:
     with _open(args.output, "w", sys.stdout) as dst:
         write_results(results, dst)
     return 0
+
+
+def with_demo_model(config: EngineConfig) -> EngineConfig:
+    """No --model: the built-in demo model (random weights; created on first use), with a warning."""
+    if config.model.model:
+        return config
+    from rewardserve.engine.demo import ensure_demo_model
+
+    folder = ensure_demo_model(os.environ.get("XDG_CACHE_HOME") or None)
+    logging.getLogger("rewardserve.encode").warning(
+        "no --model given: using the built-in DEMO reward model from %s (RANDOM weights, meaningless "
+        "scores). Pass --model DIR|HUB_ID for a real model.", folder)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, model=str(folder)))
 
 
 class _open:

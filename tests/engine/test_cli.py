@@ -66,3 +66,15 @@ def test_encode_errors_are_one_clear_line(demo_model_dir, stdin, args, message):
     done = run(["--model", str(demo_model_dir), *args], stdin)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_encode_without_model_uses_the_demo_model_and_says_so(tmp_path, demo_engine):
+    import os
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    done = subprocess.run([rewardserve(), "encode", "--task", "classify"], input=json.dumps(LINES[0]) + "\n",
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "DEMO reward model" in done.stderr and str(tmp_path) in done.stderr
+    got = json.loads(done.stdout.splitlines()[0])
+    assert torch.allclose(torch.tensor(got["data"]), demo_engine.encode(LINES[:1], task="classify")[0].data, atol=1e-5)
