@@ -75,3 +75,30 @@ async def test_metrics_count_rpcs_batches_tokens_and_queue(demo_model_dir):
     assert sample(text, "rewardserve_queue_time_seconds_count") == 7
     assert "rewardserve_queue_requests 0.0" in text and "rewardserve_queue_tokens 0.0" in text
     assert sample(text, "rewardserve_dropped_requests_total", reason="expired") == 0
+
+
+def test_drop_and_fault_counters_come_from_engine_stats():
+    from prometheus_client import generate_latest
+
+    from rewardserve.engine.async_engine import EngineStats
+    from rewardserve.service.metrics import ServerMetrics
+
+    class StatsOnly:
+        def __init__(self, stats: EngineStats) -> None:
+            self.observers: list = []
+            self._stats = stats
+
+        def add_observer(self, observe) -> None:
+            self.observers.append(observe)
+
+        def stats(self) -> EngineStats:
+            return self._stats
+
+    metrics = ServerMetrics()
+    metrics.bind_engine(StatsOnly(EngineStats(queued_requests=3, queued_tokens=120, num_rejected=4, num_expired=5,
+                                              num_cancelled=6, num_oom_splits=7, num_failed_items=8)))
+    text = generate_latest(metrics.registry).decode()
+    assert sample(text, "rewardserve_queue_requests") == 3 and sample(text, "rewardserve_queue_tokens") == 120
+    for reason, value in (("rejected", 4), ("expired", 5), ("cancelled", 6)):
+        assert sample(text, "rewardserve_dropped_requests_total", reason=reason) == value
+    assert sample(text, "rewardserve_oom_splits_total") == 7 and sample(text, "rewardserve_failed_items_total") == 8
