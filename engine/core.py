@@ -38,7 +38,8 @@ class EngineCore:
         head_dtype = None if config.model.head_dtype == "model" else torch.float32
         self.runner = ModelRunner(self.loaded.model, self.loaded.device, self.loaded.backend, head_dtype,
                                   compile=config.runner.compile, cuda_graphs=config.runner.cuda_graphs,
-                                  max_tokens=config.scheduler.max_num_batched_tokens)
+                                  max_tokens=config.scheduler.max_num_batched_tokens,
+                                  max_seq_len=self.loaded.max_model_len)
 
     def plan(self, task: PoolingTask | None, params: PoolingParams | None) -> tuple[pooling.ResolvedPooling, PoolingParams]:
         """Resolve pooling: request > server --pooler-config > model traits."""

@@ -85,11 +85,12 @@ class CudaGraphs:
         return step
 
     def _dummy_batch(self, key: GraphKey) -> None:
-        """One sequence filling the bucket, so warm-up and capture see a valid batch."""
+        """One sequence filling the bucket, so warm-up and capture see a valid batch. Positions
+        are zero, as for the padding sequence at replay: the bucket may exceed the position table."""
         bucket = key[0]
         ids, pos, cu64, _ = self.layout(key, 0).views(self.static)
         ids.zero_()
-        pos.copy_(torch.arange(bucket, device=self.device))
+        pos.zero_()
         cu64.fill_(bucket)
         cu64[0] = 0
 

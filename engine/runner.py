@@ -62,7 +62,8 @@ class ModelRunner:
     """Runs packed batches of WorkItems on one device."""
 
     def __init__(self, model: PoolingModel, device: torch.device, backend: str, head_dtype: torch.dtype | None,
-                 *, compile: bool = False, cuda_graphs: bool = False, max_tokens: int = 16384):
+                 *, compile: bool = False, cuda_graphs: bool = False, max_tokens: int = 16384,
+                 max_seq_len: int | None = None):
         self.model = model.to(device)
         self.device = device
         self.backend = backend
@@ -80,6 +81,7 @@ class ModelRunner:
         self.want_compile = compile and self.cuda and packs
         self.want_graphs = cuda_graphs and self.cuda and packs
         self.max_tokens = max_tokens
+        self.max_seq_len = max_seq_len or max_tokens  # warm-up sequences stay within the position table
         self.forward = eager_forward(self.model)  # (ids, positions, cu_seqlens, max_seqlen) → [T, H]
         self.min_tokens = 1                       # 2 once compiled: T=1 would specialise the graph
         self.graphs: CudaGraphs | None = None
@@ -211,7 +213,9 @@ class ModelRunner:
         return time.monotonic() - start
 
     def _dummy_forward(self, forward, lengths: list[int]) -> None:
-        items = [_Dummy(n) for n in lengths]
+        """One warm-up batch; a length over ``max_seq_len`` becomes several sequences (same tokens)."""
+        cap = self.max_seq_len
+        items = [_Dummy(min(cap, n - start)) for n in lengths for start in range(0, n, cap)]
         plan = staging.plan(items)
         layout = staging.Layout(plan.num_tokens, plan.num_seqs, plan.num_rows)
         host = torch.empty(layout.total, dtype=torch.int64)

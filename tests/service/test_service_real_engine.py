@@ -94,3 +94,29 @@ async def test_real_server_refuses_overload_with_retry_info_and_stays_serving(de
             assert health.status == health_pb2.HealthCheckResponse.SERVING
             again = await stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text="after the flood")]))
             assert len(again.results) == 1
+
+
+async def test_a_task_the_model_cannot_do_is_named_beside_a_good_call(tmp_path):
+    import transformers
+
+    from rewardserve.engine.demo import build_tokenizer
+
+    folder = tmp_path / "bert-embedder"  # a BertModel: no score head, so embed tasks only
+    build_tokenizer(folder)
+    config = transformers.BertConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=128)
+    config.architectures = ["BertModel"]
+    transformers.BertModel(config).save_pretrained(str(folder))
+    engine = EngineConfig(model=ModelConfig(model=str(folder)), runner=RunnerConfig(device="cpu"))
+    async with RewardServer(dataclasses.replace(local_config(), engine=engine)) as server:
+        await asyncio.wait_for(server.wait_ready(), 120)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.RewardServiceStub(channel)
+            tokens = pb.EncodeInput(token_ids=pb.TokenIds(ids=[5, 6, 7, 8]))
+            good, bad = await asyncio.gather(
+                stub.Encode(pb.EncodeRequest(task=pb.POOLING_TASK_EMBED, inputs=[tokens])),
+                stub.Encode(pb.EncodeRequest(task=pb.POOLING_TASK_CLASSIFY, inputs=[tokens])),
+                return_exceptions=True)
+    assert list(good.results[0].data.shape) == [32] and good.task == pb.POOLING_TASK_EMBED
+    assert isinstance(bad, grpc.aio.AioRpcError) and bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad.details().startswith("task:") and "classify" in bad.details()
