@@ -192,3 +192,25 @@ def _failures(got: dict, hf_bf16: dict) -> list[str]:
         if got[key] > bound:
             out.append(f"{key} {got[key]:.3g} > {TOL['vs_hf_bf16_factor']}x transformers-bf16 + {slack}")
     return out
+
+
+def test_encoder_with_a_short_position_table_compiles_and_captures(tmp_path):
+    """BERT's 512 positions are fewer than the largest graph bucket (2048): warm-up, compile and
+    capture must stay inside the position table (a device-side assert would kill the process)."""
+    from rewardserve.engine.demo import build_tokenizer
+
+    folder = tmp_path / "bert"
+    build_tokenizer(folder)
+    config = tf.BertConfig(vocab_size=400, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=128, max_position_embeddings=512)
+    config.architectures = ["BertModel"]
+    tf.BertModel(config).save_pretrained(str(folder))
+    seqs = [[5 + (i % 300) for i in range(n)] for n in (3, 100, 500, 511)]
+    eager = _engine(folder).encode(seqs, task="embed")
+    engine = _engine(folder, compile=True, cuda_graphs=True)
+    packed = engine.encode(seqs, task="embed")
+    alone = [engine.encode([s], task="embed")[0] for s in seqs]
+    assert engine.core.runner.stats["compile"] is True and engine.core.runner.stats["cuda_graphs"] is True
+    for p, a, e in zip(packed, alone, eager):
+        assert _rel([p.data], [a.data]) <= TOL["packed_vs_alone_rel"]
+        assert _rel([p.data], [e.data]) <= TOL["mode_vs_eager_rel"]
