@@ -62,3 +62,17 @@ def test_process_reward_model_chat_steps_match_reference(ckpt):
     assert torch.allclose(got, want, atol=1e-4), (got, want)
     assert reward.num_tokens == len(rendered)
     assert reward.score == pytest.approx(float(logits[-1, 1]), abs=1e-4)     # raw, last token, last label
+
+
+def test_add_special_tokens_false_drops_cls_and_sep(tmp_path):
+    from test_encoders import bert_checkpoint
+
+    engine = engine_for(bert_checkpoint(tmp_path / "bert", cls_head=False))
+    text = "the reward model reads a conversation"
+    with_specials = engine.encode([text], "token_embed", PoolingParams(normalize=False))[0]
+    without = engine.encode([text], "token_embed", PoolingParams(normalize=False, add_special_tokens=False))[0]
+    assert with_specials.num_tokens == without.num_tokens + 2  # [CLS] ... [SEP]
+    plain = engine.core.tokenizer.encode(text, add_special_tokens=False)
+    assert without.num_tokens == len(plain)
+    # Bidirectional attention: the word rows change once [CLS]/[SEP] are gone.
+    assert not torch.allclose(with_specials.data[1:-1], without.data)
