@@ -7,7 +7,6 @@ for classify tasks).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ from typing import IO, Any, Iterable
 
 from rewardserve.engine.cli_args import add_config_arguments, config_from_args
 from rewardserve.engine.config import EngineConfig
+from rewardserve.engine.demo import with_demo_model
 from rewardserve.engine.errors import EngineError
 from rewardserve.engine.types import EncodeResult, PoolingTask
 
@@ -70,7 +70,8 @@ def main_encode(argv: list[str] | None = None) -> int:
     from rewardserve.engine.engine import Engine
 
     try:
-        config = with_demo_model(config_from_args(EngineConfig, args))
+        config = with_demo_model(config_from_args(EngineConfig, args), os.environ.get("XDG_CACHE_HOME") or None,
+                                 "rewardserve encode", logging.getLogger("rewardserve.encode"))
         with _open(args.input, "r", sys.stdin) as src:
             inputs = read_inputs(src)
         engine = Engine(config)
@@ -82,19 +83,6 @@ def main_encode(argv: list[str] | None = None) -> int:
     with _open(args.output, "w", sys.stdout) as dst:
         write_results(results, dst)
     return 0
-
-
-def with_demo_model(config: EngineConfig) -> EngineConfig:
-    """No --model: the built-in demo model (random weights; created on first use), with a warning."""
-    if config.model.model:
-        return config
-    from rewardserve.engine.demo import ensure_demo_model
-
-    folder = ensure_demo_model(os.environ.get("XDG_CACHE_HOME") or None)
-    logging.getLogger("rewardserve.encode").warning(
-        "no --model given: using the built-in DEMO reward model from %s (RANDOM weights, meaningless "
-        "scores). Pass --model DIR|HUB_ID for a real model.", folder)
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, model=str(folder)))
 
 
 class _open:

@@ -6,10 +6,13 @@ checkpoint a real byte-level BPE tokenizer in the hub's on-disk layout.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -96,3 +99,15 @@ def ensure_demo_model(cache_root: str | os.PathLike | None = None, seed: int = 0
     except OSError:  # another process won the race; its copy is identical
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def with_demo_model(config: Any, cache_root: str | os.PathLike | None, command: str, log: logging.Logger) -> Any:
+    """``config`` (an EngineConfig) as is when it names a model; else pointed at the demo model
+    (created on first use) with a loud warning naming ``command``'s --model option."""
+    if config.model.model:
+        return config
+    folder = ensure_demo_model(cache_root)
+    log.warning("no --model given: using the built-in DEMO reward model from %s. It has RANDOM weights, so its "
+                "scores are meaningless. Use a real model with `%s --model DIR|HUB_ID`.", folder, command)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, model=str(folder)))
+

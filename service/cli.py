@@ -72,17 +72,10 @@ def _env_arguments() -> list[str]:
 
 def resolve_model(config: ServeConfig) -> ServeConfig:
     """The configured model, or the built-in demo model (created on first use) with a warning."""
-    if config.engine.model.model:
-        return config
-    from rewardserve.engine.demo import ensure_demo_model
+    from rewardserve.engine.demo import with_demo_model
 
-    folder = ensure_demo_model(os.environ.get("XDG_CACHE_HOME") or None)
-    logger.warning(
-        "no --model given: serving the built-in DEMO reward model from %s. It has RANDOM weights, "
-        "so its scores are meaningless. Serve a real model with `rewardserve serve --model DIR|HUB_ID`.",
-        folder)
-    model = dataclasses.replace(config.engine.model, model=str(folder))
-    return dataclasses.replace(config, engine=dataclasses.replace(config.engine, model=model))
+    engine = with_demo_model(config.engine, os.environ.get("XDG_CACHE_HOME") or None, "rewardserve serve", logger)
+    return config if engine is config.engine else dataclasses.replace(config, engine=engine)
 
 
 async def serve(config: ServeConfig) -> int:
