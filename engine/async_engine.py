@@ -116,7 +116,7 @@ class AsyncEngine:
         try:
             await self._run(items, priority, deadline, request_id)
         except ItemFailedError as exc:  # name the caller's field, not the engine's generic one
-            raise ItemFailedError("conversations", exc.reason, exc.index) from None
+            raise exc.at("conversations", exc.index) from None
         return [self.core.to_reward(it) for it in items]
 
     def _check_ready(self) -> None:

@@ -6,8 +6,8 @@ class EngineError(Exception):
     """Base class of every error the engine raises on purpose."""
 
 
-class InvalidInputError(EngineError):
-    """A bad input: names the field and the item index so the caller can fix it."""
+class ItemError(EngineError):
+    """An error about one field (and item) of a request: names them so the caller can find it."""
 
     def __init__(self, field: str, reason: str, index: int | None = None):
         self.field = field
@@ -15,6 +15,14 @@ class InvalidInputError(EngineError):
         self.reason = reason
         where = field if index is None else f"{field}[{index}]"
         super().__init__(f"{where}: {reason}")
+
+    def at(self, field: str, index: int | None = None) -> "ItemError":
+        """The same error re-anchored at ``field[index]`` (where the caller put the item)."""
+        return type(self)(field, self.reason, index)
+
+
+class InvalidInputError(ItemError):
+    """A bad input: names the field and the item index so the caller can fix it."""
 
     def with_prefix(self, prefix: str) -> "InvalidInputError":
         """Re-anchor the field under a request field (e.g. ``inputs`` → ``conversations``)."""
@@ -25,17 +33,11 @@ class UnsupportedTaskError(InvalidInputError):
     """The served model cannot do the requested task."""
 
 
-class ItemFailedError(EngineError):
+class ItemFailedError(ItemError):
     """One item could not be computed even on its own (e.g. out of memory at its length).
 
     Only its request fails; the rest of its batch and every other request are computed.
     """
-
-    def __init__(self, field: str, reason: str, index: int | None = None):
-        self.field = field
-        self.index = index
-        self.reason = reason
-        super().__init__(f"{field}[{index}]: {reason}" if index is not None else f"{field}: {reason}")
 
 
 class EngineOverloadedError(EngineError):

@@ -51,10 +51,9 @@ def to_input(value: Any, index: int, field_name: str) -> EncodeInput:
 
 def to_token_ids(item: EncodeInput, index: int, tokenizer: Tokenizer | None, params: PoolingParams,
                  field_name: str) -> list[int]:
-    """Tokenize text, render conversations, or take token ids as given."""
-    item = to_input(item, index, field_name)
+    """Tokenize text, render conversations, or take token ids as given (checked to be integers)."""
     if isinstance(item, TokensInput):
-        return list(item.token_ids)
+        return integer_ids(item.token_ids, index, field_name)
     if tokenizer is None:
         raise InvalidInputError(field_name, "this server has no tokenizer; send token_ids", index)
     if isinstance(item, TextInput):
@@ -65,15 +64,20 @@ def to_token_ids(item: EncodeInput, index: int, tokenizer: Tokenizer | None, par
     raise InvalidInputError(field_name, f"unsupported input type {type(item).__name__}", index)
 
 
+def integer_ids(ids: Sequence[Any], index: int, field_name: str) -> list[int]:
+    """Caller-given token ids as a list of ints; NumPy integers pass, floats and bools do not."""
+    if all(type(t) is int for t in ids):  # the common case, checked fast
+        return list(ids)
+    wrong = next((t for t in ids if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
+    if wrong is not None:
+        raise InvalidInputError(field_name, f"token ids must be integers, not {type(wrong).__name__} "
+                                f"({wrong!r})", index)
+    return [int(t) for t in ids]
+
+
 def check_tokens(ids: list[int], index: int, limits: Limits, field_name: str) -> None:
     if not ids:
         raise InvalidInputError(field_name, "input is empty (0 tokens)", index)
-    if not all(type(t) is int for t in ids):  # the fast check; NumPy integers are fine too
-        wrong = next((t for t in ids if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
-        if wrong is not None:
-            raise InvalidInputError(field_name, f"token ids must be integers, not {type(wrong).__name__} "
-                                    f"({wrong!r})", index)
-        ids[:] = [int(t) for t in ids]
     bad = next((t for t in ids if not 0 <= t < limits.vocab_size), None)
     if bad is not None:
         raise InvalidInputError(field_name, f"token id {bad} is outside the vocabulary "
@@ -99,7 +103,7 @@ def truncate(ids: list[int], index: int, params: PoolingParams, limits: Limits,
     return ids, False
 
 
-def prepare(inputs: Sequence[EncodeInput], pooling: ResolvedPooling, params: PoolingParams,
+def prepare(inputs: Sequence[Any], pooling: ResolvedPooling, params: PoolingParams,
             tokenizer: Tokenizer | None, limits: Limits, field_name: str = "inputs") -> list[WorkItem]:
     """Validate every input; the first bad one raises, naming its field and index."""
     if not inputs:

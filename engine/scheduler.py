@@ -89,8 +89,8 @@ class Scheduler:
         """Refuse a request before it is tokenized when the queue plus the requests still being
         prepared already hold ``max_queue_requests`` (tokens are counted once they are known)."""
         with self._cond:
-            self._refuse_if_full(self.stats.queued_requests + num_preparing + 1 > self.config.max_queue_requests,
-                                 False)
+            full = self.stats.queued_requests + num_preparing + 1 > self.config.max_queue_requests
+            self._refuse_if_full(full_requests=full, full_tokens=False)
 
     def _admit(self, request: Request) -> None:
         cfg, stats = self.config, self.stats

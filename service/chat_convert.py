@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
-from rewardserve.engine.errors import InvalidInputError, ItemFailedError
+from rewardserve.engine.errors import InvalidInputError, ItemError
 from rewardserve.engine.policy import PolicyChat, PolicyText
 from rewardserve.engine.reward import RewardResult
 from rewardserve.engine.types import ChatInput, PoolingParams
@@ -47,14 +47,14 @@ class ChatCall:
     priority: int
     origins: tuple[Origin, ...]
 
-    def relocate(self, exc: InvalidInputError | ItemFailedError) -> InvalidInputError | ItemFailedError:
+    def relocate(self, exc: ItemError) -> ItemError:
         """An engine error about flattened item k, re-anchored where the caller put it."""
         if exc.field != ENGINE_FIELD or exc.index is None or exc.index >= len(self.origins):
             return exc
         origin = self.origins[exc.index]
         if origin.group_index is None:
             return exc
-        return type(exc)(f"groups[{origin.group_index}].responses", exc.reason, origin.response_index)
+        return exc.at(f"groups[{origin.group_index}].responses", origin.response_index)
 
 
 def chat_options(message: Any) -> ChatOptions:

@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator
 from rewardserve_client.v1 import reward_service_pb2 as pb
 from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
-from rewardserve.engine.errors import EngineUnavailableError, InvalidInputError, ItemFailedError
+from rewardserve.engine.errors import EngineUnavailableError, ItemError
 from rewardserve.engine.types import EncodeResult, PoolingTask
 from rewardserve.service import chat_convert, convert
 from rewardserve.service.rpc import CallScope, OpenCalls, stream, unary
@@ -88,7 +88,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
         try:
             results = await engine.chat_reward(req.conversations, req.params, priority=req.priority,
                                                deadline=call.deadline, request_id=call.request_id)
-        except (InvalidInputError, ItemFailedError) as exc:  # name the group and response, not the flat position
+        except ItemError as exc:  # name the group and response, not the flattened position
             raise req.relocate(exc) from None
         return pb.ChatRewardResponse(
             request_id=call.request_id, model=engine.info.model,

@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Callable
 
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
-from rewardserve.engine.errors import EngineOverloadedError, InvalidInputError, ItemFailedError
+from rewardserve.engine.errors import EngineOverloadedError, InvalidInputError, ItemError
 from rewardserve.service import chat_convert, convert
 from rewardserve.service.chat_convert import ChatOptions, Origin
 from rewardserve.service.errors import to_failure
@@ -133,8 +133,7 @@ def item_error(exc: BaseException, call: CallScope) -> pb.ItemError:
 
 def _as_item_error(exc: Exception) -> Exception:
     """The engine names the one-item call's field ``conversations[0]``; the stream calls it ``conversation``."""
-    if isinstance(exc, (InvalidInputError, ItemFailedError)) and exc.field == chat_convert.ENGINE_FIELD \
-            and exc.index == 0:
-        return type(exc)(ITEM_FIELD, exc.reason)
+    if isinstance(exc, ItemError) and exc.field == chat_convert.ENGINE_FIELD and exc.index == 0:
+        return exc.at(ITEM_FIELD)
     return exc
 
