@@ -7,17 +7,24 @@ import numpy as np
 import torch
 
 
-def make_engine(folder, device: str, dtype: str, compile: bool, graphs: bool, max_tokens: int):
+def make_engine(folder, device: str, dtype: str, compile: bool, graphs: bool, max_tokens: int,
+                attention_backend: str = "auto"):
     from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig, SchedulerConfig
     from rewardserve.engine.engine import Engine
 
     start = time.monotonic()
     engine = Engine(EngineConfig(model=ModelConfig(model=str(folder), dtype=dtype),
-                                 runner=RunnerConfig(device=device, compile=compile, cuda_graphs=graphs),
+                                 runner=RunnerConfig(device=device, compile=compile, cuda_graphs=graphs,
+                                                     attention_backend=attention_backend),
                                  scheduler=SchedulerConfig(max_num_batched_tokens=max_tokens)))
     load_s = time.monotonic() - start
     warm_s = engine.core.runner.warm_up(max_tokens)
-    return engine, {"load_s": round(load_s, 1), "warm_up_s": round(warm_s, 1), **engine.core.runner.stats}
+    from rewardserve.engine.models.rotary import RotaryTable
+
+    model = engine.core.runner.model
+    return engine, {"load_s": round(load_s, 1), "warm_up_s": round(warm_s, 1), **engine.core.runner.stats,
+                    "attention_backend": engine.core.runner.backend,
+                    "rope_table": any(isinstance(m, RotaryTable) for m in model.modules())}
 
 
 def throughput(engine, seqs: list[list[int]], repeats: int = 2) -> dict:

@@ -53,6 +53,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--hf-batch-size", type=int, default=16)
     p.add_argument("--max-num-batched-tokens", type=int, default=16384)
     p.add_argument("--latency-n", type=int, default=50)
+    p.add_argument("--attention-backend", default="auto", help="engine and server: auto, triton, torch, flash_attn")
+    p.add_argument("--no-rope-table", action="store_true",
+                   help="offline engine only: compute rotary cos/sin per forward (A/B of the table lookup)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--workdir", default="/tmp/rewardserve-bench", help="where checkpoints are written")
     p.add_argument("--logdir", default="", help="server logs (default: next to --out)")
@@ -137,7 +140,8 @@ def bench_engine_mode(run: Run, name: str, folder, mode: str, loads: dict, peak,
 
     def setup() -> dict:
         engine, info = bench_engine.make_engine(folder, args.device, "bfloat16" if cuda else "float32",
-                                                mode == "compile", True, args.max_num_batched_tokens)
+                                                mode == "compile", True, args.max_num_batched_tokens,
+                                                args.attention_backend)
         holder.append(engine)
         return info
 
@@ -172,7 +176,8 @@ def bench_server(run: Run, name: str, folder, loads: dict, peak) -> None:
     args, cuda = run.args, run.args.device == "cuda"
     logdir = Path(args.logdir) if args.logdir else Path(args.out).parent
     server = bench_grpc.Server(folder, logdir / f"server-{name}.log", dtype="bfloat16" if cuda else "float32",
-                               compile=args.grpc_mode == "compile", graphs=True, max_tokens=args.max_num_batched_tokens)
+                               compile=args.grpc_mode == "compile", graphs=True, max_tokens=args.max_num_batched_tokens,
+                               extra=("--attention-backend", args.attention_backend))
     try:
         up = run.section(name, "grpc/start", lambda: {"ready_s": server.start(), "mode": args.grpc_mode})
         if "error" in up:
@@ -201,6 +206,10 @@ def _free() -> None:
 
 def main(argv=None) -> int:
     args = parse(argv)
+    if args.no_rope_table:
+        from rewardserve.engine.models import rotary
+
+        rotary.MAX_TABLE_POSITIONS = 0
     run = Run(args)
     if args.device == "cuda":
         run.data["peak_matmul"] = bench_engine.peak_matmul_tflops()

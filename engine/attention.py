@@ -1,9 +1,10 @@
 """Variable-length attention over packed sequences, plugged into transformers models.
 
 Packed layout: the batch is one row of ``total_tokens`` tokens; ``cu_seqlens`` ([num_seqs + 1],
-int32) marks where each sequence starts. Backends, best first: the ``flash_attn`` package,
-PyTorch's bundled FlashAttention kernel (CUDA), SDPA with a block-diagonal (and sliding-window) mask
-(CPU, or any case a kernel cannot take, such as Gemma2's logit soft-capping).
+int32) marks where each sequence starts. Backends, best first: the ``flash_attn`` package, our
+Triton kernel (``triton_attention``, CUDA), PyTorch's bundled FlashAttention kernel (CUDA), SDPA
+with a block-diagonal (and sliding-window) mask (CPU, or any case a kernel cannot take, such as
+Gemma2's logit soft-capping).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from rewardserve.engine import triton_attention
 
 ATTN_IMPLEMENTATION = "rewardserve_varlen"
 # backend: the kernel in use; gqa_native: the torch kernel takes Hkv < H as is (probed on CUDA);
@@ -41,15 +44,20 @@ def has_flash_attn() -> bool:
 
 
 def resolve_backend(requested: str, device: torch.device) -> str:
-    """Pick the kernel: ``auto`` prefers flash_attn, then torch's bundled kernel, then SDPA."""
+    """Pick the kernel: ``auto`` prefers flash_attn, then our Triton kernel, then torch's bundled
+    FlashAttention, then SDPA."""
     if device.type != "cuda":
-        if requested in ("flash_attn", "torch"):
+        if requested in ("flash_attn", "triton", "torch"):
             raise ValueError(f"attention backend {requested!r} needs a CUDA device")
         return "sdpa"
     if requested == "auto":
-        return "flash_attn" if has_flash_attn() else "torch"
+        if has_flash_attn():
+            return "flash_attn"
+        return "triton" if triton_attention.is_available() else "torch"
     if requested == "flash_attn" and not has_flash_attn():
         raise ValueError("attention backend 'flash_attn' requested but the flash_attn package is not installed")
+    if requested == "triton" and not triton_attention.is_available():
+        raise ValueError("attention backend 'triton' requested but the triton package is not installed")
     return requested
 
 
@@ -69,7 +77,10 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: Va
         backend = "sdpa"
     if backend == "flash_attn":
         return _flash_attn(q, k, v, meta, is_causal, scale, window, softcap)
-    if backend == "torch":
+    if backend == "triton" and q.shape[-1] in (64, 128, 256):
+        return torch.ops.rewardserve.triton_varlen_attention(q, k, v, meta.cu_seqlens, meta.max_seqlen,
+                                                             is_causal, scale, window or 0)
+    if backend in ("triton", "torch"):  # torch's kernel takes the other head sizes
         return _torch_flash(q, k, v, meta, is_causal, scale, window)
     return _sdpa_masked(q, k, v, meta, is_causal, scale, window, softcap)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-ATTENTION_BACKENDS = ("auto", "flash_attn", "torch", "sdpa")
+ATTENTION_BACKENDS = ("auto", "flash_attn", "triton", "torch", "sdpa")
 CONVERTS = ("auto", "none", "classify", "embed")
 HEAD_DTYPES = ("model", "float32")
 

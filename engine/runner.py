@@ -73,7 +73,7 @@ class ModelRunner:
                 module.to(head_dtype)  # fp32 head keeps rewards exact under a bf16 backbone
         attention.set_backend(backend)
         self.cuda = device.type == "cuda"
-        if self.cuda and backend == "torch" and not attention.probe_torch_flash(device):
+        if self.cuda and backend in ("torch", "triton") and not attention.probe_torch_flash(device):
             log.warning("torch FlashAttention kernel refused GQA: repeating kv heads")
         if (compile or cuda_graphs) and not self.cuda:
             log.info("compile / CUDA graphs are CUDA-only: running eagerly on %s", device)

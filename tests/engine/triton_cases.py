@@ -1,0 +1,62 @@
+"""Cases for the Triton varlen attention kernel, checked against the SDPA block-diagonal reference.
+
+Run as a script with TRITON_INTERPRET=1 (CPU: Triton's interpreter executes the kernel with numpy)
+or imported by the GPU test. Prints one JSON line: the worst error of each case.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from rewardserve.engine.attention import VarlenMeta, _sdpa_masked
+
+# lengths (0 = an empty sequence, as CUDA-graph padding makes), heads, kv heads, head_dim, causal, window
+CASES = [
+    ((5, 40, 0, 33, 1), 4, 2, 64, True, None),
+    ((5, 40, 0, 33, 1), 4, 2, 64, False, None),
+    ((5, 70, 33, 1), 4, 1, 64, True, 16),
+    ((37, 64, 17), 2, 2, 128, True, None),
+    ((130,), 2, 1, 64, True, 7),
+    ((70, 33), 2, 1, 256, True, None),
+]
+
+
+def run_case(case, dtype: torch.dtype, device: str, tiles: dict | None) -> float:
+    from rewardserve.engine import triton_attention
+
+    lengths, heads, kv_heads, head_dim, causal, window = case
+    gen = torch.Generator().manual_seed(sum(lengths))
+    total = sum(lengths)
+    q = torch.randn(total, heads, head_dim, generator=gen)                  # [T, H, D]
+    k, v = (torch.randn(total, kv_heads, head_dim, generator=gen) for _ in range(2))  # [T, Hkv, D]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    want = _sdpa_masked(q, k, v, VarlenMeta(cu, max(lengths)), causal, head_dim ** -0.5, window, None)
+    q, k, v, cu = (x.to(device) for x in (q.to(dtype), k.to(dtype), v.to(dtype), cu))
+    got = triton_attention.launch(q, k, v, cu, max(lengths), is_causal=causal, scale=head_dim ** -0.5,
+                                  window=window, tiles=tiles)
+    return (got.float().cpu() - want).abs().max().item()
+
+
+def patch_interpreter() -> None:
+    """Triton 3.6's interpreter turns loop bounds into ints with int(array of shape [1]), which
+    numpy >= 2.4 refuses; take the single element instead."""
+    import numpy as np
+    import triton.runtime.interpreter as interp
+
+    original = interp._patch_lang_tensor
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(np.asarray(self.handle.data).reshape(-1)[0]))
+    interp._patch_lang_tensor = patched
+
+
+if __name__ == "__main__":
+    patch_interpreter()
+    small = {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}  # several key blocks per case
+    errors = {f"{dtype}/{i}": run_case(case, dtype, "cpu", small)
+              for dtype in (torch.float32, torch.float16) for i, case in enumerate(CASES)}
+    print(json.dumps(errors))
+    sys.exit(0)
