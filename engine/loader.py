@@ -12,6 +12,7 @@ from rewardserve.engine import attention
 from rewardserve.engine.config import EngineConfig
 from rewardserve.engine.errors import EngineError
 from rewardserve.engine.models.base import PoolingModel
+from rewardserve.engine.models.fused import fuse_projections
 from rewardserve.engine.models.registry import LoadSpec, load_model
 from rewardserve.engine.models.rotary import tabulate_rotary
 from rewardserve.engine.models.weights import read_hf_config
@@ -96,6 +97,7 @@ def load(config: EngineConfig) -> Loaded:
     max_len = config.model.max_model_len or model.traits.max_position_embeddings
     if model.traits.supports_packing:  # the packed path passes real positions only (0..max_len-1)
         tabulate_rotary(model, max_len, dtype)
+        fuse_projections(model)
     log.info("loaded %s (%s) on %s in %s, attention backend %s", folder, model.traits.architecture,
              device, dtype, backend)
     return Loaded(folder, model, tokenizer, device, dtype, backend, max_len)

@@ -1,4 +1,5 @@
-"""GPU parity: bfloat16 through the torch FlashAttention backend, eager and compiled + CUDA graphs.
+"""GPU parity: bfloat16 through the default attention backend (our Triton kernel), eager and compiled +
+CUDA graphs, with the rotary tables and fused projections the loader applies.
 
 For each decoder family (Llama, Qwen2 with a sliding-window layer, Qwen3, Mistral with a sliding
 window, Gemma2 with soft-capping and a sliding window) a tiny checkpoint in the hub layout is
@@ -93,7 +94,7 @@ def _engine(folder, **runner):
     from rewardserve.engine.engine import Engine
 
     return Engine(EngineConfig(model=ModelConfig(model=str(folder), dtype="bfloat16"),
-                               runner=RunnerConfig(device="cuda", attention_backend="torch", **runner)))
+                               runner=RunnerConfig(device="cuda", attention_backend="auto", **runner)))
 
 
 def _score(engine, seqs) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -127,8 +128,9 @@ def checkpoints(tmp_path_factory):
     return out
 
 
-def test_torch_flash_backend_gqa_window_and_causality():
-    """The torch kernel against per-sequence SDPA in fp32: GQA, sliding window, non-causal."""
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_attention_kernels_gqa_window_and_causality(backend):
+    """Each CUDA kernel against per-sequence SDPA in fp32: GQA, sliding window, non-causal."""
     from rewardserve.engine import attention
 
     gen = torch.Generator(device="cuda").manual_seed(1)
@@ -140,13 +142,13 @@ def test_torch_flash_backend_gqa_window_and_causality():
     meta = attention.VarlenMeta(cu, max(lengths))
     diffs = {}
     for causal, window in ((True, None), (True, 16), (False, None)):
-        attention.set_backend("torch")
+        attention.set_backend(backend)
         got = attention.varlen_attention(q, k, v, meta, is_causal=causal, scale=128 ** -0.5, window=window)
         attention.set_backend("sdpa")
         want = attention.varlen_attention(q.float(), k.float(), v.float(), meta, is_causal=causal,
                                           scale=128 ** -0.5, window=window)
         diffs[f"causal={causal},window={window}"] = float((got.float() - want).abs().max())
-    RESULTS["attention_kernel_max_abs_vs_fp32_sdpa"] = diffs
+    RESULTS[f"attention_kernel_max_abs_vs_fp32_sdpa/{backend}"] = diffs
     RESULTS["gqa_native"] = attention.probe_torch_flash(torch.device("cuda"))
     assert max(diffs.values()) <= 2e-2, diffs
 
@@ -169,7 +171,8 @@ def test_bf16_packed_equals_alone_and_transformers(name, checkpoints):
                "packed_vs_alone_logits_abs": _abs(logits, torch.cat([a[1] for a in alone])),
                "big_batch_vs_packed_rel": _rel(big_h[:len(seqs)], hidden),
                "big_batch_logits_abs": _abs(big_l[:len(seqs)], logits),
-               "runner": {k: v for k, v in engine.core.runner.stats.items() if k != "buckets"}}
+               "runner": {k: v for k, v in engine.core.runner.stats.items() if k != "buckets"},
+               "attention_backend": engine.core.runner.backend}
         if eager_h is not None:
             got["mode_vs_eager_rel"] = _rel(hidden, eager_h)
         record[mode] = got

@@ -1,0 +1,34 @@
+"""Fused q/k/v and gate/up projections compute what transformers' separate projections compute."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rewardserve.engine.models.fused import fuse_projections
+from test_decoders import BUILDERS
+from tiny_decoders import load, packed_hidden, random_inputs
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3", "mistral"])
+def test_fused_model_matches_unfused(name, ckpt):
+    """Qwen2: q/k/v biases and a sliding-window layer; Qwen3: per-head q/k norms; Mistral: a window."""
+    BUILDERS[name]().save_pretrained(str(ckpt))
+    model = load(ckpt)
+    seqs = random_inputs(seed=5)
+    want = packed_hidden(model, seqs)
+    num_layers = len(model.backbone.layers)
+    assert fuse_projections(model) == 2 * num_layers  # every attention and every MLP
+    layer = model.backbone.layers[0]
+    assert not hasattr(layer.self_attn, "q_proj") and not hasattr(layer.mlp, "gate_proj")
+    got = packed_hidden(model, seqs)
+    assert (got - want).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["gemma2", "stablelm", "phi3", "olmo2"])
+def test_other_families_keep_their_own_forward(name, ckpt):
+    BUILDERS[name]().save_pretrained(str(ckpt))
+    model = load(ckpt)
+    seqs = random_inputs(seed=5)
+    want = packed_hidden(model, seqs)
+    assert fuse_projections(model) == 0
+    assert torch.equal(packed_hidden(model, seqs), want)
