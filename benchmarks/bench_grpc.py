@@ -112,13 +112,12 @@ async def _saturate(target: str, seqs: list[list[int]], per_request: int, concur
 
 
 async def _latency(target: str, lengths, n: int, id_limit: int, seed: int = 7) -> dict:
+    """One AsyncRewardClient.encode call at a time (an asyncio trainer's path)."""
     from rewardserve_client import AsyncRewardClient
 
-    rng = np.random.default_rng(seed)
     out = {}
     async with AsyncRewardClient(target, timeout=60, max_retries=0) as client:
-        for length in lengths:
-            ids = rng.integers(1, id_limit, length).tolist()
+        for length, ids in _latency_inputs(lengths, id_limit, seed):
             for _ in range(5):
                 await client.encode([ids], task="classify")
             times, server = [], []
@@ -127,10 +126,37 @@ async def _latency(target: str, lengths, n: int, id_limit: int, seed: int = 7) -
                 reply = await client.encode([ids], task="classify")
                 times.append((time.perf_counter() - start) * 1e3)
                 server.append(reply.timing.total_seconds * 1e3)
-            out[str(length)] = {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
-                                "min_ms": float(min(times)), "server_total_p50_ms": float(np.percentile(server, 50)),
-                                "n": n}
+            out[str(length)] = _summary(times, server)
     return out
+
+
+def sync_latency(target: str, lengths=(128, 512, 2048), n: int = 50, id_limit: int = 1000, seed: int = 7) -> dict:
+    """One blocking RewardClient.encode call at a time (a PPO loop's path: no event loop)."""
+    from rewardserve_client import RewardClient
+
+    out = {}
+    with RewardClient(target, timeout=60, max_retries=0) as client:
+        for length, ids in _latency_inputs(lengths, id_limit, seed):
+            for _ in range(5):
+                client.encode([ids], task="classify")
+            times, server = [], []
+            for _ in range(n):
+                start = time.perf_counter()
+                reply = client.encode([ids], task="classify")
+                times.append((time.perf_counter() - start) * 1e3)
+                server.append(reply.timing.total_seconds * 1e3)
+            out[str(length)] = _summary(times, server)
+    return out
+
+
+def _latency_inputs(lengths, id_limit: int, seed: int):
+    rng = np.random.default_rng(seed)
+    return [(length, rng.integers(1, id_limit, length).tolist()) for length in lengths]
+
+
+def _summary(times: list[float], server: list[float]) -> dict:
+    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)),
+            "min_ms": float(min(times)), "server_total_p50_ms": float(np.percentile(server, 50)), "n": len(times)}
 
 
 def saturate(target: str, seqs, per_request: int = 4, concurrency: int = 64) -> dict:

@@ -194,6 +194,8 @@ def bench_server(run: Run, name: str, folder, loads: dict, peak) -> None:
         limit = bench_models.SAFE_ID_LIMIT[name]
         run.section(name, f"latency_grpc_{args.grpc_mode}+graphs", bench_grpc.latency, server.target,
                     n=args.latency_n, id_limit=limit)
+        run.section(name, f"latency_grpc_sync_{args.grpc_mode}+graphs", bench_grpc.sync_latency, server.target,
+                    n=args.latency_n, id_limit=limit)
     finally:
         server.stop()
 
