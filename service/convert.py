@@ -3,7 +3,8 @@
 Requests become engine inputs, tasks and ``PoolingParams``; bad values raise the engine's own
 ``InvalidInputError`` (field + item index) so that one error table (service/errors.py) maps them.
 Checks that need the model (token id ≥ vocab, too long, unknown role, task the model cannot do)
-are the engine's. Results carry torch tensors; they are read through NumPy only.
+are the engine's. Results carry torch tensors; they are read through NumPy, or their own
+``tolist`` when small.
 """
 from __future__ import annotations
 
@@ -76,9 +77,10 @@ def _encode_input(item: pb.EncodeInput, index: int) -> EncodeInput:
     if kind == "text":
         return TextInput(item.text)
     if kind == "token_ids":
-        if not item.token_ids.ids:
+        ids = item.token_ids.ids[:]  # a list in one C call; iterating the field is slower
+        if not ids:
             raise InvalidInputError("inputs", "token_ids.ids must not be empty", index)
-        return TokensInput(tuple(item.token_ids.ids))
+        return TokensInput(tuple(ids))
     raise InvalidInputError("inputs", "set either text or token_ids", index)
 
 
@@ -148,18 +150,33 @@ def default_task(info: ModelInfo) -> PoolingTask:
     return PoolingTask.CLASSIFY if PoolingTask.CLASSIFY in info.tasks else PoolingTask.EMBED
 
 
-def float_tensor(data: Any) -> pb.FloatTensor:
-    """A result tensor (torch, NumPy or nested lists) as a row-major FloatTensor.
+SMALL_TENSOR = 4096  # values; up to here a Python list is cheaper than the NumPy round trip
 
-    The values go in as one packed field on the wire (tag, length, little-endian float32 bytes),
-    which protobuf parses at memcpy speed: assigning a Python list instead holds the event loop
-    for about a second per 4M values (a big token_embed reply).
+
+def float_tensor(data: Any) -> pb.FloatTensor:
+    """A result tensor (torch, NumPy or nested lists) as a row-major FloatTensor."""
+    tensor = pb.FloatTensor()
+    fill_float_tensor(tensor, data)
+    return tensor
+
+
+def fill_float_tensor(tensor: pb.FloatTensor, data: Any) -> None:
+    """Write ``data`` (torch, NumPy or nested lists) into an empty FloatTensor, row-major.
+
+    Small results (a score, an embedding) go in as a list of floats: ``tolist`` is one C call,
+    where NumPy's conversion of a torch tensor costs tens of µs on the reply path. Big ones go
+    in as one packed field (tag, length, little-endian float32 bytes), which protobuf parses at
+    memcpy speed: a Python list holds the event loop for about a second per 4M values.
     """
+    flat = data.reshape(-1) if hasattr(data, "reshape") and hasattr(data, "tolist") else None
+    if flat is not None and len(flat) <= SMALL_TENSOR:
+        tensor.shape.extend(data.shape or (1,))  # a 0-d value is [1], as np.ascontiguousarray has it
+        tensor.values.extend(flat.tolist())
+        return
     array = np.ascontiguousarray(np.asarray(data, dtype="<f4"))
-    tensor = pb.FloatTensor(shape=array.shape)
+    tensor.shape.extend(array.shape)
     raw = array.tobytes()
     tensor.MergeFromString(_VALUES_TAG + _varint(len(raw)) + raw)
-    return tensor
 
 
 _VALUES_TAG = bytes([(pb.FloatTensor.VALUES_FIELD_NUMBER << 3) | 2])  # field 2, length-delimited
@@ -176,8 +193,21 @@ def _varint(value: int) -> bytes:
 
 def encode_result(result: EncodeResult) -> pb.EncodeResult:
     """One input's result."""
-    return pb.EncodeResult(index=result.index, data=float_tensor(result.data), num_tokens=result.num_tokens,
-                           truncated=result.truncated, pooled_positions=result.pooled_positions)
+    message = pb.EncodeResult()
+    _fill_encode_result(message, result)
+    return message
+
+
+def add_encode_results(field: Any, results: Sequence[EncodeResult]) -> None:
+    """Append results to a reply's repeated ``results``, built in place (no message copies)."""
+    for result in results:
+        _fill_encode_result(field.add(), result)
+
+
+def _fill_encode_result(message: pb.EncodeResult, result: EncodeResult) -> None:
+    message.index, message.num_tokens, message.truncated = result.index, result.num_tokens, result.truncated
+    message.pooled_positions.extend(result.pooled_positions)
+    fill_float_tensor(message.data, result.data)
 
 
 def label_scores(pairs: Iterable[tuple[str, float]]) -> list[pb.LabelScore]:
@@ -199,14 +229,23 @@ def chat_result(result: RewardResult) -> pb.ChatRewardResult:
 
 def usage(results: Sequence[EncodeResult | RewardResult]) -> pb.Usage:
     """Tokens and sequences the request cost."""
-    return pb.Usage(prompt_tokens=sum(r.num_tokens for r in results), num_sequences=len(results))
+    return pb.Usage(**usage_fields(results))
+
+
+def usage_fields(results: Sequence[EncodeResult | RewardResult]) -> dict[str, int]:
+    """``usage`` as a dict: a reply built with it holds no Usage message to copy."""
+    return {"prompt_tokens": sum(r.num_tokens for r in results), "num_sequences": len(results)}
 
 
 def timing(results: Sequence[EncodeResult | RewardResult], total_s: float) -> pb.Timing:
     """Queue and compute time: the longest item's, since a request's items share forward passes."""
-    return pb.Timing(queue_seconds=max((r.queue_time_s for r in results), default=0.0),
-                     compute_seconds=max((r.compute_time_s for r in results), default=0.0),
-                     total_seconds=total_s)
+    return pb.Timing(**timing_fields(results, total_s))
+
+
+def timing_fields(results: Sequence[EncodeResult | RewardResult], total_s: float) -> dict[str, float]:
+    """``timing`` as a dict (see ``usage_fields``)."""
+    return {"queue_seconds": max((r.queue_time_s for r in results), default=0.0),
+            "compute_seconds": max((r.compute_time_s for r in results), default=0.0), "total_seconds": total_s}
 
 
 def model_info(info: ModelInfo, server_version: str, stream_max_in_flight: int = 0) -> pb.GetModelInfoResponse:

@@ -97,7 +97,7 @@ def unary(method: Callable[[Any, Any, CallScope], Awaitable[Any]]) -> Callable[.
 async def _handle(method: Callable[[Any, Any, CallScope], Awaitable[Any]], servicer: Any, request: Any,
                   context: grpc.aio.ServicerContext) -> Any:
     """Run one call: the request id first (so refusals carry it too), then the deadline, then the work."""
-    scope = CallScope(request_id=uuid.uuid4().hex, deadline=_deadline(context))
+    scope = CallScope(request_id="", deadline=_deadline(context))  # the id is _adopt_request_id's
     try:
         await _adopt_request_id(scope, request, context)
         scope.check_deadline()
@@ -125,7 +125,7 @@ def stream(method: Callable[[Any, AsyncIterator[Any], CallScope], AsyncIterator[
     @functools.wraps(method)
     async def handler(self: Any, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         with self.open_calls.track():
-            scope = CallScope(request_id=uuid.uuid4().hex, deadline=_deadline(context))
+            scope = CallScope(request_id="", deadline=_deadline(context))
             try:
                 await _adopt_request_id(scope, None, context)
                 async for reply in method(self, requests, scope):
@@ -150,8 +150,7 @@ async def _adopt_request_id(scope: CallScope, request: Any, context: grpc.aio.Se
     """
     given = getattr(request, "request_id", "") or _invocation_value(context, REQUEST_ID_KEY)
     usable = _is_usable_request_id(given)
-    if usable:
-        scope.request_id = given
+    scope.request_id = given if usable else uuid.uuid4().hex  # no urandom call when the caller named it
     await context.send_initial_metadata(((REQUEST_ID_KEY, scope.request_id),))
     if given and not usable:
         raise InvalidInputError("request_id", f"must be 1 to {MAX_REQUEST_ID_LEN} printable ASCII characters")

@@ -68,8 +68,10 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
         task = req.task or convert.default_task(engine.info)
         results = await engine.encode(req.inputs, task, req.params, priority=req.priority,
                                       deadline=call.deadline, request_id=call.request_id)
-        return pb.EncodeResponse(request_id=call.request_id, model=engine.info.model,
-                                 task=convert.TASK_TO_PROTO[task], **_encode_body(results, call))
+        reply = pb.EncodeResponse(request_id=call.request_id, model=engine.info.model,
+                                  task=convert.TASK_TO_PROTO[task], **_encode_body(results, call))
+        convert.add_encode_results(reply.results, results)
+        return reply
 
     @unary
     async def Reward(self, request: pb.RewardRequest, call: CallScope) -> pb.RewardResponse:
@@ -79,7 +81,9 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
         req, engine = convert.reward_call(request), self.engine
         results = await engine.encode(req.inputs, PoolingTask.TOKEN_CLASSIFY, req.params, priority=req.priority,
                                       deadline=call.deadline, request_id=call.request_id)
-        return pb.RewardResponse(request_id=call.request_id, model=engine.info.model, **_encode_body(results, call))
+        reply = pb.RewardResponse(request_id=call.request_id, model=engine.info.model, **_encode_body(results, call))
+        convert.add_encode_results(reply.results, results)
+        return reply
 
     @unary
     async def ChatReward(self, request: pb.ChatRewardRequest, call: CallScope) -> pb.ChatRewardResponse:
@@ -117,6 +121,6 @@ def _warn_deprecated_once() -> None:
 
 
 def _encode_body(results: list[EncodeResult], call: CallScope) -> dict[str, Any]:
-    """The reply fields Encode and Reward share."""
-    return {"results": [convert.encode_result(r) for r in results], "usage": convert.usage(results),
-            "timing": convert.timing(results, call.elapsed())}
+    """The reply fields Encode and Reward share, but ``results``: those are added in place
+    (``convert.add_encode_results``), since a message passed to a constructor is copied."""
+    return {"usage": convert.usage_fields(results), "timing": convert.timing_fields(results, call.elapsed())}

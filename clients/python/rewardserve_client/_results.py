@@ -15,7 +15,7 @@ from rewardserve_client.v1 import reward_service_pb2 as pb
 
 def to_array(tensor: pb.FloatTensor) -> np.ndarray:
     """A FloatTensor as a float32 array of its shape (an empty shape means a flat vector)."""
-    values = np.asarray(tensor.values, dtype=np.float32)
+    values = np.array(tensor.values[:], dtype=np.float32)  # [:] copies to a list in one C call
     shape = tuple(tensor.shape) or (values.size,)
     if math.prod(shape) != values.size:
         raise ValueError(f"malformed tensor from server: shape {list(shape)} "
