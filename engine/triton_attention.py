@@ -84,7 +84,9 @@ if triton is not None:
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         # Keys [lo, full) need no mask; [full, hi) do (the diagonal, the sequence's tail, a window).
         hi = tl.minimum((m_block + 1) * BLOCK_M, seqlen) if IS_CAUSAL else seqlen
-        full = m_block * BLOCK_M if IS_CAUSAL else (seqlen // BLOCK_N) * BLOCK_N
+        # Causal: keys below the tile's first query are visible to all of it; rounded down to whole
+        # key blocks, since a key block wider than the query tile would cross the diagonal.
+        full = (m_block * BLOCK_M if IS_CAUSAL else seqlen) // BLOCK_N * BLOCK_N
         lo = 0
         if HAS_WINDOW:
             lo = tl.maximum(0, m_block * BLOCK_M - window + 1) // BLOCK_N * BLOCK_N
