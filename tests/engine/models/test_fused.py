@@ -9,26 +9,26 @@ from test_decoders import BUILDERS
 from tiny_decoders import load, packed_hidden, random_inputs
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3", "mistral"])
-def test_fused_model_matches_unfused(name, ckpt):
-    """Qwen2: q/k/v biases and a sliding-window layer; Qwen3: per-head q/k norms; Mistral: a window."""
+def _unfused(name, ckpt):
+    """The family's tiny model as loaded (unfused), its inputs and their packed hidden states."""
     BUILDERS[name]().save_pretrained(str(ckpt))
     model = load(ckpt)
     seqs = random_inputs(seed=5)
-    want = packed_hidden(model, seqs)
-    num_layers = len(model.backbone.layers)
-    assert fuse_projections(model) == 2 * num_layers  # every attention and every MLP
+    return model, seqs, packed_hidden(model, seqs)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3", "mistral"])
+def test_fused_model_matches_unfused(name, ckpt):
+    """Qwen2: q/k/v biases and a sliding-window layer; Qwen3: per-head q/k norms; Mistral: a window."""
+    model, seqs, want = _unfused(name, ckpt)
+    assert fuse_projections(model) == 2 * len(model.backbone.layers)  # every attention and every MLP
     layer = model.backbone.layers[0]
     assert not hasattr(layer.self_attn, "q_proj") and not hasattr(layer.mlp, "gate_proj")
-    got = packed_hidden(model, seqs)
-    assert (got - want).abs().max().item() <= 1e-5
+    assert (packed_hidden(model, seqs) - want).abs().max().item() <= 1e-5
 
 
 @pytest.mark.parametrize("name", ["gemma2", "stablelm", "phi3", "olmo2"])
 def test_other_families_keep_their_own_forward(name, ckpt):
-    BUILDERS[name]().save_pretrained(str(ckpt))
-    model = load(ckpt)
-    seqs = random_inputs(seed=5)
-    want = packed_hidden(model, seqs)
+    model, seqs, want = _unfused(name, ckpt)
     assert fuse_projections(model) == 0
     assert torch.equal(packed_hidden(model, seqs), want)
