@@ -17,14 +17,15 @@ HERE = Path(__file__).resolve().parent
 
 
 def test_kernel_logic_in_the_interpreter():
-    """fp32 and fp16: varlen, an empty sequence, GQA, causal or not, left windows, head_dim 64/128."""
+    """fp32 and fp16: varlen, an empty sequence, GQA, causal or not, left windows, head_dim 64/128/256,
+    with key blocks narrower and wider than query tiles and with the tiles the engine picks."""
     import triton  # noqa: F401 - requirements-dev.txt installs it (the CPU runtime does not need it)
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, str(HERE / "triton_cases.py")], env=env, capture_output=True,
                           text=True, timeout=300, cwd=HERE)
     assert done.returncode == 0, done.stderr[-3000:]
     errors = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(errors) == 4 * len(CASES)
+    assert len(errors) == 6 * len(CASES)  # 2 dtypes x 3 tile shapes
     for name, err in errors.items():
         assert err <= (1e-5 if "float32" in name else 5e-3), (name, err)
 
@@ -37,3 +38,23 @@ def test_kernel_bf16_on_gpu(case):
     for tiles in (None, {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
                   {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}):
         assert run_case(CASES[case], torch.bfloat16, "cuda", tiles) <= 0.02
+
+
+def test_backend_choice(monkeypatch):
+    """auto: flash_attn when installed, else our Triton kernel on CUDA; a CUDA kernel on the CPU is an error."""
+    from rewardserve.engine import attention
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert attention.resolve_backend("auto", cpu) == "sdpa"
+    for name in ("triton", "torch", "flash_attn"):
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            attention.resolve_backend(name, cpu)
+    monkeypatch.setattr(attention, "has_flash_attn", lambda: False)
+    assert attention.resolve_backend("auto", cuda) == "triton"
+    assert attention.resolve_backend("torch", cuda) == "torch"
+    monkeypatch.setattr(attention.triton_attention, "is_available", lambda: False)
+    assert attention.resolve_backend("auto", cuda) == "torch"
+    with pytest.raises(ValueError, match="triton package is not installed"):
+        attention.resolve_backend("triton", cuda)
+    monkeypatch.setattr(attention, "has_flash_attn", lambda: True)
+    assert attention.resolve_backend("auto", cuda) == "flash_attn"
