@@ -12,7 +12,7 @@ from tiny_decoders import load, packed_hidden, random_inputs
 def _unfused(name, ckpt):
     """The family's tiny model as loaded (unfused), its inputs and their packed hidden states."""
     BUILDERS[name]().save_pretrained(str(ckpt))
-    model = load(ckpt)
+    model = load(ckpt, speed_ups=False)
     seqs = random_inputs(seed=5)
     return model, seqs, packed_hidden(model, seqs)
 

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from rewardserve.engine.batch import pack_token_ids
 from rewardserve.engine.config import ModelConfig
+from rewardserve.engine.loader import speed_up_packed
 from rewardserve.engine.models.registry import LoadSpec, load_model
 from rewardserve.engine.models.weights import INDEX, read_hf_config
 
@@ -56,14 +57,18 @@ def save_tensors(folder: Path, state: dict[str, torch.Tensor], shards: int = 1) 
     (folder / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
 
 
-def load(folder: Path, *, convert: str = "auto", overrides: dict | None = None):
-    """Load through the registry exactly as the engine does (fp32, CPU)."""
+def load(folder: Path, *, convert: str = "auto", overrides: dict | None = None, speed_ups: bool = True):
+    """Load through the registry exactly as the engine does (fp32, CPU), with the loader's rotary
+    tables and fused projections unless ``speed_ups`` is False (the unchanged transformers model)."""
     from transformers import AutoTokenizer
 
     spec = LoadSpec(folder=folder, hf_config=read_hf_config(folder),
                     model_config=ModelConfig(model=str(folder), convert=convert), dtype=torch.float32,
                     tokenizer=AutoTokenizer.from_pretrained(str(folder)), pooler_overrides=overrides or {})
-    return load_model(spec)
+    model = load_model(spec)
+    if speed_ups:
+        speed_up_packed(model, model.traits.max_position_embeddings, torch.float32)
+    return model
 
 
 def random_inputs(seed: int = 0, lengths=LENGTHS, step_every: int = 0) -> list[list[int]]:
