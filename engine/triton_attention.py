@@ -139,10 +139,3 @@ def triton_varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
 @triton_varlen_attention.register_fake
 def _(q, k, v, cu_seqlens, max_seqlen, is_causal, scale, window):
     return torch.empty_like(q)
-
-
-def flops(cu_seqlens: list[int], num_heads: int, head_dim: int, is_causal: bool) -> float:
-    """Matmul FLOPs of one call (QK^T and PV), causal halved: for benchmarks."""
-    total = sum((b - a) ** 2 for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]))
-    return 4.0 * total * num_heads * head_dim * (0.5 if is_causal else 1.0)
-
