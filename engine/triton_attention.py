@@ -107,7 +107,7 @@ if triton is not None:
 def pick_tiles(head_dim: int) -> dict:
     """The launch config. Measured on an H200 (benchmarks/bench_attention.py): 64-row query tiles
     with 64-key steps and 4 warps beat 128-row tiles for every shape we serve, from one 128-token
-    sequence (6 µs vs 8) to packed 16k-token batches (296-343 TFLOP/s vs 262-316): more
+    sequence (6 µs vs 8) to packed 16k-token batches (271-343 TFLOP/s vs 237-316): more
     programs per SM hide each one's serial key loop. 256-wide heads take 32-key steps (registers)."""
     return {"BLOCK_M": 64, "BLOCK_N": 64 if head_dim <= 128 else 32, "num_warps": 4, "num_stages": 3}
 
