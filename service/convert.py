@@ -191,13 +191,6 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def encode_result(result: EncodeResult) -> pb.EncodeResult:
-    """One input's result."""
-    message = pb.EncodeResult()
-    _fill_encode_result(message, result)
-    return message
-
-
 def add_encode_results(field: Any, results: Sequence[EncodeResult]) -> None:
     """Append results to a reply's repeated ``results``, built in place (no message copies)."""
     for result in results:
@@ -227,23 +220,15 @@ def chat_result(result: RewardResult) -> pb.ChatRewardResult:
                                num_tokens=result.num_tokens, truncated=result.truncated)
 
 
-def usage(results: Sequence[EncodeResult | RewardResult]) -> pb.Usage:
-    """Tokens and sequences the request cost."""
-    return pb.Usage(**usage_fields(results))
-
-
-def usage_fields(results: Sequence[EncodeResult | RewardResult]) -> dict[str, int]:
-    """``usage`` as a dict: a reply built with it holds no Usage message to copy."""
+def usage(results: Sequence[EncodeResult | RewardResult]) -> dict[str, int]:
+    """Tokens and sequences the request cost, as Usage fields: a reply built with a dict holds
+    no Usage message that its constructor would copy."""
     return {"prompt_tokens": sum(r.num_tokens for r in results), "num_sequences": len(results)}
 
 
-def timing(results: Sequence[EncodeResult | RewardResult], total_s: float) -> pb.Timing:
-    """Queue and compute time: the longest item's, since a request's items share forward passes."""
-    return pb.Timing(**timing_fields(results, total_s))
-
-
-def timing_fields(results: Sequence[EncodeResult | RewardResult], total_s: float) -> dict[str, float]:
-    """``timing`` as a dict (see ``usage_fields``)."""
+def timing(results: Sequence[EncodeResult | RewardResult], total_s: float) -> dict[str, float]:
+    """Queue and compute time as Timing fields (see ``usage``): the longest item's, since a
+    request's items share forward passes."""
     return {"queue_seconds": max((r.queue_time_s for r in results), default=0.0),
             "compute_seconds": max((r.compute_time_s for r in results), default=0.0), "total_seconds": total_s}
 

@@ -123,4 +123,4 @@ def _warn_deprecated_once() -> None:
 def _encode_body(results: list[EncodeResult], call: CallScope) -> dict[str, Any]:
     """The reply fields Encode and Reward share, but ``results``: those are added in place
     (``convert.add_encode_results``), since a message passed to a constructor is copied."""
-    return {"usage": convert.usage_fields(results), "timing": convert.timing_fields(results, call.elapsed())}
+    return {"usage": convert.usage(results), "timing": convert.timing(results, call.elapsed())}

@@ -120,7 +120,7 @@ class ItemStream:
             answer = pb.StreamRewardResponse(id=item.id, error=item_error(_as_item_error(exc), self._call))
         finally:
             self._ids.discard(item.id)
-        answer.timing.CopyFrom(convert.timing(rewards, time.monotonic() - arrival))
+        answer.timing.CopyFrom(pb.Timing(**convert.timing(rewards, time.monotonic() - arrival)))
         self._answers.put_nowait(answer)
 
 

@@ -28,7 +28,6 @@ class RotaryTable(nn.Module):
 
     def __init__(self, original: nn.Module, num_positions: int, dtype: torch.dtype):
         super().__init__()
-        self.original = original  # kept for its config and buffers (state dicts stay the same)
         positions = torch.arange(num_positions, device=original.inv_freq.device)[None]   # [1, L]
         probe = torch.empty(1, device=positions.device, dtype=dtype)
         cos, sin = original(probe, positions)                                              # [1, L, D]

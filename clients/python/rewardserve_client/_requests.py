@@ -65,11 +65,6 @@ def _input_items(inputs: Union[Input, Iterable[Input]]) -> list:
     return items
 
 
-def build_inputs(inputs: Union[Input, Iterable[Input]]) -> list:
-    """Inputs as EncodeInput messages; a lone string counts as one input."""
-    return [_build_input(item, i) for i, item in enumerate(_input_items(inputs))]
-
-
 def add_inputs(field: Any, inputs: Union[Input, Iterable[Input]]) -> None:
     """Append the inputs to a request's repeated ``inputs`` field, built in place: a request
     made from built messages copies every token id list once more (tens of µs per call)."""
