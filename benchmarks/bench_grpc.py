@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -48,6 +49,11 @@ class Server:
                 return self.ready_s
             time.sleep(0.5)
         raise TimeoutError(f"server not SERVING after {timeout_s}s; see {self.log_path}")
+
+    def event_loop(self) -> str:
+        """The event loop the server logged at start-up ("uvloop" or "asyncio")."""
+        match = re.search(r"event loop: (\w+)", self.log_path.read_text())
+        return match.group(1) if match else "unknown"
 
     def gpu_memory_gb(self) -> float | None:
         """The server process's GPU memory from nvidia-smi (None when unavailable)."""

@@ -8,6 +8,9 @@ to the GPU thread and back. ``--engine real`` keeps the forward pass (``--device
 --cuda-graphs --model DIR`` on a GPU machine). One call at a time, as in ``bench_grpc._latency``;
 floors: a Health check and raw stub calls with a prebuilt request.
 
+``--compare-loops`` runs two servers at once, one on asyncio's event loop and one on uvloop, and
+alternates blocking-client calls between them, so that both see the same machine noise.
+
 ``--breakdown`` also stamps ``time.perf_counter_ns`` at each stage boundary, in both processes
 (CLOCK_MONOTONIC is one clock for the whole machine), and prints the median of each gap, plus
 each call's time less the runner's (launch to results), which is the overhead even when the
@@ -165,6 +168,30 @@ async def async_rows(target: str, ids: list[int], n: int, breakdown: bool) -> di
     return rows
 
 
+def compare_loops(args: argparse.Namespace, ids: list[int]) -> dict:
+    """Paired A/B of the server's event loop: calls alternate between the two servers."""
+    from rewardserve_client import RewardClient
+
+    servers = {loop: start_server(argparse.Namespace(**{**vars(args), "uvloop": loop == "uvloop"}), "")
+               for loop in ("asyncio", "uvloop")}
+    try:
+        clients = {loop: RewardClient(target, timeout=10, max_retries=0) for loop, (_, target) in servers.items()}
+        times: dict[str, list[int]] = {loop: [] for loop in clients}
+        for i in range(args.n + 20):
+            for loop, client in (list(clients.items()) if i % 2 else list(clients.items())[::-1]):
+                start = time.perf_counter_ns()
+                client.encode([ids], task="classify")
+                if i >= 20:  # the first calls warm both servers up
+                    times[loop].append(time.perf_counter_ns() - start)
+        for client in clients.values():
+            client.close()
+        return {f"sync RewardClient.encode, server on {loop}": summary(t) for loop, t in times.items()}
+    finally:
+        for proc, _ in servers.values():
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+
+
 def stage_gaps(server_stamps: list, label: str) -> list[tuple[str, float]]:
     """Median gap (µs) between consecutive stages that were stamped, over the calls whose
     request id starts with ``label``. A stamp carrying an id starts that call's group."""
@@ -189,10 +216,10 @@ def stage_gaps(server_stamps: list, label: str) -> list[tuple[str, float]]:
 
 def print_report(result: dict) -> None:
     print(f"\n{result['tokens']}-token Encode, engine={result['engine']} ({result['model']} on {result['device']}"
-          f"{', uvloop' if result['uvloop'] else ''}), one call at a time")
-    print(f"{'path':40s} {'p50 µs':>9s} {'p99 µs':>9s} {'min µs':>9s}")
+          f"{', uvloop' if result['uvloop'] is True else ''}), one call at a time")
+    print(f"{'path':48s} {'p50 µs':>9s} {'p99 µs':>9s} {'min µs':>9s}")
     for name, row in result["rows"].items():
-        print(f"{name:40s} {row['p50_us']:9.1f} {row['p99_us']:9.1f} {row['min_us']:9.1f}")
+        print(f"{name:48s} {row['p50_us']:9.1f} {row['p99_us']:9.1f} {row['min_us']:9.1f}")
     if result.get("breakdown"):
         print("\nstage (median µs, stamped calls)")
         for name, us in result["breakdown"]:
@@ -211,6 +238,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--uvloop", action="store_true", help="run both event loops on uvloop (when installed)")
     p.add_argument("--id-limit", type=int, default=400, help="token ids are drawn below this")
     p.add_argument("--breakdown", action="store_true", help="also time each stage (stamped calls)")
+    p.add_argument("--compare-loops", action="store_true", help="paired A/B of the server's loop: asyncio vs uvloop")
     p.add_argument("--json", default="", help="write the result here")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -227,6 +255,13 @@ def main() -> None:
     if args.serve:
         return asyncio.run(serve(args))
     ids = np.random.default_rng(7).integers(1, args.id_limit, args.tokens).tolist()
+    if args.compare_loops:
+        result = {"engine": args.engine, "model": args.model or "demo", "device": args.device, "tokens": args.tokens,
+                  "uvloop": "compared", "python": sys.version.split()[0], "rows": compare_loops(args, ids)}
+        print_report(result)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+        return
     stamps_path = ""
     if args.breakdown:
         fd, stamps_path = tempfile.mkstemp(suffix=".json")

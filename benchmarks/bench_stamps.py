@@ -12,7 +12,7 @@ import time
 STAMPS: list[tuple[str, int, str | None]] = []  # (stage, perf_counter_ns, request id: a call's first)
 # The order in which one call crosses the stage boundaries (c: client, s: servicer, e: engine on
 # the event loop, g: GPU thread, l: back on the loop).
-STAGES = ("c.start", "c.built", "c.serialized", "s.parsed", "s.enter", "s.headers_sent", "s.converted",
+STAGES = ("c.start", "c.built", "c.serialized", "s.parsed", "s.enter", "s.header_started", "s.converted",
           "e.enter", "e.prepared", "e.submitted", "g.woke", "g.launched", "g.completing", "l.settled", "e.exit",
           "s.reply_built", "s.exit", "s.serialized", "c.parsed", "c.reply", "c.end")
 
@@ -77,7 +77,7 @@ def instrument_server(engine) -> None:
     grpc.unary_unary_rpc_method_handler = stamped_handler  # the generated add_*_to_server looks it up
 
     wrap(servicer.RewardServicer, "Encode", "s.enter", "s.exit", rid=lambda a: a[1].request_id)
-    wrap(rpc, "_adopt_request_id", after="s.headers_sent")
+    wrap(rpc, "_start_header", after="s.header_started")
     wrap(convert, "encode_call", after="s.converted")
     wrap(engine, "encode", "e.enter", "e.exit")
     wrap(engine.core, "prepare", after="e.prepared")

@@ -56,6 +56,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--attention-backend", default="auto", help="engine and server: auto, triton, torch, flash_attn")
     p.add_argument("--no-rope-table", action="store_true",
                    help="offline engine only: compute rotary cos/sin per forward (A/B of the table lookup)")
+    p.add_argument("--event-loop", default="auto", help="the server's event loop: auto, asyncio, uvloop")
     p.add_argument("--device", default="cuda")
     p.add_argument("--workdir", default="/tmp/rewardserve-bench", help="where checkpoints are written")
     p.add_argument("--logdir", default="", help="server logs (default: next to --out)")
@@ -177,9 +178,10 @@ def bench_server(run: Run, name: str, folder, loads: dict, peak) -> None:
     logdir = Path(args.logdir) if args.logdir else Path(args.out).parent
     server = bench_grpc.Server(folder, logdir / f"server-{name}.log", dtype="bfloat16" if cuda else "float32",
                                compile=args.grpc_mode == "compile", graphs=True, max_tokens=args.max_num_batched_tokens,
-                               extra=("--attention-backend", args.attention_backend))
+                               extra=("--attention-backend", args.attention_backend, "--event-loop", args.event_loop))
     try:
-        up = run.section(name, "grpc/start", lambda: {"ready_s": server.start(), "mode": args.grpc_mode})
+        up = run.section(name, "grpc/start", lambda: {"ready_s": server.start(), "mode": args.grpc_mode,
+                                                      "event_loop": server.event_loop()})
         if "error" in up:
             return
         for wl, seqs in loads.items():

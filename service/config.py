@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from rewardserve.engine.config import EngineConfig, option
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
 _MB = 1024 * 1024
 
 
@@ -32,6 +33,8 @@ class ServerConfig:
     stream_max_in_flight: int = option(256, "StreamReward: most items of one stream queued or computing at once.")
     metrics_port: int = option(0, "Port of the Prometheus metrics endpoint; 0 turns it off.")
     log_level: str = option("INFO", "Logging level.", LOG_LEVELS)
+    event_loop: str = option("auto", "Event loop of the server: uvloop (less latency per call; the "
+                             "'uvloop' extra), asyncio's own, or auto: uvloop when installed.", EVENT_LOOPS)
 
     def __post_init__(self) -> None:
         # Fail at start-up, not at the first handshake, when TLS is half configured.

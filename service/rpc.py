@@ -97,17 +97,25 @@ def unary(method: Callable[[Any, Any, CallScope], Awaitable[Any]]) -> Callable[.
 async def _handle(method: Callable[[Any, Any, CallScope], Awaitable[Any]], servicer: Any, request: Any,
                   context: grpc.aio.ServicerContext) -> Any:
     """Run one call: the request id first (so refusals carry it too), then the deadline, then the work."""
-    scope = CallScope(request_id="", deadline=_deadline(context))  # the id is _adopt_request_id's
+    scope = CallScope(request_id="", deadline=_deadline(context))
+    header: asyncio.Future | None = None
     try:
-        await _adopt_request_id(scope, request, context)
+        is_bad_id = _adopt_request_id(scope, request, context)
+        header = _start_header(scope, context)
+        if is_bad_id:
+            raise _bad_id_error()
         scope.check_deadline()
         reply = await method(servicer, request, scope)
+        await header
     except Exception as exc:  # noqa: BLE001 - every failure goes through the one table
         failure = to_failure(exc, scope.request_id)
         _log_call(method.__name__, scope, failure.code)
+        await _settle(header)  # the status must not overtake the initial metadata
         # abort() raises: the lines below run only on success.
         await context.abort(failure.code, failure.message,
                             tuple(scope.trailing_metadata) + failure.trailing_metadata)
+    finally:
+        _drop(header)  # cancelled call: nothing more may be sent
     if scope.trailing_metadata:
         context.set_trailing_metadata(tuple(scope.trailing_metadata))
     _log_call(method.__name__, scope, grpc.StatusCode.OK)
@@ -127,7 +135,10 @@ def stream(method: Callable[[Any, AsyncIterator[Any], CallScope], AsyncIterator[
         with self.open_calls.track():
             scope = CallScope(request_id="", deadline=_deadline(context))
             try:
-                await _adopt_request_id(scope, None, context)
+                is_bad_id = _adopt_request_id(scope, None, context)
+                await context.send_initial_metadata(((REQUEST_ID_KEY, scope.request_id),))
+                if is_bad_id:
+                    raise _bad_id_error()
                 async for reply in method(self, requests, scope):
                     yield reply
             except Exception as exc:  # noqa: BLE001 - every stream-level failure goes through the table
@@ -143,17 +154,49 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-async def _adopt_request_id(scope: CallScope, request: Any, context: grpc.aio.ServicerContext) -> None:
+def _start_header(scope: CallScope, context: grpc.aio.ServicerContext) -> asyncio.Future:
+    """Start sending the request id as initial metadata; returns the sending task.
+
+    The send is one more round through gRPC's completion queue (about 0.1 ms): it runs while the
+    call works instead of before it, and is awaited before the reply or the error goes out.
+    """
+    return asyncio.ensure_future(context.send_initial_metadata(((REQUEST_ID_KEY, scope.request_id),)))
+
+
+async def _settle(header: asyncio.Future | None) -> None:
+    """Wait for the initial metadata, if it was started; its own failure (the call ended) is moot."""
+    if header is None:
+        return
+    try:
+        await header
+    except Exception:  # noqa: BLE001 - the call is failing anyway; abort reports the first error
+        pass
+
+
+def _drop(header: asyncio.Future | None) -> None:
+    """Cancel an unfinished header send, and mark a failed one as seen (no 'never retrieved' log)."""
+    if header is None:
+        return
+    if not header.done():
+        header.cancel()
+    elif not header.cancelled():
+        header.exception()
+
+
+def _bad_id_error() -> InvalidInputError:
+    return InvalidInputError("request_id", f"must be 1 to {MAX_REQUEST_ID_LEN} printable ASCII characters")
+
+
+def _adopt_request_id(scope: CallScope, request: Any, context: grpc.aio.ServicerContext) -> bool:
     """Use the caller's id (request field, else ``x-request-id`` metadata from a mesh) or ours.
 
-    The id goes out in the initial metadata first, so even a refused call can be traced.
+    The id goes out in the initial metadata even when the call is refused, so it can be traced.
+    Returns True when the caller gave an id that cannot be used (the call is then refused).
     """
     given = getattr(request, "request_id", "") or _invocation_value(context, REQUEST_ID_KEY)
     usable = _is_usable_request_id(given)
     scope.request_id = given if usable else uuid.uuid4().hex  # no urandom call when the caller named it
-    await context.send_initial_metadata(((REQUEST_ID_KEY, scope.request_id),))
-    if given and not usable:
-        raise InvalidInputError("request_id", f"must be 1 to {MAX_REQUEST_ID_LEN} printable ASCII characters")
+    return bool(given) and not usable
 
 
 def _invocation_value(context: grpc.aio.ServicerContext, key: str) -> str:

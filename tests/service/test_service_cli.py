@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rewardserve_client.v1 import reward_service_pb2 as pb
 from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
-from rewardserve.service.cli import parse_serve_config, resolve_model
+from rewardserve.service.cli import loop_factory, parse_serve_config, resolve_model
 from rewardserve.service.config import ServeConfig
 
 LISTENING = re.compile(r"rewardserve listening on (\S+):(\d+)")
@@ -42,6 +42,19 @@ def test_bad_command_lines_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:
         parse_serve_config(argv)
     assert info.value.code == 2 and capsys.readouterr().err
+
+
+def test_event_loop_is_uvloop_when_installed_or_asyncio_when_asked(monkeypatch, capsys):
+    import uvloop
+
+    assert parse_serve_config(["serve"]).server.event_loop == "auto"
+    assert loop_factory("auto") is uvloop.new_event_loop and loop_factory("uvloop") is uvloop.new_event_loop
+    assert loop_factory("asyncio") is None
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    assert loop_factory("auto") is None
+    with pytest.raises(SystemExit) as exit_:
+        parse_serve_config(["serve", "--event-loop", "uvloop"])
+    assert exit_.value.code == 2 and "uvloop package is not installed" in capsys.readouterr().err
 
 
 def test_environment_gives_defaults_and_the_command_line_wins(monkeypatch):
@@ -112,10 +125,11 @@ def wait_serving(channel: grpc.Channel, timeout: float) -> None:
 
 
 @pytest.mark.slow
-def test_rewardserve_serve_answers_health_scores_and_exits_0_on_sigterm(demo_model_dir):
+@pytest.mark.parametrize("event_loop, expected", [("auto", "uvloop"), ("asyncio", "asyncio")])
+def test_rewardserve_serve_answers_health_scores_and_exits_0_on_sigterm(demo_model_dir, event_loop, expected):
     # demo_model_dir (tests/conftest.py): ensure_demo_model() built in a pytest tmp folder.
     server = ServerProcess("--host", "127.0.0.1", "--port", "0", "--model", str(demo_model_dir),
-                           "--device", "cpu", "--grace-period-s", "5")
+                           "--device", "cpu", "--grace-period-s", "5", "--event-loop", event_loop)
     try:
         address = server.wait_listening(120)
         with grpc.insecure_channel(address) as channel:
@@ -132,4 +146,4 @@ def test_rewardserve_serve_answers_health_scores_and_exits_0_on_sigterm(demo_mod
     finally:
         if server.proc.poll() is None:
             server.proc.kill()
-    assert "draining" in server.log
+    assert "draining" in server.log and f"event loop: {expected}" in server.log

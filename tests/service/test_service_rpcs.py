@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+import grpc
 import pytest
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
@@ -142,6 +143,35 @@ async def test_callers_request_id_is_echoed_and_given_to_the_engine(stub, fake):
     assert reply.request_id == "trainer-step-7"
     assert dict(await call.initial_metadata())["x-request-id"] == "trainer-step-7"
     assert fake.calls[-1].request_id == "trainer-step-7"
+
+
+@pytest.mark.parametrize("request_", [pb.EncodeRequest(inputs=[], request_id="refused-1"),
+                                      pb.EncodeRequest(inputs=[TEXT], request_id="refused-1", task=99)])
+async def test_refused_call_still_carries_its_request_id_header(stub, request_):
+    call = stub.Encode(request_)
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(await call.initial_metadata())["x-request-id"] == "refused-1"
+
+
+async def test_an_unusable_request_id_is_refused_under_a_generated_one(stub):
+    call = stub.Encode(pb.EncodeRequest(inputs=[TEXT], request_id="é" * 3))
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await call
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    header = dict(await call.initial_metadata())["x-request-id"]
+    assert len(header) == 32 and int(header, 16) >= 0
+
+
+async def test_a_stream_with_an_unusable_request_id_is_refused_under_a_generated_one(stub):
+    call = stub.StreamReward(metadata=(("x-request-id", "x" * 200),))  # valid metadata, too long for an id
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        async for _ in call:
+            pass
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    header = dict(await call.initial_metadata())["x-request-id"]
+    assert len(header) == 32 and int(header, 16) >= 0
 
 
 async def test_request_id_from_metadata_when_the_field_is_empty(stub):

@@ -1,0 +1,137 @@
+"""The @unary wrapper with a recording ServicerContext: when the request-id header goes out."""
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from rewardserve.engine.errors import InvalidInputError
+from rewardserve.service.rpc import CallScope, OpenCalls, unary
+
+
+class RecordingContext:
+    """The parts of grpc.aio.ServicerContext that @unary uses; sends wait for ``wire``."""
+
+    def __init__(self, send_error: Exception | None = None) -> None:
+        self.send_error = send_error
+        self.events: list[str] = []
+        self.wire = asyncio.Event()  # set: the header send completes
+        self.wire.set()
+        self.trailers = ()
+
+    def time_remaining(self):
+        return None
+
+    def invocation_metadata(self):
+        return ()
+
+    async def send_initial_metadata(self, metadata) -> None:
+        self.events.append("header started")
+        await self.wire.wait()
+        if self.send_error is not None:
+            raise self.send_error
+        self.events.append(f"header sent {dict(metadata)['x-request-id']}")
+
+    async def abort(self, code, details, trailing_metadata=()):
+        self.events.append(f"abort {code.name}")
+        raise RuntimeError("aborted")  # grpc.aio raises too
+
+    def set_trailing_metadata(self, metadata) -> None:
+        self.trailers = metadata
+
+
+class Servicer:
+    def __init__(self, work) -> None:
+        self.open_calls = OpenCalls()
+        self.work = work
+
+    @unary
+    async def Call(self, request, call: CallScope):
+        return await self.work(call)
+
+
+class Request:
+    request_id = "rid-1"
+
+
+async def test_the_work_runs_while_the_header_is_on_its_way():
+    context = RecordingContext()
+    context.wire.clear()
+
+    async def work(call: CallScope) -> str:
+        await asyncio.sleep(0)  # as the engine does: the call yields to the loop
+        context.events.append("work")
+        context.wire.set()  # a handler that awaited the header first would never get here
+        return "reply"
+
+    reply = await asyncio.wait_for(Servicer(work).Call(Request(), context), 5)
+    assert reply == "reply"
+    assert context.events == ["header started", "work", "header sent rid-1"]
+
+
+async def test_the_reply_waits_for_the_header():
+    context = RecordingContext()
+    context.wire.clear()
+    task = asyncio.ensure_future(Servicer(lambda call: asyncio.sleep(0, "reply")).Call(Request(), context))
+    await asyncio.sleep(0.05)
+    assert not task.done()  # the work is done, the header is not: the reply must not overtake it
+    context.wire.set()
+    assert await asyncio.wait_for(task, 5) == "reply"
+
+
+async def test_an_error_is_sent_after_the_header():
+    context = RecordingContext()
+    context.wire.clear()
+
+    async def work(call: CallScope):
+        raise InvalidInputError("inputs", "must not be empty")
+
+    asyncio.get_running_loop().call_later(0.05, context.wire.set)
+    with pytest.raises(RuntimeError, match="aborted"):
+        await asyncio.wait_for(Servicer(work).Call(Request(), context), 5)
+    assert context.events == ["header started", "header sent rid-1", f"abort {grpc.StatusCode.INVALID_ARGUMENT.name}"]
+
+
+async def test_a_cancelled_call_cancels_its_header_send():
+    context = RecordingContext()
+    context.wire.clear()
+    started = asyncio.Event()
+
+    async def work(call: CallScope):
+        started.set()
+        await asyncio.sleep(60)
+
+    task = asyncio.ensure_future(Servicer(work).Call(Request(), context))
+    await asyncio.wait_for(started.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)
+    assert context.events == ["header started"]  # the send was cancelled, not left running
+    assert not [t for t in asyncio.all_tasks() if "send_initial_metadata" in repr(t)]
+
+
+async def test_a_failed_header_send_of_a_cancelled_call_is_not_reported_as_unhandled():
+    context = RecordingContext(send_error=RuntimeError("the call is gone"))
+    unhandled = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, ctx: unhandled.append(ctx))
+    started = asyncio.Event()
+
+    async def work(call: CallScope):
+        started.set()
+        await asyncio.sleep(60)
+
+    task = asyncio.ensure_future(Servicer(work).Call(Request(), context))
+    await asyncio.wait_for(started.wait(), 5)
+    await asyncio.sleep(0.01)  # the header send has failed by now
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    del task
+    import gc
+    gc.collect()  # "exception was never retrieved" is reported when the task is collected
+    await asyncio.sleep(0)
+    loop.set_exception_handler(None)
+    assert not unhandled
