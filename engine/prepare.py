@@ -112,9 +112,12 @@ def prepare(inputs: Sequence[Any], pooling: ResolvedPooling, params: PoolingPara
     for index, value in enumerate(inputs):
         item = to_input(value, index, field_name)
         ids = to_token_ids(item, index, tokenizer, params, field_name)
-        if limits.append_token_id is not None and not isinstance(item, TokensInput):
+        appends = limits.append_token_id is not None and not isinstance(item, TokensInput)
+        if appends:
             ids = [*ids, limits.append_token_id]
         check_tokens(ids, index, limits, field_name)
         ids, truncated = truncate(ids, index, params, limits, field_name)
+        if appends and ids[-1] != limits.append_token_id:  # cut from the right: the reward token stays last
+            ids = [*ids[:-1], limits.append_token_id]
         items.append(WorkItem(index, ids, truncated, pooling, pooled_positions(ids, pooling)))
     return items

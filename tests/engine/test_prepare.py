@@ -20,6 +20,18 @@ def test_reward_token_is_appended_to_text_not_to_token_ids(demo_engine):
     assert items[1].token_ids == [5, 6]
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_truncation_keeps_the_reward_token_last(demo_engine, side):
+    tokenizer = demo_engine.core.tokenizer
+    limits = Limits(vocab_size=400, max_model_len=64, append_token_id=3)
+    text = TextInput("a longer text than four tokens")
+    body = tokenizer.encode(text.text)
+    items = prepare([text], PLAN, PoolingParams(truncate_prompt_tokens=4, truncation_side=side), tokenizer, limits)
+    kept = [*body, 3][-4:] if side == "left" else [*body[:3], 3]
+    assert items[0].token_ids == kept and items[0].truncated
+    assert items[0].positions == [3]
+
+
 def test_truncation_limit_is_checked():
     with pytest.raises(InvalidInputError, match="truncation.truncate_prompt_tokens: must be -1 or in 1..8"):
         prepare([[1] * 4], PLAN, PoolingParams(truncate_prompt_tokens=9), None, Limits(400, 8))
