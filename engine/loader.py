@@ -14,7 +14,7 @@ from rewardserve.engine.errors import EngineError
 from rewardserve.engine.models.base import PoolingModel
 from rewardserve.engine.models.fused import fuse_projections
 from rewardserve.engine.models.registry import LoadSpec, load_model
-from rewardserve.engine.models.rotary import tabulate_rotary
+from rewardserve.engine.models.rotary import per_sequence_rotary, tabulate_rotary
 from rewardserve.engine.models.weights import read_hf_config
 from rewardserve.engine.tokenizer import Tokenizer
 from rewardserve.engine.types import ModelInfo
@@ -80,9 +80,11 @@ def load_tokenizer(config: EngineConfig, folder: Path) -> Tokenizer | None:
 
 def speed_up_packed(model: PoolingModel, max_len: int, dtype: torch.dtype) -> None:
     """Rotary tables and fused projections (same results, fewer and cheaper kernels) for a model
-    on the packed path, which passes real positions only (0..max_len-1)."""
+    on the packed path, which passes real positions only (0..max_len-1); length-dependent RoPE
+    computed per packed sequence (as each sequence alone)."""
     if model.traits.supports_packing:
         tabulate_rotary(model, max_len, dtype)
+        per_sequence_rotary(model)  # length-dependent RoPE: per packed sequence, not per batch
         fuse_projections(model)
 
 

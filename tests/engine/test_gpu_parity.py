@@ -38,6 +38,7 @@ TOL = {  # bf16 has an 8-bit mantissa: ~0.4% per rounding, a few roundings per l
     "packed_vs_alone_logits_abs": 1e-2,
     "mode_vs_eager_rel": 2e-2,         # compiled + graphs vs eager, relative L2
 }
+DYNAMIC = "llama-dynamic-rope"
 MODES = {"eager": dict(compile=False, cuda_graphs=False), "compile+graphs": dict(compile=True, cuda_graphs=True)}
 RESULTS: dict = {"tolerances": TOL, "lengths": LENGTHS, "window": WINDOW, "models": {}}
 
@@ -53,6 +54,9 @@ def _builders():
             **c, head_dim=64, sliding_window=WINDOW)),
         "gemma2": lambda: tf.Gemma2ForSequenceClassification(tf.Gemma2Config(
             **c, head_dim=64, sliding_window=WINDOW, attn_logit_softcapping=5.0, query_pre_attn_scalar=64)),
+        # trained on 128 positions, served to 512: the longer inputs scale RoPE (per sequence)
+        DYNAMIC: lambda: tf.LlamaForSequenceClassification(tf.LlamaConfig(
+            **{**c, "max_position_embeddings": 128}, rope_scaling={"rope_type": "dynamic", "factor": 2.0})),
     }
 
 
@@ -74,10 +78,21 @@ def _inputs(seed: int = 0) -> list[list[int]]:
 
 
 @torch.no_grad()
-def _hf_reference(folder, seqs, dtype) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """transformers' right-padded forward: per-sequence hidden [n, H] and LAST scores [N, 1]."""
+def _hf_reference(folder, seqs, dtype, alone: bool = False) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """transformers' right-padded forward: per-sequence hidden [n, H] and LAST scores [N, 1].
+
+    ``alone``: one sequence per forward, shortest first (length-dependent RoPE: transformers
+    scales a whole batch by its longest sequence and keeps the largest scale it has seen)."""
     hf = tf.AutoModelForSequenceClassification.from_pretrained(
         str(folder), dtype=dtype, attn_implementation="eager").cuda().eval()
+    if not alone:
+        return _hf_padded(hf, seqs)
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    outs = {i: _hf_padded(hf, [seqs[i]]) for i in order}
+    return [outs[i][0][0] for i in range(len(seqs))], torch.cat([outs[i][1] for i in range(len(seqs))])
+
+
+def _hf_padded(hf, seqs) -> tuple[list[torch.Tensor], torch.Tensor]:
     width = max(map(len, seqs))
     ids = torch.zeros(len(seqs), width, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -89,11 +104,11 @@ def _hf_reference(folder, seqs, dtype) -> tuple[list[torch.Tensor], torch.Tensor
     return [hidden[i, :len(s)].float().cpu() for i, s in enumerate(seqs)], logits.float().cpu()
 
 
-def _engine(folder, **runner):
+def _engine(folder, max_model_len: int | None = None, **runner):
     from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig
     from rewardserve.engine.engine import Engine
 
-    return Engine(EngineConfig(model=ModelConfig(model=str(folder), dtype="bfloat16"),
+    return Engine(EngineConfig(model=ModelConfig(model=str(folder), dtype="bfloat16", max_model_len=max_model_len),
                                runner=RunnerConfig(device="cuda", attention_backend="auto", **runner)))
 
 
@@ -153,16 +168,16 @@ def test_attention_kernels_gqa_window_and_causality(backend):
     assert max(diffs.values()) <= 2e-2, diffs
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3", "mistral", "gemma2"])
+@pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3", "mistral", "gemma2", DYNAMIC])
 def test_bf16_packed_equals_alone_and_transformers(name, checkpoints):
-    folder, seqs = checkpoints[name], _inputs()
-    ref_h, ref_l = _hf_reference(folder, seqs, torch.float32)
-    bf_h, bf_l = _hf_reference(folder, seqs, torch.bfloat16)
+    folder, seqs, alone = checkpoints[name], _inputs(), name == DYNAMIC
+    ref_h, ref_l = _hf_reference(folder, seqs, torch.float32, alone)
+    bf_h, bf_l = _hf_reference(folder, seqs, torch.bfloat16, alone)
     record = RESULTS["models"][name] = {"hf_bf16": {"hidden_rel_vs_fp32": _rel(bf_h, ref_h),
                                                     "logits_abs_vs_fp32": _abs(bf_l, ref_l)}}
     eager_h = None
     for mode, flags in MODES.items():
-        engine = _engine(folder, **flags)
+        engine = _engine(folder, max_model_len=512 if alone else None, **flags)
         hidden, logits = _score(engine, seqs)
         alone = [_score(engine, [s]) for s in seqs]
         big_h, big_l = _score(engine, seqs * 3)  # over the largest graph bucket
