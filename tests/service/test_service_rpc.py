@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import grpc
 import pytest
@@ -93,9 +94,8 @@ async def test_an_error_is_sent_after_the_header():
     assert context.events == ["header started", "header sent rid-1", f"abort {grpc.StatusCode.INVALID_ARGUMENT.name}"]
 
 
-async def test_a_cancelled_call_cancels_its_header_send():
-    context = RecordingContext()
-    context.wire.clear()
+async def cancel_while_working(context: RecordingContext, settle_s: float = 0.0) -> None:
+    """Start a call whose work never ends, let it run ``settle_s``, then cancel it (as a client would)."""
     started = asyncio.Event()
 
     async def work(call: CallScope):
@@ -104,9 +104,16 @@ async def test_a_cancelled_call_cancels_its_header_send():
 
     task = asyncio.ensure_future(Servicer(work).Call(Request(), context))
     await asyncio.wait_for(started.wait(), 5)
+    await asyncio.sleep(settle_s)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_cancelled_call_cancels_its_header_send():
+    context = RecordingContext()
+    context.wire.clear()
+    await cancel_while_working(context)
     await asyncio.sleep(0)
     assert context.events == ["header started"]  # the send was cancelled, not left running
     assert not [t for t in asyncio.all_tasks() if "send_initial_metadata" in repr(t)]
@@ -117,20 +124,7 @@ async def test_a_failed_header_send_of_a_cancelled_call_is_not_reported_as_unhan
     unhandled = []
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _, ctx: unhandled.append(ctx))
-    started = asyncio.Event()
-
-    async def work(call: CallScope):
-        started.set()
-        await asyncio.sleep(60)
-
-    task = asyncio.ensure_future(Servicer(work).Call(Request(), context))
-    await asyncio.wait_for(started.wait(), 5)
-    await asyncio.sleep(0.01)  # the header send has failed by now
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    del task
-    import gc
+    await cancel_while_working(context, settle_s=0.01)  # the header send has failed by then
     gc.collect()  # "exception was never retrieved" is reported when the task is collected
     await asyncio.sleep(0)
     loop.set_exception_handler(None)
