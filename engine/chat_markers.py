@@ -6,9 +6,12 @@ and the reward model must read it in its own template. Rather than hard-coding t
 families, the markers are *learned* by rendering probe conversations whose contents are
 sentinels: whatever surrounds a sentinel is that role's prefix and suffix. That works for every
 template that wraps each turn as ``prefix + content + suffix`` and renders a conversation's
-prefix as a prefix of the whole (ChatML, Llama 3, Gemma, Phi, DeepSeek, …). Templates that do not
-(e.g. ones that fold the system prompt into the first user turn) yield no markers, and their
-rendered conversations are refused with a clear error instead of being misread.
+prefix as a prefix of the whole (ChatML, Llama 3, Gemma, Phi, DeepSeek, …). One role may be
+unmarked if both roles end with a suffix: Mistral's ``[INST] question [/INST]answer</s>`` writes
+nothing before an answer, which is then read wherever no user turn starts (an answer that itself
+begins with ``[INST] `` would be misread; such a text cannot be told apart from two turns).
+Templates that do not wrap turns this way (e.g. ones that re-render earlier turns) yield no
+markers, and their rendered conversations are refused with a clear error instead of being misread.
 """
 from __future__ import annotations
 
@@ -71,6 +74,9 @@ class TemplateMarkers:
         for turn in sorted(self.turns, key=lambda t: -len(t.prefix)):
             if turn.prefix and text.startswith(turn.prefix, pos):
                 return turn
+        unmarked = next((t for t in self.turns if not t.prefix), None)  # Mistral's answers
+        if unmarked is not None:
+            return unmarked
         raise UnparsableRendering(f"no turn of the policy's chat template starts at character {pos} "
                                   f"({text[pos:pos + 40]!r})")
 
@@ -98,17 +104,25 @@ def learn_markers(render: Render) -> TemplateMarkers | None:
     assistant = _split("assistant", segments[3], asst_b)
     if user is None or assistant is None or segments[1] != _wrap(assistant, asst_a):
         return None
-    if not user.prefix or not assistant.prefix or user.prefix == assistant.prefix:
-        return None  # the roles cannot be told apart in a rendering (e.g. [INST] templates)
+    if not _distinguishable(user, assistant):
+        return None  # the roles cannot be told apart in a rendering
     first = _wrap(user, user_a)
     if not segments[0].endswith(first):
         return None
     head = segments[0][:-len(first)]
     turns = [user, assistant]
     system_turn = _learn_system(render, head, user, system, user_a)
-    if system_turn is not None:
+    if system_turn is not None and system_turn.prefix:  # an unmarked system turn cannot be found
         turns.append(system_turn)
     return TemplateMarkers(head, tuple(turns))
+
+
+def _distinguishable(user: TurnMarkers, assistant: TurnMarkers) -> bool:
+    """Different prefixes; if one is empty, both turns end with a suffix (that is where the
+    unmarked turn starts and ends)."""
+    if user.prefix == assistant.prefix:
+        return False
+    return bool(user.prefix and assistant.prefix) or bool(user.suffix and assistant.suffix)
 
 
 def _learn_system(render: Render, head: str, user: TurnMarkers, sentinel: str,

@@ -47,6 +47,45 @@ def test_a_rendering_parses_back_into_its_turns(llama, ending):
     assert llama.markers().parse(cut + ending, strip)[-1] == {"role": "assistant", "content": "The answer"}
 
 
+# Mistral-7B-Instruct's template: nothing marks an answer; the roles alternate, answers end with EOS.
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}")
+
+
+TWO_EXCHANGES = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."},
+                 {"role": "user", "content": "And [2+3]?"}, {"role": "assistant", "content": "5, I think."}]
+
+
+@pytest.fixture(scope="module")
+def mistral(tmp_path_factory) -> Tokenizer:
+    folder = tmp_path_factory.mktemp("mistral")
+    build_tokenizer(folder, specials=(), chat_template=MISTRAL_TEMPLATE, bos_token="<s>", eos_token="</s>")
+    return Tokenizer.load(folder)
+
+
+def test_inst_templates_parse_with_unmarked_answers(mistral):
+    markers = mistral.markers()
+    assert markers.head == "<s>" and markers.turn("user").prefix == "[INST] "
+    assert markers.turn("assistant").prefix == "" and markers.turn("assistant").suffix == "</s>"
+    assert markers.turn("system") is None  # the template refuses system turns
+    strip = lambda rest: strip_tokens(rest, mistral.special_tokens, end=True)  # noqa: E731
+    assert markers.parse(mistral.render_text(TWO_EXCHANGES) + "</s>", strip) == TWO_EXCHANGES
+    cut = mistral.render_text(TWO_EXCHANGES[:3]) + "The answer"  # a response cut by the length limit
+    assert markers.parse(cut, strip) == [*TWO_EXCHANGES[:3], {"role": "assistant", "content": "The answer"}]
+
+
+def test_a_mistral_policy_rendering_is_scored_in_the_rms_own_template(mistral, chatml):
+    resolver = Retemplater(PolicyTokenizers(chatml, [_policy("mistral", mistral, chatml)]))
+    rendered = PolicyText("mistral", text=mistral.render_text(TWO_EXCHANGES))
+    chat = resolver.resolve(PolicyChat(messages=(), rendered=rendered), 0)
+    assert isinstance(chat, ChatInput) and list(chat.messages) == TWO_EXCHANGES
+
+
 def test_templates_that_do_not_wrap_turns_are_not_learnable():
     folded = lambda msgs: "".join(m["content"] for m in msgs)  # noqa: E731 - no markers at all
     assert learn_markers(folded) is None
