@@ -8,8 +8,11 @@ sentinels: whatever surrounds a sentinel is that role's prefix and suffix. That 
 template that wraps each turn as ``prefix + content + suffix`` and renders a conversation's
 prefix as a prefix of the whole (ChatML, Llama 3, Gemma, Phi, DeepSeek, …). One role may be
 unmarked if both roles end with a suffix: Mistral's ``[INST] question [/INST]answer</s>`` writes
-nothing before an answer, which is then read wherever no user turn starts (an answer that itself
-begins with ``[INST] `` would be misread; such a text cannot be told apart from two turns).
+nothing before an answer. An unmarked turn is read only right after a turn of the other role and
+only up to its own suffix with no marked turn inside; anything else (a missing end-of-sequence,
+stray text between turns, an answer quoting ``[INST] ``) is refused rather than guessed. A system
+prompt that such a template folds into a user turn comes back as part of that turn, as the policy
+saw it.
 Templates that do not wrap turns this way (e.g. ones that re-render earlier turns) yield no
 markers, and their rendered conversations are refused with a clear error instead of being misread.
 """
@@ -57,7 +60,7 @@ class TemplateMarkers:
         messages: list[dict[str, str]] = []
         # Stop once only whitespace and artefacts are left (e.g. <|end_of_text|> after <|eot_id|>).
         while pos < len(text) and (not messages or strip_end(text[pos:]).strip()):
-            turn = self._turn_at(text, pos)
+            turn = self._turn_at(text, pos, messages[-1]["role"] if messages else None)
             start = pos + len(turn.prefix)
             end = self._turn_end(text, turn, start)
             if end < 0:  # the final turn has no suffix: the response was cut off or ended at EOS
@@ -69,18 +72,26 @@ class TemplateMarkers:
             raise UnparsableRendering("the rendered conversation holds no turn")
         return messages
 
-    def _turn_at(self, text: str, pos: int) -> TurnMarkers:
+    def _turn_at(self, text: str, pos: int, previous: str | None) -> TurnMarkers:
         # Longest prefix first: "<|im_start|>assistant" must not be read as a shorter marker.
         for turn in sorted(self.turns, key=lambda t: -len(t.prefix)):
             if turn.prefix and text.startswith(turn.prefix, pos):
                 return turn
         unmarked = next((t for t in self.turns if not t.prefix), None)  # Mistral's answers
-        if unmarked is not None:
-            return unmarked
+        if unmarked is not None and previous is not None and previous != unmarked.role:
+            return unmarked  # roles alternate: an unmarked turn only follows the other role
         raise UnparsableRendering(f"no turn of the policy's chat template starts at character {pos} "
                                   f"({text[pos:pos + 40]!r})")
 
     def _turn_end(self, text: str, turn: TurnMarkers, start: int) -> int:
+        if turn.suffix and not turn.prefix:  # unmarked: no marked turn may start inside it
+            end = text.find(turn.suffix, start)
+            inside = text[start:] if end < 0 else text[start:end]
+            marker = next((t.prefix for t in self.turns if t.prefix and t.prefix in inside), None)
+            if marker is not None:
+                raise UnparsableRendering(f"a {turn.role} turn without its end marker {turn.suffix!r} runs into "
+                                          f"{marker!r} at character {start + inside.find(marker)}")
+            return end
         if turn.suffix:
             return text.find(turn.suffix, start)
         # No suffix: the turn runs to the next turn's prefix.

@@ -15,6 +15,7 @@ fresh model.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 
@@ -116,16 +117,42 @@ def _is_length_dependent(module: nn.Module) -> bool:
 
 
 def per_sequence_rotary(model: nn.Module) -> int:
-    """Replace every "dynamic" / "longrope" rotary module under ``model`` by ``SequenceRotary``.
+    """Replace every "dynamic" / "longrope" rotary module under ``model`` by ``SequenceRotary``,
+    where it reproduces the module on single sequences (other layouts keep their module).
 
     Returns how many were replaced.
     """
     targets = [(parent, name, child) for parent in model.modules()
                for name, child in parent.named_children() if _is_length_dependent(child)]
+    replaced = 0
     with torch.no_grad():
         for parent, name, child in targets:
-            setattr(parent, name, SequenceRotary(child))
-    return len(targets)
+            candidate = _sequence_rotary(child)
+            if candidate is None:
+                log.warning("%s keeps transformers' batch-wide RoPE scaling: packed scores may depend on "
+                            "the longest sequence in the batch", type(child).__name__)
+                continue
+            setattr(parent, name, candidate)
+            replaced += 1
+    return replaced
+
+
+def _sequence_rotary(original: nn.Module) -> SequenceRotary | None:
+    """A SequenceRotary for ``original`` if it gives the same cos/sin as a fresh copy of it for one
+    sequence below and one above the length where the scaling changes; else None (e.g. Cohere's
+    interleaved layout, Phimoe's per-length attention scale)."""
+    try:
+        candidate = SequenceRotary(original)
+        x = torch.empty(1, device=original.original_inv_freq.device)
+        for length in (5, candidate.max_positions + 3):
+            positions = torch.arange(length, device=x.device)[None]                          # [1, L]
+            want, got = copy.deepcopy(original)(x, positions), candidate(x, positions)
+            if not (isinstance(want, tuple) and len(want) == 2 and all(
+                    w.shape == g.shape and torch.allclose(g, w, rtol=1e-5, atol=1e-5) for g, w in zip(got, want))):
+                return None
+    except Exception:  # noqa: BLE001 - an unexpected rotary class: keep its own module
+        return None
+    return candidate
 
 
 def tabulate_rotary(model: nn.Module, num_positions: int, dtype: torch.dtype) -> int:
@@ -137,9 +164,15 @@ def tabulate_rotary(model: nn.Module, num_positions: int, dtype: torch.dtype) ->
         return 0
     targets = [(parent, name, child) for parent in model.modules()
                for name, child in parent.named_children() if _is_tabulable(child)]
+    replaced = 0
     with torch.no_grad():
         for parent, name, child in targets:
-            setattr(parent, name, RotaryTable(child, num_positions, dtype))
-    if targets:
-        log.debug("rotary embeddings tabulated for %d positions (%d modules)", num_positions, len(targets))
-    return len(targets)
+            try:
+                table = RotaryTable(child, num_positions, dtype)
+            except (TypeError, ValueError):  # not a (cos, sin) pair, e.g. complex freqs_cis: keep it
+                continue
+            setattr(parent, name, table)
+            replaced += 1
+    if replaced:
+        log.debug("rotary embeddings tabulated for %d positions (%d modules)", num_positions, replaced)
+    return replaced

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from rewardserve.engine.chat_markers import learn_markers, strip_tokens
+from rewardserve.engine.chat_markers import UnparsableRendering, learn_markers, strip_tokens
 from rewardserve.engine.cli_args import add_config_arguments, config_from_args
 from rewardserve.engine.config import EngineConfig
 from rewardserve.engine.demo import build_tokenizer
@@ -77,6 +77,17 @@ def test_inst_templates_parse_with_unmarked_answers(mistral):
     assert markers.parse(mistral.render_text(TWO_EXCHANGES) + "</s>", strip) == TWO_EXCHANGES
     cut = mistral.render_text(TWO_EXCHANGES[:3]) + "The answer"  # a response cut by the length limit
     assert markers.parse(cut, strip) == [*TWO_EXCHANGES[:3], {"role": "assistant", "content": "The answer"}]
+
+
+@pytest.mark.parametrize("text", [
+    "[INST] q1 [/INST]a1[INST] q2 [/INST]a2",             # decoded without its end-of-sequence tokens
+    "<s>[INST] q1 [/INST]a1</s> [INST] q2 [/INST]a2</s>",  # stray text between turns
+    "<s>Be terse.\n\n[INST] q1 [/INST]a1</s>",           # text before the first turn
+])
+def test_inst_renderings_that_do_not_alternate_cleanly_are_refused(mistral, text):
+    strip = lambda rest: strip_tokens(rest, mistral.special_tokens, end=True)  # noqa: E731
+    with pytest.raises(UnparsableRendering):
+        mistral.markers().parse(text, strip)
 
 
 def test_a_mistral_policy_rendering_is_scored_in_the_rms_own_template(mistral, chatml):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as tf
+from torch import nn
 
 from rewardserve.engine.models.rotary import (MAX_TABLE_POSITIONS, RotaryTable, SequenceRotary, sequence_lengths,
                                               tabulate_rotary)
@@ -90,3 +91,21 @@ def test_dynamic_rope_model_is_packing_exact_past_its_trained_length(ckpt):
         for i in sorted(range(len(seqs)), key=lambda i: len(seqs[i])):
             want = raw.score(packed_hidden(raw, [seqs[i]])[-1:])
             assert (scores[i] - want[0]).abs().max().item() <= 1e-5, len(seqs[i])
+
+
+def test_rotary_modules_of_other_layouts_keep_their_own_code():
+    from transformers.models.cohere.modeling_cohere import CohereRotaryEmbedding
+    from transformers.models.deepseek_v2.modeling_deepseek_v2 import DeepseekV2RotaryEmbedding
+
+    from rewardserve.engine.models.rotary import per_sequence_rotary
+
+    holder = nn.Module()  # Cohere interleaves cos/sin: the per-sequence module's layout differs
+    holder.rotary = CohereRotaryEmbedding(tf.CohereConfig(**{**SIZES, "max_position_embeddings": 16},
+                                                          rope_scaling={"rope_type": "dynamic", "factor": 2.0}))
+    assert per_sequence_rotary(holder) == 0 and isinstance(holder.rotary, CohereRotaryEmbedding)
+    holder.rotary = _fresh_rotary(tf.LlamaConfig(**{**SIZES, "max_position_embeddings": 16},
+                                                  rope_scaling={"rope_type": "dynamic", "factor": 2.0}))
+    assert per_sequence_rotary(holder) == 1 and isinstance(holder.rotary, SequenceRotary)
+    # DeepSeek-V2 returns complex frequencies, not a (cos, sin) pair: no table
+    holder.rotary = DeepseekV2RotaryEmbedding(tf.DeepseekV2Config(**SIZES, qk_rope_head_dim=8))
+    assert tabulate_rotary(holder, 64, torch.float32) == 0
