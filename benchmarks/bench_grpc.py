@@ -155,6 +155,24 @@ def sync_latency(target: str, lengths=(128, 512, 2048), n: int = 50, id_limit: i
     return out
 
 
+def health_floor(target: str, n: int = 200) -> dict:
+    """A bare gRPC Health check, one at a time: this machine's floor for any Python gRPC call
+    (the spread between machine instances shows here first)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        stub, request = health_pb2_grpc.HealthStub(channel), health_pb2.HealthCheckRequest()
+        for _ in range(20):
+            stub.Check(request, timeout=10)
+        times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            stub.Check(request, timeout=10)
+            times.append((time.perf_counter() - start) * 1e3)
+    return {"p50_ms": float(np.percentile(times, 50)), "p99_ms": float(np.percentile(times, 99)), "n": n}
+
+
 def _latency_inputs(lengths, id_limit: int, seed: int):
     rng = np.random.default_rng(seed)
     return [(length, rng.integers(1, id_limit, length).tolist()) for length in lengths]

@@ -71,6 +71,9 @@ def print_table(data: dict) -> None:
             if key.startswith("latency_") and isinstance(v, dict) and "512" in v:
                 cells = [f"{v[n]['p50_ms']:.2f}/{v[n]['p99_ms']:.2f}" if n in v else "-" for n in ("128", "512", "2048")]
                 print(f"{model:13} {key[8:]:28} {cells[0]:>16} {cells[1]:>14} {cells[2]:>14}")
+        floor = m.get("grpc_health_floor")
+        if isinstance(floor, dict) and "p50_ms" in floor:  # this machine's Python gRPC floor
+            print(f"{model:13} {'grpc health check (floor)':28} {floor['p50_ms']:.2f}/{floor['p99_ms']:.2f}")
     for label, v in data.get("targets", {}).items():
         print(f"{'MET ' if v['met'] else 'MISS'} {label}: {v['value']:,.3f}")
 

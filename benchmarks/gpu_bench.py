@@ -198,6 +198,7 @@ def bench_server(run: Run, name: str, folder, loads: dict, peak) -> None:
                     n=args.latency_n, id_limit=limit)
         run.section(name, f"latency_grpc_sync_{args.grpc_mode}+graphs", bench_grpc.sync_latency, server.target,
                     n=args.latency_n, id_limit=limit)
+        run.section(name, "grpc_health_floor", bench_grpc.health_floor, server.target)
     finally:
         server.stop()
 
