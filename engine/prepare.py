@@ -85,8 +85,12 @@ def check_tokens(ids: list[int], index: int, limits: Limits, field_name: str) ->
 
 
 def truncate(ids: list[int], index: int, params: PoolingParams, limits: Limits,
-             field_name: str) -> tuple[list[int], bool]:
-    """Apply truncate_prompt_tokens (-1: to max_model_len); refuse over-long input without it."""
+             field_name: str, tail: Sequence[int] = ()) -> tuple[list[int], bool]:
+    """Apply truncate_prompt_tokens (-1: to max_model_len); refuse over-long input without it.
+
+    ``tail`` (InternLM2's reward token) always ends the result: it counts toward the limits and
+    only ``ids`` are cut."""
+    total = len(ids) + len(tail)
     keep = params.truncate_prompt_tokens
     if keep is not None:
         if keep == -1:
@@ -94,13 +98,14 @@ def truncate(ids: list[int], index: int, params: PoolingParams, limits: Limits,
         if not 0 < keep <= limits.max_model_len:
             raise InvalidInputError("truncation.truncate_prompt_tokens",
                                     f"must be -1 or in 1..{limits.max_model_len}, not {keep}")
-        if len(ids) > keep:
+        if total > keep:
+            room = keep - len(tail)
             side = params.truncation_side or "left"
-            return (ids[-keep:] if side == "left" else ids[:keep]), True
-    if len(ids) > limits.max_model_len:
-        raise InvalidInputError(field_name, f"input has {len(ids)} tokens, more than max_model_len "
+            return [*(ids[len(ids) - room:] if side == "left" else ids[:room]), *tail], True
+    if total > limits.max_model_len:
+        raise InvalidInputError(field_name, f"input has {total} tokens, more than max_model_len "
                                 f"{limits.max_model_len}; set truncate_prompt_tokens to truncate", index)
-    return ids, False
+    return [*ids, *tail], False
 
 
 def prepare(inputs: Sequence[Any], pooling: ResolvedPooling, params: PoolingParams,
@@ -113,11 +118,8 @@ def prepare(inputs: Sequence[Any], pooling: ResolvedPooling, params: PoolingPara
         item = to_input(value, index, field_name)
         ids = to_token_ids(item, index, tokenizer, params, field_name)
         appends = limits.append_token_id is not None and not isinstance(item, TokensInput)
-        if appends:
-            ids = [*ids, limits.append_token_id]
-        check_tokens(ids, index, limits, field_name)
-        ids, truncated = truncate(ids, index, params, limits, field_name)
-        if appends and ids[-1] != limits.append_token_id:  # cut from the right: the reward token stays last
-            ids = [*ids[:-1], limits.append_token_id]
+        tail = (limits.append_token_id,) if appends else ()
+        check_tokens([*ids, *tail], index, limits, field_name)
+        ids, truncated = truncate(ids, index, params, limits, field_name, tail)
         items.append(WorkItem(index, ids, truncated, pooling, pooled_positions(ids, pooling)))
     return items

@@ -136,7 +136,7 @@ def stream(method: Callable[[Any, AsyncIterator[Any], CallScope], AsyncIterator[
             scope = CallScope(request_id="", deadline=_deadline(context))
             try:
                 is_bad_id = _adopt_request_id(scope, None, context)
-                await context.send_initial_metadata(((REQUEST_ID_KEY, scope.request_id),))
+                await context.send_initial_metadata(_id_header(scope))
                 if is_bad_id:
                     raise _bad_id_error()
                 async for reply in method(self, requests, scope):
@@ -160,7 +160,11 @@ def _start_header(scope: CallScope, context: grpc.aio.ServicerContext) -> asynci
     The send is one more round through gRPC's completion queue (about 0.1 ms): it runs while the
     call works instead of before it, and is awaited before the reply or the error goes out.
     """
-    return asyncio.ensure_future(context.send_initial_metadata(((REQUEST_ID_KEY, scope.request_id),)))
+    return asyncio.ensure_future(context.send_initial_metadata(_id_header(scope)))
+
+
+def _id_header(scope: CallScope) -> Metadata:
+    return ((REQUEST_ID_KEY, scope.request_id),)
 
 
 async def _settle(header: asyncio.Future | None) -> None:
