@@ -6,7 +6,7 @@ Every field carries ``metadata["help"]``: that text is the documentation and the
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -56,9 +56,19 @@ class RunnerConfig:
 
     device: str = option("auto", "cuda, cuda:N, cpu, or auto (cuda when available).")
     attention_backend: str = option("auto", "Variable-length attention kernel; auto picks the best available.", ATTENTION_BACKENDS)
-    compile: bool = option(False, "torch.compile the packed backbone (CUDA only; dynamic shapes, cached on disk).")
-    cuda_graphs: bool = option(False, "Replay CUDA graphs for small token buckets (the single-request latency path).")
+    compile: bool | None = option(None, "torch.compile the packed backbone (dynamic shapes, cached on disk; "
+                                  "the first start of a model takes a minute or more). Default: on for CUDA, off on CPU.")
+    cuda_graphs: bool | None = option(None, "Replay CUDA graphs for small token buckets (the single-request "
+                                      "latency path). Default: on for CUDA, off on CPU.")
     seed: int = option(0, "Seed for anything random (the demo model's weights).")
+
+    def for_device(self, device_type: str) -> "RunnerConfig":
+        """This config with ``compile`` and ``cuda_graphs`` decided for ``device_type`` ("cuda",
+        "cpu"): unset (None) means on for CUDA, where they make serving several times faster,
+        and off elsewhere, where neither applies."""
+        on_cuda = device_type == "cuda"
+        return replace(self, compile=on_cuda if self.compile is None else self.compile,
+                       cuda_graphs=on_cuda if self.cuda_graphs is None else self.cuda_graphs)
 
 
 @dataclass(frozen=True)

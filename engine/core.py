@@ -36,8 +36,9 @@ class EngineCore:
         self.info = ServedModelInfo.extend(model_info(config.model.model, self.loaded),
                                            policy_tokenizers=self.policies.infos())
         head_dtype = None if config.model.head_dtype == "model" else torch.float32
+        speed = config.runner.for_device(self.loaded.device.type)  # compile and graphs: on for CUDA
         self.runner = ModelRunner(self.loaded.model, self.loaded.device, self.loaded.backend, head_dtype,
-                                  compile=config.runner.compile, cuda_graphs=config.runner.cuda_graphs,
+                                  compile=speed.compile, cuda_graphs=speed.cuda_graphs,
                                   max_tokens=config.scheduler.max_num_batched_tokens,
                                   max_seq_len=self.loaded.max_model_len)
 

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from rewardserve.engine import attention
 from rewardserve.engine.config import EngineConfig
@@ -38,24 +40,79 @@ class Loaded:
 
 
 def resolve_folder(name: str, revision: str | None) -> Path:
-    """A local folder as is; otherwise download the hub repo's weights and tokenizer files."""
+    """A local folder as is; otherwise download the hub repo's weights and tokenizer files.
+
+    Failures are one-line EngineErrors that name the cause and the fix (the CLI prints them)."""
     path = Path(name).expanduser()
     if path.is_dir():
         return path
-    if path.is_absolute() or name.startswith("."):
-        raise EngineError(f"model folder {name} does not exist")
+    if path.exists():
+        raise EngineError(f"--model {name}: is a file; pass the checkpoint's folder (config.json, "
+                          "*.safetensors and tokenizer files, as on the hub)")
+    if path.is_absolute() or name.startswith(".") or name.count("/") > 1:
+        raise EngineError(f"--model {name}: no such folder; pass an existing checkpoint folder or a hub id (org/name)")
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(repo_id=name, revision=revision, allow_patterns=HUB_PATTERNS))
     except Exception as exc:
-        raise EngineError(f"cannot download {name!r} from the hub: {exc}") from exc
+        raise EngineError(hub_failure(name, revision, exc)) from exc
+
+
+def hub_failure(name: str, revision: str | None, exc: BaseException) -> str:
+    """Why a hub download failed and what to do, in one line."""
+    from huggingface_hub import errors as hub
+
+    head = f"--model {name}: not a local folder"
+    if isinstance(exc, hub.HFValidationError):
+        return f"{head} and not a valid hub id; pass an existing folder or a hub id such as Qwen/Qwen3-0.6B"
+    if isinstance(exc, hub.GatedRepoError):
+        return f"{head}, and its hub repo is gated; accept its terms on the hub, then log in (hf auth login, or HF_TOKEN)"
+    if isinstance(exc, hub.RepositoryNotFoundError):
+        return f"{head}, and the hub has no such repo (or it is private); check the id, or log in (hf auth login, or HF_TOKEN)"
+    if isinstance(exc, hub.RevisionNotFoundError):
+        return f"{head}, and its hub repo has no revision {revision!r}; check --revision"
+    if isinstance(exc, (hub.LocalEntryNotFoundError, hub.OfflineModeIsEnabled)):
+        cause = one_line(exc.__cause__ or exc)
+        return (f"{head}, the hub is not reachable ({cause}) and the repo is not in the local cache; download it "
+                "where the hub is reachable and pass its folder, or point HF_ENDPOINT at a reachable mirror")
+    return f"{head}, and downloading it from the hub failed ({one_line(exc)}); pass a local checkpoint folder"
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (library errors often span several lines)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _readable(folder: Path, read, errors: tuple[type[BaseException], ...] = (OSError, SafetensorError)):
+    """``read(folder)``, with an unreadable or corrupt checkpoint as a one-line EngineError."""
+    try:
+        return read(folder)
+    except EngineError:
+        raise
+    except errors as exc:  # permissions, a truncated download, bad JSON (config.json)
+        raise EngineError(f"{folder}: cannot read the checkpoint ({one_line(exc)}); check that its files are "
+                          "complete and readable (a partial download: fetch it again)") from exc
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``; a bad or missing device is
+    a one-line EngineError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise EngineError(f"--device {name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise EngineError(f"--device {name}: this machine has {count} visible CUDA device(s); "
+                              "use --device cpu, or check CUDA_VISIBLE_DEVICES and the driver")
+    elif device.type != "cpu":
+        raise EngineError(f"--device {name!r}: not supported; use auto, cpu, cuda or cuda:N")
+    return device
 
 
 def resolve_dtype(name: str, hf_config, device: torch.device) -> torch.dtype:
@@ -92,8 +149,10 @@ def load(config: EngineConfig) -> Loaded:
     """Everything the engine needs, on its device."""
     if not config.model.model:
         raise EngineError("no model given: pass --model DIR|HUB_ID")
+    start = time.monotonic()
+    log.info("loading %s", config.model.model)
     folder = resolve_folder(config.model.model, config.model.revision)
-    hf_config = read_hf_config(folder)
+    hf_config = _readable(folder, read_hf_config, (OSError, ValueError))
     device = resolve_device(config.runner.device)
     dtype = resolve_dtype(config.model.dtype, hf_config, device)
     backend = attention.resolve_backend(config.runner.attention_backend, device)
@@ -103,11 +162,11 @@ def load(config: EngineConfig) -> Loaded:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a server log is no terminal: no weight-loading bars
-    model = load_model(spec)
+    model = _readable(folder, lambda _: load_model(spec))
     max_len = config.model.max_model_len or model.traits.max_position_embeddings
     speed_up_packed(model, max_len, dtype)
-    log.info("loaded %s (%s) on %s in %s, attention backend %s", folder, model.traits.architecture,
-             device, dtype, backend)
+    log.info("loaded %s (%s) on %s in %s, attention backend %s, in %.1fs", folder, model.traits.architecture,
+             device, dtype, backend, time.monotonic() - start)
     return Loaded(folder, model, tokenizer, device, dtype, backend, max_len)
 
 

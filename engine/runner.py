@@ -199,6 +199,8 @@ class ModelRunner:
     def warm_up(self, max_tokens: int) -> float:
         """Ready kernels and allocator; compile and capture graphs when asked. Returns seconds."""
         start = time.monotonic()
+        log.info("warming up on %s (torch.compile %s, CUDA graphs %s)", self.device,
+                 "on" if self.want_compile else "off", "on" if self.want_graphs else "off")
         with torch.inference_mode():
             attention.cuda_fallback_used(reset=True)
             self._dummy_forward(self.forward, [max(1, min(max_tokens, 256))])
@@ -245,6 +247,7 @@ class ModelRunner:
         self.forward, self.min_tokens = compiled, 2
         self.stats.update(compile=True, compile_s=round(time.monotonic() - start, 1),
                           compiled_graphs=num_compiled_graphs())
+        log.info("torch.compile done in %.1fs (later starts read the on-disk cache)", self.stats["compile_s"])
 
     def _capture(self, max_tokens: int) -> None:
         if attention.cuda_fallback_used():
@@ -252,6 +255,7 @@ class ModelRunner:
             self.stats["cuda_graphs"] = "fallback attention"
             return
         buckets = tuple(b for b in DEFAULT_BUCKETS if b <= max(max_tokens, DEFAULT_BUCKETS[0]))
+        log.info("capturing CUDA graphs for %d token buckets (up to %d tokens)", len(buckets), buckets[-1])
         graphs = CudaGraphs(self.forward, self.device, buckets)
         try:
             seconds = graphs.capture()

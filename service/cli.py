@@ -4,6 +4,11 @@
 Environment variables are read here and nowhere else: ``REWARDSERVE_MODEL``, ``REWARDSERVE_HOST``
 and ``REWARDSERVE_PORT`` act like options given before the command line's own (which win), and
 ``XDG_CACHE_HOME`` places the demo model. The event loop is chosen here too (``--event-loop``).
+
+Start-up failures (bad options, a busy port, a model that cannot be loaded) end the process with
+one line naming the cause and the fix, and exit code 2; ``--log-level DEBUG`` adds the traceback.
+The ports are checked before torch is imported or the demo model is built. ``--help`` imports
+no torch either.
 """
 from __future__ import annotations
 
@@ -18,36 +23,76 @@ from typing import Callable, Sequence
 
 from rewardserve.engine.cli_args import add_config_arguments, config_from_args
 from rewardserve.service.config import ServeConfig
+from rewardserve.service.startup import StartupError, check_ports, run
 
 logger = logging.getLogger("rewardserve.service")
 
 ENV_OPTIONS = {"REWARDSERVE_MODEL": "--model", "REWARDSERVE_HOST": "--host", "REWARDSERVE_PORT": "--port"}
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+ModelPreparer = Callable[[ServeConfig], ServeConfig]
+SERVE_DESCRIPTION = """\
+Run the gRPC server (rewardserve.v1.RewardService, grpc.health.v1, reflection).
+
+Without --model (and without REWARDSERVE_MODEL) it serves the built-in demo model: tiny, random
+weights (meaningless scores), created on first use without a download. The server is ready when
+the log says "rewardserve ready" and the health check answers SERVING. SIGTERM or Ctrl-C drains
+and exits 0; a start-up failure prints one line and exits 2.
+"""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with bad options reported in one line (the usage is what --help is for)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def environment_help() -> str:
+    """The environment variables ``serve`` reads, as the --help epilog."""
+    lines = ["environment:"]
+    lines += [f"  {name:<24} default for {flag} (the command line wins)" for name, flag in ENV_OPTIONS.items()]
+    lines += ["  XDG_CACHE_HOME           the demo model and the torch.compile cache live under",
+              "                           $XDG_CACHE_HOME/rewardserve (default ~/.cache/rewardserve)",
+              "  TORCHINDUCTOR_CACHE_DIR  moves the torch.compile cache",
+              "  HF_HOME, HF_TOKEN, HF_ENDPOINT  hub downloads of --model HUB_ID (huggingface_hub's own)"]
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """``rewardserve {serve,encode}``; unknown options are errors."""
-    parser = argparse.ArgumentParser(prog="rewardserve", description="Serve reward models over gRPC.")
+    parser = OneLineParser(prog="rewardserve", description="Serve reward models over gRPC, or score inputs offline.",
+                           epilog=environment_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,encode}")
-    serve = commands.add_parser("serve", help="run the gRPC server (the built-in demo model without --model)")
+    serve = commands.add_parser("serve", help="run the gRPC server (the built-in demo model without --model)",
+                                description=SERVE_DESCRIPTION, epilog=environment_help(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(serve, ServeConfig)
     # Listed for --help only: main() hands `encode ...` to the engine's CLI before parsing.
-    commands.add_parser("encode", help="score inputs offline, without a server (see `rewardserve encode --help`)",
+    commands.add_parser("encode", help="score JSONL inputs offline, without a server (see rewardserve encode --help)",
                         add_help=False)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
+def main(argv: Sequence[str] | None = None, *, prepare_model: ModelPreparer | None = None) -> int:
+    """Entry point; returns the process exit code (2: a start-up failure, printed as one line).
+
+    ``prepare_model`` (default ``resolve_model``: the demo model when --model is empty) is a seam:
+    tests pass one that records whether start-up got that far."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["encode"]:
-        from rewardserve.engine.cli import main_encode  # the engine's CLI: torch loads only here
+        from rewardserve.engine.cli import main_encode  # the engine's CLI: torch loads only there
 
         return main_encode(argv[1:]) or 0
     config = parse_serve_config(argv)
     logging.basicConfig(level=config.server.log_level, format=LOG_FORMAT, stream=sys.stderr)
-    with asyncio.Runner(loop_factory=loop_factory(config.server.event_loop)) as runner:
-        return runner.run(serve(resolve_model(config)))
+    try:
+        check_ports(config.server)  # before torch and the demo model: a busy port fails at once
+        config = (prepare_model or resolve_model)(config)
+        return run(serve(config), loop_factory(config.server.event_loop))
+    except StartupError as exc:
+        logger.debug("start-up failure", exc_info=exc)  # the traceback, with --log-level DEBUG
+        print(f"rewardserve serve: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def parse_serve_config(argv: Sequence[str]) -> ServeConfig:
@@ -66,7 +111,7 @@ def parse_serve_config(argv: Sequence[str]) -> ServeConfig:
 
 
 def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The ``--event-loop`` choice as an ``asyncio.Runner`` loop factory (None: asyncio's own).
+    """The ``--event-loop`` choice as a loop factory for ``startup.run`` (None: asyncio's own).
 
     uvloop's loop wakes faster when gRPC's poller thread hands it a completion, which is a
     few of the hand-offs every call makes; "auto" uses it when the package is installed.
@@ -93,14 +138,20 @@ def _env_arguments() -> list[str]:
 
 def resolve_model(config: ServeConfig) -> ServeConfig:
     """The configured model, or the built-in demo model (created on first use) with a warning."""
-    from rewardserve.engine.demo import with_demo_model
+    from rewardserve.engine.demo import demo_model_dir, with_demo_model
 
-    engine = with_demo_model(config.engine, os.environ.get("XDG_CACHE_HOME") or None, "rewardserve serve", logger)
+    cache = os.environ.get("XDG_CACHE_HOME") or None
+    try:
+        engine = with_demo_model(config.engine, cache, "rewardserve serve", logger)
+    except OSError as exc:
+        raise StartupError(f"cannot create the demo model in {demo_model_dir(cache).parent} ({exc.strerror or exc})",
+                           "point XDG_CACHE_HOME at a writable folder, or pass --model") from exc
     return config if engine is config.engine else dataclasses.replace(config, engine=engine)
 
 
 async def serve(config: ServeConfig) -> int:
-    """Run the server until SIGTERM/SIGINT, then drain; 0 on a clean stop, 1 when it cannot serve."""
+    """Run the server until SIGTERM/SIGINT, then drain; 0 on a clean stop. Raises StartupError
+    when it cannot listen or the engine cannot come up."""
     from rewardserve.service.server import RewardServer
 
     server = RewardServer(config)
@@ -108,25 +159,39 @@ async def serve(config: ServeConfig) -> int:
     stop = _stop_on_signals()
     try:
         await server.start()
-    except RuntimeError as exc:  # gRPC could not bind the address
-        logger.error("rewardserve cannot listen on %s: %s", config.server.address, exc)
-        return 1
-    failed = await _serve_until_stopped(server, stop)
-    await server.drain(0.0 if failed else None)
-    return 1 if failed else 0
+    except (RuntimeError, OSError) as exc:  # gRPC or metrics could not bind (taken since check_ports)
+        await server.drain(0.0)
+        raise StartupError(f"cannot listen on {config.server.address} (metrics port {config.server.metrics_port}): "
+                           f"{exc}", "stop what holds the port, or pick others with --port / --metrics-port") from exc
+    failure = await _serve_until_stopped(server, stop)
+    await server.drain(0.0 if failure else None)
+    if failure is not None:
+        raise _load_failure(failure) from failure
+    return 0
 
 
-async def _serve_until_stopped(server, stop: asyncio.Event) -> bool:
-    """Wait for a stop signal; True when the engine failed to come up first."""
+def _load_failure(exc: BaseException) -> StartupError:
+    """The engine's own errors name the cause and the fix; anything else gets a pointer to DEBUG."""
+    from rewardserve.engine.errors import EngineError
+
+    first = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, (EngineError, ValueError, OSError)):
+        return StartupError(first)
+    return StartupError(f"the engine could not start ({type(exc).__name__}: {first})",
+                        "run with --log-level DEBUG for the traceback")
+
+
+async def _serve_until_stopped(server, stop: asyncio.Event) -> BaseException | None:
+    """Wait for a stop signal; the exception when the engine failed to come up first."""
     ready = asyncio.create_task(server.wait_ready())
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    failed = ready.done() and not ready.cancelled() and ready.exception() is not None
-    if not failed:
+    failure = ready.exception() if ready.done() and not ready.cancelled() else None
+    if failure is None:
         await stopped
     ready.cancel()
     stopped.cancel()
-    return failed
+    return failure
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -150,7 +150,8 @@ class RewardServer:
         except asyncio.CancelledError:
             raise
         except Exception:
-            logger.exception("rewardserve could not bring the engine up; health stays NOT_SERVING")
+            # wait_ready() raises it to the caller (the CLI prints one line); the traceback is for DEBUG.
+            logger.debug("rewardserve could not bring the engine up", exc_info=True)
             raise
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         logger.info("rewardserve ready: serving %s", self._engine.info.model)
