@@ -57,7 +57,8 @@ async def serve(args: argparse.Namespace) -> None:
 
     model = args.model or str(ensure_demo_model(os.environ.get("XDG_CACHE_HOME") or None))
     engine_config = EngineConfig(model=ModelConfig(model=model),
-                                 runner=RunnerConfig(device=args.device, cuda_graphs=args.cuda_graphs))
+                                 runner=RunnerConfig(device=args.device, compile=False,  # eager: the overhead itself
+                                                     cuda_graphs=args.cuda_graphs))
     engine = await asyncio.to_thread(load_engine, engine_config)
     if args.engine == "null":
         null_forward(engine.core.runner)

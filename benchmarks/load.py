@@ -5,7 +5,9 @@ Open loop: requests arrive at a fixed rate (Poisson), whatever the latency.
 Prints p50/p90/p99 latency, throughput (requests/s, tokens/s) and errors by status code, and
 writes JSON.
 
-    python benchmarks/load.py --target 127.0.0.1:50051 --seconds 5 --out load.json
+    python benchmarks/load.py --target 127.0.0.1:50051 --seconds 5 --out /tmp/rewardserve-load.json
+
+(``--out`` is optional; point it outside the working tree, or into ``benchmarks/results/`` to commit a run.)
 """
 from __future__ import annotations
 
@@ -138,7 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seqs-per-request", type=int, default=1)
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="write the JSON here")
+    parser.add_argument("--out", default=None, help="write the JSON here (default: print only)")
     args = parser.parse_args(argv)
     host = args.target.rsplit(":", 1)[0].strip("[]")
     if not (host.startswith("127.") or host in ("localhost", "::1")):
@@ -152,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
+        print(f"wrote {args.out}")
     return 0
 
 

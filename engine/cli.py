@@ -2,7 +2,7 @@
 
 Input lines: ``{"text": ...}``, ``{"token_ids": [...]}`` or ``{"messages": [...]}``.
 Output lines: ``{"index", "data", "num_tokens", "truncated", "pooled_positions"}`` (+ ``logits``
-for classify tasks).
+for classify tasks). ``--help`` imports no torch: the engine loads only when there is work.
 """
 from __future__ import annotations
 
@@ -11,26 +11,46 @@ import json
 import logging
 import os
 import sys
-from typing import IO, Any, Iterable
+from typing import IO, TYPE_CHECKING, Any, Iterable
 
-from rewardserve.engine.cli_args import add_config_arguments, config_from_args
+from rewardserve.engine.cli_args import OneLineParser, add_config_arguments, config_from_args
 from rewardserve.engine.config import EngineConfig
-from rewardserve.engine.demo import with_demo_model
 from rewardserve.engine.errors import EngineError
-from rewardserve.engine.types import EncodeResult, PoolingTask
+
+if TYPE_CHECKING:
+    from rewardserve.engine.types import EncodeResult
+
+# PoolingTask's values (engine/types.py imports torch; a test checks that the two agree).
+TASKS = ("classify", "token_classify", "embed", "token_embed")
+# EngineConfig leaves that only a server uses: admission limits, batching waits, the tokenizer
+# pool, and policy tokenizers (ChatReward re-templating). ``encode`` does not offer them.
+SERVER_ONLY = ("max_wait_ms", "max_queue_requests", "max_queue_tokens", "tokenizer_workers", "policy_tokenizer")
+DESCRIPTION = """\
+Score inputs offline with the same engine as the server, without a server: JSONL in, JSONL out.
+
+input lines:   {"text": "..."}, {"token_ids": [1, 2, 3]} or {"messages": [{"role": ..., "content": ...}]}
+output lines:  {"index", "data", "num_tokens", "truncated", "pooled_positions"} (+ "logits" for
+               classify tasks), in input order
+
+Without --model it uses the built-in demo model (random weights, meaningless scores; created on
+first use under $XDG_CACHE_HOME/rewardserve, default ~/.cache/rewardserve). Bad input, options or
+files: one line on stderr and exit code 2.
+"""
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """The ``encode`` options: task, files, then every EngineConfig field."""
-    parser = parser or argparse.ArgumentParser(prog="rewardserve encode", description=__doc__,
+    """The ``encode`` options: task, files, then the EngineConfig fields that matter offline."""
+    parser = parser or OneLineParser(prog="rewardserve encode", description=DESCRIPTION,
+                                               usage="%(prog)s [options] < in.jsonl > out.jsonl",
                                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", choices=[t.value for t in PoolingTask], default=None,
-                        help="pooling task (default: classify when the model has a score head, else embed)")
+    parser.add_argument("--task", choices=TASKS, default=None, metavar="TASK",
+                        help="pooling task (one of: " + ", ".join(TASKS) + "; default: classify when the model "
+                             "has a score head, else embed)")
     parser.add_argument("--input", default="-", help="JSONL input file (default: stdin)")
     parser.add_argument("--output", default="-", help="JSONL output file (default: stdout)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: on for more than 64 inputs)")
-    add_config_arguments(parser, EngineConfig)
+    add_config_arguments(parser, EngineConfig, exclude=SERVER_ONLY)
     return parser
 
 
@@ -50,7 +70,7 @@ def read_inputs(stream: IO[str]) -> list[dict[str, Any]]:
     return inputs
 
 
-def to_json(result: EncodeResult) -> dict[str, Any]:
+def to_json(result: "EncodeResult") -> dict[str, Any]:
     line = {"index": result.index, "data": result.data.tolist(), "num_tokens": result.num_tokens,
             "truncated": result.truncated, "pooled_positions": result.pooled_positions}
     if result.logits is not None:
@@ -58,7 +78,7 @@ def to_json(result: EncodeResult) -> dict[str, Any]:
     return line
 
 
-def write_results(results: Iterable[EncodeResult], stream: IO[str]) -> None:
+def write_results(results: Iterable["EncodeResult"], stream: IO[str]) -> None:
     for result in results:
         stream.write(json.dumps(to_json(result)) + "\n")
 
@@ -67,7 +87,8 @@ def main_encode(argv: list[str] | None = None) -> int:
     """Entry point of ``rewardserve encode``; returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from rewardserve.engine.engine import Engine
+    from rewardserve.engine.demo import with_demo_model
+    from rewardserve.engine.engine import Engine  # torch loads here, after the options are checked
 
     try:
         config = with_demo_model(config_from_args(EngineConfig, args), os.environ.get("XDG_CACHE_HOME") or None,

@@ -8,7 +8,14 @@ from __future__ import annotations
 import argparse
 import typing
 from dataclasses import MISSING, fields, is_dataclass
-from typing import Any
+from typing import Any, Collection
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a bad option reported in one line, naming --help (where the usage is)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _leaves(cls: type) -> list[tuple[tuple[str, ...], Any, Any]]:
@@ -34,16 +41,22 @@ def _is_repeated(tp: Any) -> bool:
     return typing.get_origin(tp) is tuple
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one option per leaf field of ``cls`` to ``parser``."""
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: Collection[str] = ()) -> None:
+    """Add one option per leaf field of ``cls`` to ``parser`` (but the leaves named in ``exclude``).
+
+    The help is plain text: the field's help, then its choices and default, so ``--help`` lists
+    every allowed value. An unset default (None, "") is not printed: the help text says what it means.
+    """
     names = set()
     for path, f, tp in _leaves(cls):
         if f.name in names:
             raise ValueError(f"duplicate config leaf name {f.name!r}")
         names.add(f.name)
+        if f.name in exclude:
+            continue
         flag = "--" + f.name.replace("_", "-")
         kind = _scalar_type(tp)
-        kwargs = {"dest": "__".join(path), "default": f.default, "help": f.metadata.get("help", "")}
+        kwargs = {"dest": "__".join(path), "default": f.default}
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif _is_repeated(tp):
@@ -54,8 +67,21 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["metavar"] = f.name.upper()
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]
-        kwargs["help"] += " (repeatable)" if _is_repeated(tp) else " (default: %(default)s)"
+        kwargs["help"] = _help(f, repeated=_is_repeated(tp))
         parser.add_argument(flag, **kwargs)
+
+
+def _help(f: Any, repeated: bool) -> str:
+    """``help [one of: a, b] [(default: x)]``, with ``%`` escaped for argparse."""
+    text = f.metadata.get("help", "").replace("%", "%%")
+    notes = []
+    if f.metadata.get("choices"):
+        notes.append("one of: " + ", ".join(map(str, f.metadata["choices"])))
+    if repeated:
+        notes.append("repeatable")
+    elif f.default not in (None, ""):
+        notes.append("default: %(default)s")
+    return f"{text} ({'; '.join(notes)})" if notes else text
 
 
 def config_from_args(cls: type, args: argparse.Namespace) -> Any:
@@ -67,6 +93,8 @@ def config_from_args(cls: type, args: argparse.Namespace) -> Any:
         node = values
         for key in path[:-1]:
             node = node.setdefault(key, {})
+        if not hasattr(args, "__".join(path)):  # an excluded option: the field keeps its default
+            continue
         value = getattr(args, "__".join(path))
         node[path[-1]] = tuple(value or ()) if _is_repeated(tp) else value
     return from_dict(cls, values)

@@ -24,7 +24,8 @@ def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> A
 class ModelConfig:
     """Which checkpoint to load and how to read it."""
 
-    model: str = option("", "Local folder in the Hugging Face layout, or a hub id (downloaded when a hub is reachable).")
+    model: str = option("", "Local folder in the Hugging Face layout, or a hub id (downloaded when a hub is reachable). "
+                            "Empty (the default): the built-in demo model (random weights, meaningless scores).")
     revision: str | None = option(None, "Hub revision (branch, tag or commit) when --model is a hub id.")
     tokenizer: str | None = option(None, "Tokenizer folder or hub id; defaults to --model.")
     dtype: str = option("auto", "Weights and activations dtype; auto takes the checkpoint's (float32 on CPU).", DTYPES)
@@ -32,7 +33,8 @@ class ModelConfig:
     max_model_len: int | None = option(None, "Longest sequence accepted; defaults to the model's max_position_embeddings.")
     pooler_config: str | None = option(None, 'Server pooling defaults as JSON, e.g. {"pooling_type": "LAST", "use_activation": false}.')
     head_dtype: str = option("float32", "Dtype of the score head: float32 keeps rewards exact under bf16 backbones.", HEAD_DTYPES)
-    chat_template: str | None = option(None, "Chat template override: a file path or the template text.")
+    chat_template: str | None = option(None, "Chat template override: a file path or the template text "
+                                             "(default: the tokenizer's own).")
     policy_tokenizer: tuple[str, ...] = option(
         (), "NAME=DIR (or NAME=HUB_ID) of a policy tokenizer whose token ids and rendered conversations "
             "ChatReward re-templates for this reward model; repeat for several policies.")

@@ -21,7 +21,7 @@ import signal
 import sys
 from typing import Callable, Sequence
 
-from rewardserve.engine.cli_args import add_config_arguments, config_from_args
+from rewardserve.engine.cli_args import OneLineParser, add_config_arguments, config_from_args
 from rewardserve.service.config import ServeConfig
 from rewardserve.service.startup import StartupError, check_ports, run
 
@@ -40,17 +40,10 @@ and exits 0; a start-up failure prints one line and exits 2.
 """
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse with bad options reported in one line (the usage is what --help is for)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def environment_help() -> str:
     """The environment variables ``serve`` reads, as the --help epilog."""
     lines = ["environment:"]
-    lines += [f"  {name:<24} default for {flag} (the command line wins)" for name, flag in ENV_OPTIONS.items()]
+    lines += [f"  {name:<24} default for serve's {flag} (the command line wins)" for name, flag in ENV_OPTIONS.items()]
     lines += ["  XDG_CACHE_HOME           the demo model and the torch.compile cache live under",
               "                           $XDG_CACHE_HOME/rewardserve (default ~/.cache/rewardserve)",
               "  TORCHINDUCTOR_CACHE_DIR  moves the torch.compile cache",
@@ -64,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog=environment_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,encode}")
     serve = commands.add_parser("serve", help="run the gRPC server (the built-in demo model without --model)",
-                                description=SERVE_DESCRIPTION, epilog=environment_help(),
+                                description=SERVE_DESCRIPTION, epilog=environment_help(), usage="%(prog)s [options]",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(serve, ServeConfig)
     # Listed for --help only: main() hands `encode ...` to the engine's CLI before parsing.
