@@ -99,7 +99,7 @@ def parse_serve_config(argv: Sequence[str]) -> ServeConfig:
         config = config_from_args(ServeConfig, args)
         loop_factory(config.server.event_loop)
     except ValueError as exc:  # bad choice, half-configured TLS, port out of range, no uvloop
-        parser.error(str(exc))
+        parser.exit(2, f"rewardserve serve: error: {exc} (see rewardserve serve --help)\n")
     return config
 
 

@@ -72,6 +72,8 @@ class OpenCalls:
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is open; False when ``timeout`` seconds passed first."""
+        if self._idle.is_set():  # wait_for(…, 0) would time out even on a set event
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except asyncio.TimeoutError:
