@@ -7,14 +7,19 @@ HOST ?= 127.0.0.1
 PORT ?= 50051
 
 .PHONY: venv test test-fast serve proto proto-check buf-lint buf-breaking gpu-test clean
+.PHONY: deps-check client-pythons
 
 venv: $(STAMP)
 
 $(STAMP): requirements-dev.txt pyproject.toml clients/python/pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13))' || { \
+		echo "rewardserve needs Python 3.10 to 3.13; $(PYTHON) is $$($(PYTHON) --version 2>&1). Try: make $(MAKECMDGOALS) PYTHON=python3.12"; exit 1; }
+	@echo "Setting up $(VENV) with $$($(PYTHON) --version): the first time this downloads torch and its CUDA libraries (about 3 GB; 5-10 minutes), one package per line below."
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements-dev.txt
-	$(BIN)/pip install -q --no-deps -e clients/python -e .
+	$(BIN)/pip install -r requirements-dev.txt
+	$(BIN)/pip install --no-deps -e clients/python -e .
 	touch $(STAMP)
+	@echo "$(VENV) is ready."
 
 ## test: everything CI runs (proto drift, buf lint, buf breaking, the CPU test suite)
 test: venv proto-check buf-lint buf-breaking
@@ -26,6 +31,18 @@ test-fast: venv
 ## serve: the gRPC server on the built-in demo model (or MODEL=DIR|HUB_ID)
 serve: venv
 	$(BIN)/rewardserve serve --host $(HOST) --port $(PORT) $(if $(MODEL),--model $(MODEL),)
+
+## deps-check: requirements-dev.txt and both distributions resolve from the public index alone
+## (no local wheels or pip configuration), on Python 3.10 and 3.13
+deps-check:
+	.ci/deps-check
+
+## client-pythons: the client distribution's tests on Python 3.10 and 3.13, in fresh venvs without torch
+client-pythons:
+	.ci/client-pythons
+
+# The fresh-machine checks are part of `make test` (a prerequisite line of its own).
+test: deps-check client-pythons
 
 proto: venv
 	$(BIN)/python clients/python/generate.py
