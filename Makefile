@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): requirements-dev.txt pyproject.toml clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13))' || { \
 		echo "rewardserve needs Python 3.10 to 3.13; $(PYTHON) is $$($(PYTHON) --version 2>&1). Try: make $(MAKECMDGOALS) PYTHON=python3.12"; exit 1; }
-	@echo "Setting up $(VENV) with $$($(PYTHON) --version): the first time this downloads torch and its CUDA libraries (about 3 GB; 5-10 minutes), one package per line below."
+	@echo "Setting up $(VENV) with $$($(PYTHON) --version): the first time, pip downloads torch and its CUDA libraries (about 2.8 GB from the public index) and installs them (5 to 15 minutes), one package per line below."
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -r requirements-dev.txt
 	$(BIN)/pip install --no-deps -e clients/python -e .
