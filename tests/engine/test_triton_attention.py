@@ -17,7 +17,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def test_kernel_logic_in_the_interpreter():
-    """fp32 and fp16: varlen, an empty sequence, GQA, causal or not, left windows, head_dim 64/128/256,
+    """fp32 and fp16: varlen, an empty sequence, GQA, causal or not, sliding windows (causal: left;
+    bidirectional: both sides), logit soft-capping alone and with windows, head_dim 64/128/256,
     with key blocks narrower and wider than query tiles and with the tiles the engine picks."""
     import triton  # noqa: F401 - requirements-dev.txt installs it (the CPU runtime does not need it)
     env = {**os.environ, "TRITON_INTERPRET": "1"}
