@@ -4,6 +4,7 @@ One command on the GPU machine (random weights, real shapes, seeded workloads)::
 
     python benchmarks/gpu_bench.py --models qwen3-0.6b --out results.json
     python benchmarks/gpu_bench.py --models llama-3.1-8b --modes eager --out 8b.json
+    python benchmarks/gpu_bench.py --models gemma2-2b --modes compile --sections hf,engine,latency --out g.json
 
 Per model and workload (lognormal lengths around 600 tokens; GRPO-like groups of 16 responses
 sharing a prompt) it measures tokens/s, model TFLOP/s and MFU against the bf16 matmul peak
@@ -36,6 +37,8 @@ from bench_report import print_table, targets  # noqa: E402
 DEFAULTS = {  # sequences per workload: engine / transformers subset; GRPO groups
     "qwen3-0.6b": dict(num_seqs=1024, hf_seqs=256, grpo_groups=48),
     "llama-3.1-8b": dict(num_seqs=192, hf_seqs=64, grpo_groups=10),
+    "gemma2-2b": dict(num_seqs=512, hf_seqs=64, grpo_groups=24),
+    "gemma2-9b": dict(num_seqs=192, hf_seqs=32, grpo_groups=10),
     "tiny": dict(num_seqs=64, hf_seqs=32, grpo_groups=2),
 }
 SECTIONS = ("hf", "engine", "latency", "profile", "grpc")
@@ -75,6 +78,10 @@ class Run:
         self.data = {"meta": {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name()
                               if cuda else "cpu", "torch": torch.__version__, "transformers": transformers.__version__,
                               "argv": sys.argv[1:], "python": sys.version.split()[0]}, "models": {}}
+        if cuda:  # the Triton kernel's launch configs this run used, per head size
+            from rewardserve.engine import triton_attention
+
+            self.data["meta"]["triton_tiles"] = {d: triton_attention.pick_tiles(d) for d in (64, 128, 256)}
         self.start = time.monotonic()
 
     def save(self) -> None:
