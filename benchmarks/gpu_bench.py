@@ -54,6 +54,10 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--num-seqs", type=int, default=0, help="engine workload size (0: per-model default)")
     p.add_argument("--hf-seqs", type=int, default=0, help="transformers subset size (0: per-model default)")
     p.add_argument("--hf-batch-size", type=int, default=16)
+    p.add_argument("--hf-orders", default="fifo,sorted", help="transformers batch orders: fifo (arrival), sorted")
+    p.add_argument("--tiles-256", default="",
+                   help="offline engine only: a JSON file whose 'tiles' replace the Triton kernel's 256-wide "
+                        "head tiles (bench_attention.py --pick writes one)")
     p.add_argument("--max-num-batched-tokens", type=int, default=16384)
     p.add_argument("--latency-n", type=int, default=50)
     p.add_argument("--attention-backend", default="auto", help="engine and server: auto, triton, torch, flash_attn")
@@ -128,7 +132,7 @@ def bench_model(run: Run, name: str) -> None:
     if "hf" in sections:
         for wl, seqs in loads.items():
             subset = seqs[:hf_n]
-            for order in ("fifo", "sorted"):
+            for order in args.hf_orders.split(","):
                 r = run.section(name, f"hf_{order}/{wl}", bench_hf.run_padded, hf, subset, args.hf_batch_size,
                                 bench_models.pad_id(name), order == "sorted", args.device)
                 with_flops(r, bench_models.forward_flops(name, map(len, subset)), peak)
@@ -222,6 +226,10 @@ def main(argv=None) -> int:
         from rewardserve.engine.models import rotary
 
         rotary.MAX_TABLE_POSITIONS = 0
+    if args.tiles_256:
+        from rewardserve.engine import triton_attention
+
+        triton_attention.HEAD_DIM_256_TILES.update(json.loads(Path(args.tiles_256).read_text())["tiles"])
     run = Run(args)
     if args.device == "cuda":
         run.data["peak_matmul"] = bench_engine.peak_matmul_tflops()
