@@ -138,10 +138,13 @@ if triton is not None:
 
 
 # 256-wide heads: q [BM, 256] plus num_stages x (k and v [BN, 256]) in bf16 must fit an SM's
-# 227 KiB of shared memory, and the fp32 accumulator [BM, 256] the registers. 64 x 32 x 3 stages
-# takes 128 KiB; 64 x 64 needs 2 stages (160 KiB), 3 (224 KiB plus scratch) do not fit. The H200
-# sweep (benchmarks/bench_attention.py --models gemma2-2b) picks among the candidates there.
-HEAD_DIM_256_TILES = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3}
+# 227 KiB of shared memory, and the fp32 accumulator [BM, 256] the registers. H200 sweep of the
+# candidates (benchmarks/bench_attention.py --models gemma2-2b, soft-capped, 8 / 4 heads;
+# results/h200-2026-12-02-gemma2-attention-tiles.json): 128 x 64 keys, 8 warps, 2 stages (192 KiB)
+# ran packed 16k-token batches in 284-363 µs (212-266 TFLOP/s) against 357-467 µs for 64 x 32 x 3
+# stages, and one 2048-token sequence in 81 µs against 110; 64 x 32 is ~5 µs faster at 128-512
+# tokens (10.4 / 20.7 µs against 11.9 / 25.8), a smaller loss than the gain on long batches.
+HEAD_DIM_256_TILES = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
 
 
 def pick_tiles(head_dim: int) -> dict:
