@@ -1,12 +1,18 @@
 """Varlen attention kernels alone: torch's bundled FlashAttention-2 vs our Triton kernel (tile choices).
 
     python benchmarks/bench_attention.py --out attention.json
+    python benchmarks/bench_attention.py --models gemma2-2b,gemma2-9b --pick best256.json --out gemma.json
 
 Shapes of the benchmark models (Qwen3-0.6B: 16 query / 8 kv heads; Llama-3.1-8B: 32 / 8; head_dim
 128), causal, bf16. Batches: the lognormal workload packed into 16,384-token batches (what offline
 throughput runs), and one sequence of 128 / 512 / 2048 tokens laid out as a CUDA-graph bucket
 replays it (real sequence + padding sequence, max_seqlen = bucket). Each measurement replays a
 CUDA graph of ``--calls`` kernel calls, so launch overhead is not counted. Prints a table; writes JSON.
+
+Gemma2 shapes (2B: 8 / 4 heads, 9B: 16 / 8; head_dim 256, logits soft-capped at 50): torch's kernel
+cannot soft-cap, so the reference is float32 SDPA and the rows are our kernel's 256-wide tile
+candidates (``TILES_256``), plus the default with Gemma2's 4096-token window on (its sliding
+layers). ``--pick FILE`` writes the fastest candidate over all batches (within the error bound).
 """
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_workloads  # noqa: E402
 from rewardserve.engine import attention, triton_attention  # noqa: E402
 
-HEADS = {"qwen3-0.6b": (16, 8), "llama-3.1-8b": (32, 8)}
+HEADS = {"qwen3-0.6b": (16, 8), "llama-3.1-8b": (32, 8), "gemma2-2b": (8, 4), "gemma2-9b": (16, 8)}
+GEMMA2 = {"head_dim": 256, "softcap": 50.0, "window": 4096}  # the soft-capped models' attention
 TILES = {  # name → Triton launch config
     "m64n64w4": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
     "m128n64w8": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
@@ -29,6 +36,15 @@ TILES = {  # name → Triton launch config
     "m128n64w4": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
     "m64n128w4": {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3},
 }
+# 256-wide heads: q [BM, 256] + stages x (k, v [BN, 256]) bf16 within 227 KiB of shared memory
+TILES_256 = {
+    "m64n32w4s3": {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3},    # 128 KiB
+    "m64n64w4s2": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},    # 160 KiB
+    "m64n64w8s2": {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},    # 160 KiB
+    "m128n32w8s3": {"BLOCK_M": 128, "BLOCK_N": 32, "num_warps": 8, "num_stages": 3},  # 160 KiB
+    "m128n64w8s2": {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2},  # 192 KiB
+}
+MAX_ERR_256 = 3e-2  # bf16 kernel vs float32 SDPA (outputs are averages of N(0, 1) values)
 
 
 def batches(budget: int = 16384, num_seqs: int = 1024) -> dict[str, list[int]]:
@@ -54,6 +70,42 @@ def make_inputs(lengths: list[int], heads: int, kv_heads: int, head_dim: int = 1
             for _ in range(2))                                                                          # [T, Hkv, D]
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device="cuda")
     return q, k, v, attention.VarlenMeta(cu, max(lengths))
+
+
+def bench_softcap_case(name: str, lengths: list[int], heads: int, kv_heads: int, calls: int) -> dict:
+    """Gemma2's attention (256-wide heads, soft-capped): each 256 tile candidate vs float32 SDPA."""
+    d, cap = GEMMA2["head_dim"], GEMMA2["softcap"]
+    q, k, v, meta = make_inputs(lengths, heads, kv_heads, d)
+    scale = d ** -0.5
+    real = lengths[:-1] if name.startswith("single") else lengths
+    flops = attention_flops(real, heads, d)
+    ref = attention._sdpa_masked(q.float(), k.float(), v.float(), meta, True, scale, None, cap)
+    row = {"lengths": len(lengths), "tokens": sum(lengths), "max_seqlen": meta.max_seqlen}
+    runs = {f"triton_{n}": (lambda t=t: triton_attention.launch(q, k, v, meta.cu_seqlens, meta.max_seqlen,
+                                                                is_causal=True, scale=scale, softcap=cap, tiles=t))
+            for n, t in TILES_256.items()}
+    runs["triton_default_window"] = lambda: triton_attention.launch(
+        q, k, v, meta.cu_seqlens, meta.max_seqlen, is_causal=True, scale=scale, softcap=cap, window=GEMMA2["window"])
+    for key, fn in runs.items():
+        try:
+            err = (fn().float() - ref).abs().max().item()
+            us = time_graph(fn, calls)
+            row[key] = {"us": round(us, 2), "tflops": round(flops / us / 1e6, 1), "max_abs_vs_fp32": err}
+        except Exception as exc:  # noqa: BLE001 - a tile that does not fit must not end the run
+            row[key] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+    return row
+
+
+def pick_256(cases: dict) -> dict:
+    """The 256 candidate with the least total time over every batch, among those that ran all of
+    them within MAX_ERR_256."""
+    totals = {}
+    for name in TILES_256:
+        cells = [row.get(f"triton_{name}", {}) for row in cases.values()]
+        if all("us" in c and c["max_abs_vs_fp32"] <= MAX_ERR_256 for c in cells):
+            totals[name] = sum(c["us"] for c in cells)
+    best = min(totals, key=totals.get)
+    return {"best": best, "tiles": TILES_256[best], "total_us": totals, "cases": len(cases)}
 
 
 def attention_flops(lengths: list[int], heads: int, head_dim: int = 128) -> float:
@@ -109,18 +161,26 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=",".join(HEADS))
     p.add_argument("--calls", type=int, default=20)
     p.add_argument("--out", default="bench_attention.json")
+    p.add_argument("--pick", default="", help="write the fastest 256-wide tile candidate here (gemma2 models)")
     args = p.parse_args(argv)
     attention.probe_torch_flash(torch.device("cuda"))
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cases": {}}
     for model in args.models.split(","):
         heads, kv_heads = HEADS[model]
         for name, lengths in batches().items():
-            row = bench_case(name, lengths, heads, kv_heads, args.calls)
+            bench = bench_softcap_case if model.startswith("gemma2") else bench_case
+            row = bench(name, lengths, heads, kv_heads, args.calls)
             result["cases"][f"{model}/{name}"] = row
             Path(args.out).write_text(json.dumps(result, indent=1))
             cells = "  ".join(f"{k}={v['us']}us/{v['tflops']}TF" for k, v in row.items()
                               if isinstance(v, dict) and "us" in v)
             print(f"{model}/{name} T={row['tokens']}: {cells}", flush=True)
+    gemma = {k: v for k, v in result["cases"].items() if k.startswith("gemma2")}
+    if args.pick and gemma:
+        result["pick_256"] = pick_256(gemma)
+        Path(args.pick).write_text(json.dumps(result["pick_256"], indent=1))
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print("256-wide tiles:", result["pick_256"], flush=True)
     return 0
 
 

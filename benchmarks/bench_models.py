@@ -12,6 +12,15 @@ from pathlib import Path
 
 import torch
 
+GEMMA2 = {  # what the two Gemma2 shapes share (the hub configs' keys)
+    "architectures": ["Gemma2ForSequenceClassification"], "model_type": "gemma2", "head_dim": 256,
+    "vocab_size": 256000, "max_position_embeddings": 8192, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+    "hidden_act": "gelu_pytorch_tanh", "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 256,
+    "sliding_window": 4096, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+    "attention_bias": False, "attention_dropout": 0.0, "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0,
+    "torch_dtype": "bfloat16", "num_labels": 1, "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0},
+    "initializer_range": 0.02,
+}
 SHAPES = {
     "qwen3-0.6b": {
         "architectures": ["Qwen3ForSequenceClassification"], "model_type": "qwen3",
@@ -35,6 +44,12 @@ SHAPES = {
         "torch_dtype": "bfloat16", "num_labels": 1, "id2label": {"0": "LABEL_0"}, "label2id": {"LABEL_0": 0},
         "initializer_range": 0.02,
     },
+    # Gemma2 (google/gemma-2-2b and -9b shapes): 256-wide heads, attention logits soft-capped at 50,
+    # a 4096-token window on every other layer (transformers' default layer_types), GELU MLP
+    "gemma2-2b": {**GEMMA2, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+                  "num_attention_heads": 8, "num_key_value_heads": 4},
+    "gemma2-9b": {**GEMMA2, "hidden_size": 3584, "intermediate_size": 14336, "num_hidden_layers": 42,
+                  "num_attention_heads": 16, "num_key_value_heads": 8},
     # a CPU smoke-test shape (same code path, tiny numbers)
     "tiny": {
         "architectures": ["Qwen3ForSequenceClassification"], "model_type": "qwen3",
@@ -45,8 +60,9 @@ SHAPES = {
         "initializer_range": 0.02,
     },
 }
-SAFE_ID_LIMIT = {"qwen3-0.6b": 151000, "llama-3.1-8b": 128000, "tiny": 1000}  # sampled ids stay below
-SHARD = {"qwen3-0.6b": "5GB", "llama-3.1-8b": "5GB", "tiny": "5GB"}
+SAFE_ID_LIMIT = {"qwen3-0.6b": 151000, "llama-3.1-8b": 128000, "gemma2-2b": 255000, "gemma2-9b": 255000,
+                 "tiny": 1000}  # sampled ids stay below
+SHARD = {"qwen3-0.6b": "5GB", "llama-3.1-8b": "5GB", "gemma2-2b": "5GB", "gemma2-9b": "5GB", "tiny": "5GB"}
 
 
 def build(name: str, root: Path, device: str, dtype: torch.dtype):
@@ -84,13 +100,25 @@ def forward_flops(name: str, lengths) -> float:
 
     Linear layers: 2 * params * tokens. Causal attention per sequence of n tokens and layer:
     QK^T and PV over n(n+1)/2 query-key pairs each, 2 FLOPs per multiply-add → 2*H*D*n(n+1).
+    A sliding-window layer (Gemma2: every other one) counts only the pairs inside its window.
     The score head runs on one row per sequence and the embedding is a lookup: not counted.
     """
     c = SHAPES[name]
     layers, heads, hd = c["num_hidden_layers"], c["num_attention_heads"], c["head_dim"]
+    lengths = list(lengths)
     tokens = sum(lengths)
-    attn = sum(2 * heads * hd * n * (n + 1) for n in lengths)
-    return float(layers * (2 * linear_params_per_layer(c) * tokens + attn))
+    window = c.get("sliding_window") if c.get("model_type") == "gemma2" else None
+    windowed = layers // 2 if window else 0  # layer_types: sliding on even layers, full on odd ones
+    full_pairs = sum(n * (n + 1) // 2 for n in lengths)
+    attn = 4 * heads * hd * ((layers - windowed) * full_pairs + windowed * sum(window_pairs(n, window) for n in lengths))
+    return float(layers * 2 * linear_params_per_layer(c) * tokens + attn)
+
+
+def window_pairs(n: int, window: int | None) -> int:
+    """Causal query-key pairs of one sequence of n tokens when keys need q - k < window."""
+    if not window or n <= window:
+        return n * (n + 1) // 2
+    return window * (window + 1) // 2 + (n - window) * window
 
 
 def pad_id(name: str) -> int:

@@ -4,6 +4,7 @@ One command on the GPU machine (random weights, real shapes, seeded workloads)::
 
     python benchmarks/gpu_bench.py --models qwen3-0.6b --out results.json
     python benchmarks/gpu_bench.py --models llama-3.1-8b --modes eager --out 8b.json
+    python benchmarks/gpu_bench.py --models gemma2-2b --modes compile --sections hf,engine,latency --out g.json
 
 Per model and workload (lognormal lengths around 600 tokens; GRPO-like groups of 16 responses
 sharing a prompt) it measures tokens/s, model TFLOP/s and MFU against the bf16 matmul peak
@@ -36,6 +37,8 @@ from bench_report import print_table, targets  # noqa: E402
 DEFAULTS = {  # sequences per workload: engine / transformers subset; GRPO groups
     "qwen3-0.6b": dict(num_seqs=1024, hf_seqs=256, grpo_groups=48),
     "llama-3.1-8b": dict(num_seqs=192, hf_seqs=64, grpo_groups=10),
+    "gemma2-2b": dict(num_seqs=512, hf_seqs=64, grpo_groups=24),
+    "gemma2-9b": dict(num_seqs=192, hf_seqs=32, grpo_groups=10),
     "tiny": dict(num_seqs=64, hf_seqs=32, grpo_groups=2),
 }
 SECTIONS = ("hf", "engine", "latency", "profile", "grpc")
@@ -51,6 +54,10 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--num-seqs", type=int, default=0, help="engine workload size (0: per-model default)")
     p.add_argument("--hf-seqs", type=int, default=0, help="transformers subset size (0: per-model default)")
     p.add_argument("--hf-batch-size", type=int, default=16)
+    p.add_argument("--hf-orders", default="fifo,sorted", help="transformers batch orders: fifo (arrival), sorted")
+    p.add_argument("--tiles-256", default="",
+                   help="offline engine only: a JSON file whose 'tiles' replace the Triton kernel's 256-wide "
+                        "head tiles (bench_attention.py --pick writes one)")
     p.add_argument("--max-num-batched-tokens", type=int, default=16384)
     p.add_argument("--latency-n", type=int, default=50)
     p.add_argument("--attention-backend", default="auto", help="engine and server: auto, triton, torch, flash_attn")
@@ -75,6 +82,10 @@ class Run:
         self.data = {"meta": {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name()
                               if cuda else "cpu", "torch": torch.__version__, "transformers": transformers.__version__,
                               "argv": sys.argv[1:], "python": sys.version.split()[0]}, "models": {}}
+        if cuda:  # the Triton kernel's launch configs this run used, per head size
+            from rewardserve.engine import triton_attention
+
+            self.data["meta"]["triton_tiles"] = {d: triton_attention.pick_tiles(d) for d in (64, 128, 256)}
         self.start = time.monotonic()
 
     def save(self) -> None:
@@ -121,7 +132,7 @@ def bench_model(run: Run, name: str) -> None:
     if "hf" in sections:
         for wl, seqs in loads.items():
             subset = seqs[:hf_n]
-            for order in ("fifo", "sorted"):
+            for order in args.hf_orders.split(","):
                 r = run.section(name, f"hf_{order}/{wl}", bench_hf.run_padded, hf, subset, args.hf_batch_size,
                                 bench_models.pad_id(name), order == "sorted", args.device)
                 with_flops(r, bench_models.forward_flops(name, map(len, subset)), peak)
@@ -215,6 +226,10 @@ def main(argv=None) -> int:
         from rewardserve.engine.models import rotary
 
         rotary.MAX_TABLE_POSITIONS = 0
+    if args.tiles_256:
+        from rewardserve.engine import triton_attention
+
+        triton_attention.HEAD_DIM_256_TILES.update(json.loads(Path(args.tiles_256).read_text())["tiles"])
     run = Run(args)
     if args.device == "cuda":
         run.data["peak_matmul"] = bench_engine.peak_matmul_tflops()

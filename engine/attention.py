@@ -4,7 +4,7 @@ Packed layout: the batch is one row of ``total_tokens`` tokens; ``cu_seqlens`` (
 int32) marks where each sequence starts. Backends, best first: the ``flash_attn`` package, our
 Triton kernel (``triton_attention``, CUDA), PyTorch's bundled FlashAttention kernel (CUDA), SDPA
 with a block-diagonal (and sliding-window) mask (CPU, or any case a kernel cannot take, such as
-Gemma2's logit soft-capping).
+Gemma2's logit soft-capping on torch's kernel; flash_attn and our Triton kernel soft-cap).
 """
 from __future__ import annotations
 
@@ -69,18 +69,19 @@ def set_backend(name: str) -> None:
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: VarlenMeta, *,
                      is_causal: bool, scale: float, window: int | None = None,
                      softcap: float | None = None) -> torch.Tensor:
-    """q [T, H, D], k/v [T, Hkv, D] → [T, H, D]. ``window`` keeps keys with q - k < window."""
+    """q [T, H, D], k/v [T, Hkv, D] → [T, H, D]. ``window`` keeps keys with |q - k| < window (and
+    k <= q when causal); ``softcap``: scores become softcap * tanh(score / softcap) (Gemma2)."""
     backend = _state["backend"]
-    if softcap:  # neither bundled kernel soft-caps; flash_attn does
-        backend = "flash_attn" if backend == "flash_attn" else "sdpa"
+    if softcap and backend == "torch":  # torch's bundled kernel does not soft-cap; ours and flash_attn do
+        backend = "sdpa"
     if q.dtype == torch.float32 and backend != "sdpa":  # FlashAttention kernels are 16-bit only
         backend = "sdpa"
     if backend == "flash_attn":
         return _flash_attn(q, k, v, meta, is_causal, scale, window, softcap)
     if backend == "triton" and q.shape[-1] in (64, 128, 256):
         return torch.ops.rewardserve.triton_varlen_attention(q, k, v, meta.cu_seqlens, meta.max_seqlen,
-                                                             is_causal, scale, window or 0)
-    if backend in ("triton", "torch"):  # torch's kernel takes the other head sizes
+                                                             is_causal, scale, window or 0, float(softcap or 0.0))
+    if backend in ("triton", "torch") and not softcap:  # torch's kernel takes the other head sizes
         return _torch_flash(q, k, v, meta, is_causal, scale, window)
     return _sdpa_masked(q, k, v, meta, is_causal, scale, window, softcap)
 
@@ -91,7 +92,7 @@ def _flash_attn(q, k, v, meta, is_causal, scale, window, softcap):
     left = window - 1 if window else -1
     return flash_attn_varlen_func(q, k, v, cu_seqlens_q=meta.cu_seqlens, cu_seqlens_k=meta.cu_seqlens,
                                   max_seqlen_q=meta.max_seqlen, max_seqlen_k=meta.max_seqlen,
-                                  softmax_scale=scale, causal=is_causal, window_size=(left, -1 if not is_causal else 0),
+                                  softmax_scale=scale, causal=is_causal, window_size=(left, 0 if is_causal else left),
                                   softcap=softcap or 0.0)
 
 
@@ -102,7 +103,7 @@ def _torch_flash(q, k, v, meta, is_causal, scale, window):
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
     left = window - 1 if window else None
-    right = (0 if is_causal else None) if window else None
+    right = (0 if is_causal else left) if window else None  # a bidirectional window spans both sides
     out = torch.ops.aten._flash_attention_forward(
         q, k, v, meta.cu_seqlens, meta.cu_seqlens, meta.max_seqlen, meta.max_seqlen, 0.0, is_causal, False,
         scale=scale, window_size_left=left, window_size_right=right)

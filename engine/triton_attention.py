@@ -8,7 +8,8 @@ torch custom op, so torch.compile and CUDA-graph capture treat it as one opaque 
 FlashAttention.
 
 Layout: q [T, H, D], k/v [T, Hkv, D] (any row/head strides, unit stride over D), packed rows
-split by ``cu_seqlens`` [S + 1] int32. Causal or not, GQA (H % Hkv == 0), an optional left window.
+split by ``cu_seqlens`` [S + 1] int32. Causal or not, GQA (H % Hkv == 0), an optional sliding window
+(left of the query when causal, both sides when not) and optional logit soft-capping (Gemma2).
 """
 from __future__ import annotations
 
@@ -30,10 +31,16 @@ def is_available() -> bool:
 
 if triton is not None:
     @triton.jit
+    def _tanh(x):
+        """tanh in fp32 from one exp2: 1 - 2 / (e^2x + 1) saturates to ±1 at both ends (no inf/inf)."""
+        return 1.0 - 2.0 / (tl.math.exp2(x * 2.8853900817779268) + 1.0)  # 2 * log2(e)
+
+    @triton.jit
     def _attend_block(acc, l_i, m_i, q, k_base, v_base, n_start, offs_m, offs_n, offs_d, seqlen,
-                      stride_kt, stride_vt, qk_scale, window,
-                      MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
-        """One key block: online-softmax update of acc [BM, D], l_i and m_i [BM]."""
+                      stride_kt, stride_vt, qk_scale, softcap, window,
+                      MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                      HAS_SOFTCAP: tl.constexpr):
+        """One key block: online-softmax update of acc [BM, D], l_i and m_i [BM] (log2 units)."""
         offs_k = n_start + offs_n                                   # [BN] key rows in the sequence
         if MASKED:
             kmask = offs_k < seqlen
@@ -43,26 +50,36 @@ if triton is not None:
             k = tl.load(k_base + offs_k[None, :] * stride_kt + offs_d[:, None])   # [D, BN]
             v = tl.load(v_base + offs_k[:, None] * stride_vt + offs_d[None, :])   # [BN, D]
         qk = tl.dot(q, k)                                           # [BM, BN] fp32
+        if HAS_SOFTCAP:  # cap * tanh(s * scale / cap), before the mask; qk_scale = scale / cap,
+            qk = _tanh(qk * qk_scale) * softcap                     # softcap = cap * log2(e)
         if MASKED:
             keep = kmask[None, :]
             if IS_CAUSAL:
                 keep = keep & (offs_k[None, :] <= offs_m[:, None])
-            if HAS_WINDOW:
+            if HAS_WINDOW:  # |q - k| < window (causal: the left side only, the rest is masked above)
                 keep = keep & (offs_m[:, None] - offs_k[None, :] < window)
+                if not IS_CAUSAL:
+                    keep = keep & (offs_k[None, :] - offs_m[:, None] < window)
             qk = tl.where(keep, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        if HAS_SOFTCAP:
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+        else:  # scaling after the max: one FMA per score in the exp2 below
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)       # a row with no key yet
-        p = tl.math.exp2(qk * qk_scale - m_safe[:, None])           # [BM, BN]
+        if HAS_SOFTCAP:
+            p = tl.math.exp2(qk - m_safe[:, None])                  # [BM, BN]
+        else:
+            p = tl.math.exp2(qk * qk_scale - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         return acc, l_i, m_new
 
     @triton.jit
-    def _varlen_fwd(Q, K, V, Out, cu_seqlens, qk_scale, window,
+    def _varlen_fwd(Q, K, V, Out, cu_seqlens, qk_scale, softcap, window,
                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr):
+                    IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
         """Grid (query blocks of the longest sequence, sequences, heads); idle programs exit."""
         seq = tl.program_id(1)
         head = tl.program_id(2)
@@ -72,7 +89,8 @@ if triton is not None:
         if tl.program_id(0) >= num_m:
             return
         m_block = num_m - 1 - tl.program_id(0)  # causal work grows along the sequence: longest first
-        offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_start = m_block * BLOCK_M
+        offs_m = m_start + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
         q_ptrs = Q + (start + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :]
@@ -82,39 +100,71 @@ if triton is not None:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-        # Keys [lo, full) need no mask; [full, hi) do (the diagonal, the sequence's tail, a window).
-        hi = tl.minimum((m_block + 1) * BLOCK_M, seqlen) if IS_CAUSAL else seqlen
-        # Causal: keys below the tile's first query are visible to all of it; rounded down to whole
-        # key blocks, since a key block wider than the query tile would cross the diagonal.
-        full = (m_block * BLOCK_M if IS_CAUSAL else seqlen) // BLOCK_N * BLOCK_N
+        # Keys [lo, hi) split in three runs of whole key blocks: [lo, mid_lo) masked (a window's
+        # left edge), [mid_lo, mid_hi) seen by every query of the tile (no mask), [mid_hi, hi)
+        # masked (the diagonal, the sequence's tail, a two-sided window's right edge).
+        if IS_CAUSAL:
+            hi = tl.minimum(m_start + BLOCK_M, seqlen)
+            # keys below the tile's first query, rounded down to whole key blocks, since a key
+            # block wider than the query tile would cross the diagonal
+            mid_hi = m_start // BLOCK_N * BLOCK_N
+        else:
+            hi = seqlen
+            mid_hi = seqlen // BLOCK_N * BLOCK_N
         lo = 0
+        mid_lo = 0
         if HAS_WINDOW:
-            lo = tl.maximum(0, m_block * BLOCK_M - window + 1) // BLOCK_N * BLOCK_N
-            full = lo
-        for n_start in tl.range(lo, full, BLOCK_N):
+            lo = tl.maximum(0, m_start - window + 1) // BLOCK_N * BLOCK_N
+            if not IS_CAUSAL:
+                hi = tl.minimum(seqlen, m_start + BLOCK_M + window - 1)
+                mid_hi = tl.minimum(mid_hi, (m_start + window) // BLOCK_N * BLOCK_N)
+            # the tile's last query sees keys from m_start + BLOCK_M - window on
+            mid_lo = tl.minimum(tl.cdiv(tl.maximum(0, m_start + BLOCK_M - window), BLOCK_N) * BLOCK_N, mid_hi)
+        for n_start in tl.range(lo, mid_lo, BLOCK_N):
             acc, l_i, m_i = _attend_block(acc, l_i, m_i, q, k_base, v_base, n_start, offs_m, offs_n, offs_d,
-                                          seqlen, stride_kt, stride_vt, qk_scale, window,
-                                          False, IS_CAUSAL, HAS_WINDOW)
-        for n_start in tl.range(full, hi, BLOCK_N):
+                                          seqlen, stride_kt, stride_vt, qk_scale, softcap, window,
+                                          True, IS_CAUSAL, HAS_WINDOW, HAS_SOFTCAP)
+        for n_start in tl.range(mid_lo, mid_hi, BLOCK_N):
             acc, l_i, m_i = _attend_block(acc, l_i, m_i, q, k_base, v_base, n_start, offs_m, offs_n, offs_d,
-                                          seqlen, stride_kt, stride_vt, qk_scale, window,
-                                          True, IS_CAUSAL, HAS_WINDOW)
+                                          seqlen, stride_kt, stride_vt, qk_scale, softcap, window,
+                                          False, IS_CAUSAL, HAS_WINDOW, HAS_SOFTCAP)
+        for n_start in tl.range(mid_hi, hi, BLOCK_N):
+            acc, l_i, m_i = _attend_block(acc, l_i, m_i, q, k_base, v_base, n_start, offs_m, offs_n, offs_d,
+                                          seqlen, stride_kt, stride_vt, qk_scale, softcap, window,
+                                          True, IS_CAUSAL, HAS_WINDOW, HAS_SOFTCAP)
         acc = acc / l_i[:, None]
         o_ptrs = Out + (start + offs_m)[:, None] * stride_ot + head * stride_oh + offs_d[None, :]
         tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=(offs_m < seqlen)[:, None])
+
+
+# 256-wide heads: q [BM, 256] plus num_stages x (k and v [BN, 256]) in bf16 must fit an SM's
+# 227 KiB of shared memory, and the fp32 accumulator [BM, 256] the registers. H200 sweep of the
+# candidates (benchmarks/bench_attention.py --models gemma2-2b, soft-capped, 8 / 4 heads;
+# results/h200-2026-12-02-gemma2-attention-tiles.json): 128 x 64 keys, 8 warps, 2 stages (192 KiB)
+# ran packed 16k-token batches in 284-363 µs (212-266 TFLOP/s) against 357-467 µs for 64 x 32 x 3
+# stages, and one 2048-token sequence in 81 µs against 110; 64 x 32 is ~5 µs faster at 128-512
+# tokens (10.4 / 20.7 µs against 11.9 / 25.8), a smaller loss than the gain on long batches.
+HEAD_DIM_256_TILES = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
 
 
 def pick_tiles(head_dim: int) -> dict:
     """The launch config. Measured on an H200 (benchmarks/bench_attention.py): 64-row query tiles
     with 64-key steps and 4 warps beat 128-row tiles for every shape we serve, from one 128-token
     sequence (6 µs vs 8) to packed 16k-token batches (271-343 TFLOP/s vs 237-316): more
-    programs per SM hide each one's serial key loop. 256-wide heads take 32-key steps (registers)."""
-    return {"BLOCK_M": 64, "BLOCK_N": 64 if head_dim <= 128 else 32, "num_warps": 4, "num_stages": 3}
+    programs per SM hide each one's serial key loop. 256-wide heads: ``HEAD_DIM_256_TILES``."""
+    if head_dim > 128:
+        return dict(HEAD_DIM_256_TILES)
+    return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 
 
 def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, *,
-           is_causal: bool, scale: float, window: int | None = None, tiles: dict | None = None) -> torch.Tensor:
-    """q [T, H, D], k/v [T, Hkv, D] → out [T, H, D] (q's dtype). ``window``: keys with q - k < window."""
+           is_causal: bool, scale: float, window: int | None = None, softcap: float | None = None,
+           tiles: dict | None = None) -> torch.Tensor:
+    """q [T, H, D], k/v [T, Hkv, D] → out [T, H, D] (q's dtype).
+
+    ``window``: keys with q - k < window (and k - q < window when not causal, as Gemma3's
+    bidirectional layers); ``softcap``: scores become ``softcap * tanh(score / softcap)`` (Gemma2)
+    before the mask and the softmax, where score = scale * q·k."""
     num_heads, head_dim = q.shape[1], q.shape[2]
     if head_dim not in (64, 128, 256) or any(x.stride(-1) != 1 for x in (q, k, v)):
         raise ValueError(f"triton varlen attention takes head_dim 64/128/256 with unit stride, got {tuple(q.shape)}")
@@ -122,20 +172,25 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.
     tiles = dict(tiles or pick_tiles(head_dim))
     num_seqs = cu_seqlens.shape[0] - 1
     grid = (triton.cdiv(max(max_seqlen, 1), tiles["BLOCK_M"]), num_seqs, num_heads)
-    _varlen_fwd[grid](q, k, v, out, cu_seqlens, scale * LOG2E, window or 0,
+    # With soft-capping the kernel scales q·k by scale / cap inside the tanh and multiplies by
+    # cap * log2(e) after it; without, by scale * log2(e) (its exp2 works in log2 units).
+    qk_scale, cap = (scale / softcap, softcap * LOG2E) if softcap else (scale * LOG2E, 0.0)
+    _varlen_fwd[grid](q, k, v, out, cu_seqlens, qk_scale, cap, window or 0,
                       q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                       out.stride(0), out.stride(1), GROUP=num_heads // k.shape[1], HEAD_DIM=head_dim,
-                      IS_CAUSAL=is_causal, HAS_WINDOW=bool(window), **tiles)
+                      IS_CAUSAL=is_causal, HAS_WINDOW=bool(window), HAS_SOFTCAP=bool(softcap), **tiles)
     return out
 
 
 @torch.library.custom_op("rewardserve::triton_varlen_attention", mutates_args=())
 def triton_varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
-                            max_seqlen: int, is_causal: bool, scale: float, window: int) -> torch.Tensor:
-    """The kernel as one opaque op for torch.compile and CUDA graphs (``window`` 0 = none)."""
-    return launch(q, k, v, cu_seqlens, max_seqlen, is_causal=is_causal, scale=scale, window=window or None)
+                            max_seqlen: int, is_causal: bool, scale: float, window: int,
+                            softcap: float = 0.0) -> torch.Tensor:
+    """The kernel as one opaque op for torch.compile and CUDA graphs (``window`` / ``softcap`` 0 = none)."""
+    return launch(q, k, v, cu_seqlens, max_seqlen, is_causal=is_causal, scale=scale, window=window or None,
+                  softcap=softcap or None)
 
 
 @triton_varlen_attention.register_fake
-def _(q, k, v, cu_seqlens, max_seqlen, is_causal, scale, window):
+def _(q, k, v, cu_seqlens, max_seqlen, is_causal, scale, window, softcap=0.0):
     return torch.empty_like(q)

@@ -8,6 +8,8 @@ same products; only the kernel that computes them changes.
 
 Applied to the Llama-family attention and MLP classes whose forward this file restates
 (``FUSABLE_ATTENTION`` / ``FUSABLE_MLP``); any other class keeps transformers' own forward.
+Gemma2 and Gemma3 are the same forward with a window on alternate layers, Gemma2's logit
+soft-cap (``SOFTCAP``) and Gemma3's per-head q/k norms; their MLP is Llama's with GELU.
 """
 from __future__ import annotations
 
@@ -25,8 +27,13 @@ FUSABLE_ATTENTION = {
     "MistralAttention": lambda m: getattr(m.config, "sliding_window", None),
     "Qwen2Attention": lambda m: m.sliding_window,
     "Qwen3Attention": lambda m: m.sliding_window,
+    "Gemma2Attention": lambda m: m.sliding_window,
+    "Gemma3Attention": lambda m: m.sliding_window,
 }
-FUSABLE_MLP = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP")
+# class name → its attention logit soft-cap, as transformers passes it (Gemma3's forward passes
+# none even when its config names one, so neither do we)
+SOFTCAP = {"Gemma2Attention": lambda m: m.attn_logit_softcapping}
+FUSABLE_MLP = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "Gemma2MLP", "Gemma3MLP")
 
 
 def concat_linear(parts: list[nn.Linear]) -> nn.Linear:
@@ -48,12 +55,13 @@ def fused_attention_forward(self, hidden_states, position_embeddings, attention_
     input_shape = hidden_states.shape[:-1]
     q, k, v = self.qkv_proj(hidden_states).split(self.qkv_sizes, dim=-1)  # [1, T, H*D], [1, T, Hkv*D] x 2
     q, k, v = (x.view(*input_shape, -1, self.head_dim) for x in (q, k, v))  # [1, T, heads, D]
-    if hasattr(self, "q_norm"):  # Qwen3 normalises each head before RoPE
+    if hasattr(self, "q_norm"):  # Qwen3 and Gemma3 normalise each head before RoPE
         q, k = self.q_norm(q), self.k_norm(k)
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))                      # [1, heads, T, D]
     cos, sin = position_embeddings
     q, k = self.apply_rotary(q, k, cos, sin)
-    out, _ = hf_attention_forward(self, q, k, v, None, scaling=self.scaling, sliding_window=self.window, **kwargs)
+    out, _ = hf_attention_forward(self, q, k, v, None, scaling=self.scaling, sliding_window=self.window,
+                                  softcap=self.softcap, **kwargs)
     return self.o_proj(out.reshape(*input_shape, -1)), None                # [1, T, hidden]
 
 
@@ -68,6 +76,7 @@ def _fuse_attention(module: nn.Module) -> None:
     module.qkv_proj = concat_linear(parts)
     module.qkv_sizes = [p.out_features for p in parts]
     module.window = FUSABLE_ATTENTION[type(module).__name__](module)
+    module.softcap = SOFTCAP.get(type(module).__name__, lambda m: None)(module)
     module.apply_rotary = sys.modules[type(module).__module__].apply_rotary_pos_emb
     del module.q_proj, module.k_proj, module.v_proj
     module.forward = types.MethodType(fused_attention_forward, module)

@@ -2,9 +2,11 @@
 CUDA graphs, with the rotary tables and fused projections the loader applies.
 
 For each decoder family (Llama, Qwen2 with a sliding-window layer, Qwen3, Mistral with a sliding
-window, Gemma2 with soft-capping and a sliding window) a tiny checkpoint in the hub layout is
+window, Gemma2 with soft-capping, a sliding window and 256-wide heads, Gemma3 with q/k norms, a
+sliding window and 256-wide heads) a tiny checkpoint in the hub layout is
 scored by the offline Engine: one packed batch of 10 inputs (1..300 tokens, the window is 64),
-each input alone, and a 30-input batch over the largest graph bucket (the compiled dynamic path).
+each input alone, and a 30-input batch over the largest graph bucket (the compiled dynamic path);
+compile + graphs must really compile and capture (no fallback to the eager forward).
 Compared with transformers' own right-padded float32 forward (the reference) and its bfloat16
 forward (how far bf16 alone moves the result):
   - last hidden state of every token (token_embed, no normalisation): relative L2 error,
@@ -26,6 +28,7 @@ tf = pytest.importorskip("transformers")
 
 LENGTHS = (1, 2, 7, 33, 64, 65, 100, 150, 255, 300)
 WINDOW = 64
+SOFTCAP = 5.0  # Gemma2's attention logit cap; small enough to bend these random weights' scores
 SIZES = dict(vocab_size=400, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.1, pad_token_id=0,
              bos_token_id=0, eos_token_id=0, num_labels=1)
@@ -52,8 +55,12 @@ def _builders():
         "qwen3": lambda: tf.Qwen3ForSequenceClassification(tf.Qwen3Config(**c, head_dim=64)),
         "mistral": lambda: tf.MistralForSequenceClassification(tf.MistralConfig(
             **c, head_dim=64, sliding_window=WINDOW)),
+        # layer 0 windowed, layer 1 global (transformers' default layer_types for two layers)
         "gemma2": lambda: tf.Gemma2ForSequenceClassification(tf.Gemma2Config(
-            **c, head_dim=64, sliding_window=WINDOW, attn_logit_softcapping=5.0, query_pre_attn_scalar=64)),
+            **c, head_dim=256, sliding_window=WINDOW, attn_logit_softcapping=SOFTCAP, query_pre_attn_scalar=256)),
+        "gemma3": lambda: tf.Gemma3TextForSequenceClassification(tf.Gemma3TextConfig(
+            **c, head_dim=256, sliding_window=WINDOW, query_pre_attn_scalar=256,
+            layer_types=["sliding_attention", "full_attention"])),
         # trained on 128 positions, served to 512: the longer inputs scale RoPE (per sequence)
         DYNAMIC: lambda: tf.LlamaForSequenceClassification(tf.LlamaConfig(
             **{**c, "max_position_embeddings": 128}, rope_scaling={"rope_type": "dynamic", "factor": 2.0})),
@@ -145,7 +152,8 @@ def checkpoints(tmp_path_factory):
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_attention_kernels_gqa_window_and_causality(backend):
-    """Each CUDA kernel against per-sequence SDPA in fp32: GQA, sliding window, non-causal."""
+    """Each CUDA kernel against per-sequence SDPA in fp32: GQA, sliding window, non-causal, a
+    bidirectional window; ours also soft-capped (Gemma2; the torch backend hands that to SDPA)."""
     from rewardserve.engine import attention
 
     gen = torch.Generator(device="cuda").manual_seed(1)
@@ -156,19 +164,23 @@ def test_attention_kernels_gqa_window_and_causality(backend):
     k, v = (torch.randn(total, 2, 128, device="cuda", generator=gen).bfloat16() for _ in range(2))
     meta = attention.VarlenMeta(cu, max(lengths))
     diffs = {}
-    for causal, window in ((True, None), (True, 16), (False, None)):
+    cases = [(True, None, None), (True, 16, None), (False, None, None), (False, 16, None)]
+    if backend == "triton":
+        cases += [(True, None, 2.0), (True, 16, 2.0)]
+    for causal, window, softcap in cases:
         attention.set_backend(backend)
-        got = attention.varlen_attention(q, k, v, meta, is_causal=causal, scale=128 ** -0.5, window=window)
+        got = attention.varlen_attention(q, k, v, meta, is_causal=causal, scale=128 ** -0.5, window=window,
+                                         softcap=softcap)
         attention.set_backend("sdpa")
         want = attention.varlen_attention(q.float(), k.float(), v.float(), meta, is_causal=causal,
-                                          scale=128 ** -0.5, window=window)
-        diffs[f"causal={causal},window={window}"] = float((got.float() - want).abs().max())
+                                          scale=128 ** -0.5, window=window, softcap=softcap)
+        diffs[f"causal={causal},window={window},softcap={softcap}"] = float((got.float() - want).abs().max())
     RESULTS[f"attention_kernel_max_abs_vs_fp32_sdpa/{backend}"] = diffs
     RESULTS["gqa_native"] = attention.probe_torch_flash(torch.device("cuda"))
     assert max(diffs.values()) <= 2e-2, diffs
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3", "mistral", "gemma2", DYNAMIC])
+@pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3", DYNAMIC])
 def test_bf16_packed_equals_alone_and_transformers(name, checkpoints):
     folder, seqs, alone = checkpoints[name], _inputs(), name == DYNAMIC
     ref_h, ref_l = _hf_reference(folder, seqs, torch.float32, alone)
@@ -195,6 +207,8 @@ def test_bf16_packed_equals_alone_and_transformers(name, checkpoints):
         del engine
         torch.cuda.empty_cache()
         got["failures"] = _failures(got, record["hf_bf16"])
+        if flags["compile"] and not (got["runner"].get("compile") is True and got["runner"].get("cuda_graphs") is True):
+            got["failures"].append(f"compile + graphs fell back: {got['runner']}")
     assert not any(record[mode]["failures"] for mode in MODES), record
 
 

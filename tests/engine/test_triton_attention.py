@@ -17,7 +17,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def test_kernel_logic_in_the_interpreter():
-    """fp32 and fp16: varlen, an empty sequence, GQA, causal or not, left windows, head_dim 64/128/256,
+    """fp32 and fp16: varlen, an empty sequence, GQA, causal or not, sliding windows (causal: left;
+    bidirectional: both sides), logit soft-capping alone and with windows, head_dim 64/128/256,
     with key blocks narrower and wider than query tiles and with the tiles the engine picks."""
     import triton  # noqa: F401 - requirements-dev.txt installs it (the CPU runtime does not need it)
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -38,7 +39,7 @@ def test_kernel_bf16_on_gpu(case):
     head_dim = CASES[case][3]
     for tiles in (None, {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3},
                   {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3}):
-        if tiles and head_dim > 128:  # as pick_tiles: 256-wide key blocks of 64+ keys exceed shared memory
+        if tiles and head_dim > 128:  # 256-wide: 3 stages of 64+ keys exceed shared memory (see pick_tiles)
             tiles = {**tiles, "BLOCK_N": 32}
         assert run_case(CASES[case], torch.bfloat16, "cuda", tiles) <= 0.02
 

@@ -12,30 +12,40 @@ import torch
 
 from rewardserve.engine.attention import VarlenMeta, _sdpa_masked
 
-# lengths (0 = an empty sequence, as CUDA-graph padding makes), heads, kv heads, head_dim, causal, window
+# lengths (0 = an empty sequence, as CUDA-graph padding makes), heads, kv heads, head_dim, causal,
+# window (keys with |q - k| < window; causal: the left side), logit soft-cap (small caps change
+# the result more: tanh bends scores above about cap / 2)
 CASES = [
-    ((5, 40, 0, 33, 1), 4, 2, 64, True, None),
-    ((5, 40, 0, 33, 1), 4, 2, 64, False, None),
-    ((5, 70, 33, 1), 4, 1, 64, True, 16),
-    ((37, 64, 17), 2, 2, 128, True, None),
-    ((130,), 2, 1, 64, True, 7),
-    ((70, 33), 2, 1, 256, True, None),
+    ((5, 40, 0, 33, 1), 4, 2, 64, True, None, None),
+    ((5, 40, 0, 33, 1), 4, 2, 64, False, None, None),
+    ((5, 70, 33, 1), 4, 1, 64, True, 16, None),
+    ((37, 64, 17), 2, 2, 128, True, None, None),
+    ((130,), 2, 1, 64, True, 7, None),
+    ((70, 33), 2, 1, 256, True, None, None),
+    # Gemma2: soft-capping alone and with a window wider than the tiles (masked left edge,
+    # unmasked middle, masked diagonal); 256-wide heads with both
+    ((5, 70, 0, 33, 1), 4, 2, 64, True, None, 2.0),
+    ((130, 9), 2, 1, 64, True, 40, 1.0),
+    ((70, 33), 2, 1, 256, True, 24, 5.0),
+    # bidirectional windows (Gemma3 with use_bidirectional_attention): both edges masked
+    ((40, 9, 100), 4, 2, 64, False, 35, None),
+    ((64, 0, 50), 2, 2, 128, False, 12, 3.0),
 ]
 
 
 def run_case(case, dtype: torch.dtype, device: str, tiles: dict | None) -> float:
     from rewardserve.engine import triton_attention
 
-    lengths, heads, kv_heads, head_dim, causal, window = case
+    lengths, heads, kv_heads, head_dim, causal, window, softcap = case
     gen = torch.Generator().manual_seed(sum(lengths))
     total = sum(lengths)
     q = torch.randn(total, heads, head_dim, generator=gen)                  # [T, H, D]
     k, v = (torch.randn(total, kv_heads, head_dim, generator=gen) for _ in range(2))  # [T, Hkv, D]
     cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
-    want = _sdpa_masked(q, k, v, VarlenMeta(cu, max(lengths)), causal, head_dim ** -0.5, window, None)
+    want = _sdpa_masked(q, k, v, VarlenMeta(cu, max(lengths)), causal, head_dim ** -0.5, window, softcap)
     q, k, v, cu = (x.to(device) for x in (q.to(dtype), k.to(dtype), v.to(dtype), cu))
     got = triton_attention.launch(q, k, v, cu, max(lengths), is_causal=causal, scale=head_dim ** -0.5,
-                                  window=window, tiles=tiles)
+                                  window=window, softcap=softcap, tiles=tiles)
     return (got.float().cpu() - want).abs().max().item()
 
 

@@ -45,6 +45,14 @@ def _gemma2():
     return tf.Gemma2ForSequenceClassification(cfg)
 
 
+def _gemma3():
+    # Gemma3's text classifier: window on layer 0, full attention on layer 1, per-head q/k norms,
+    # a rotary module per layer type; no attention soft-capping in its forward.
+    cfg = tf.Gemma3TextConfig(**SIZES, head_dim=16, sliding_window=16, query_pre_attn_scalar=16, num_labels=1,
+                              layer_types=["sliding_attention", "full_attention"])
+    return tf.Gemma3TextForSequenceClassification(cfg)
+
+
 def _stablelm():
     # Its decoder layers drop **kwargs before attention: packing must still reach the hook.
     cfg = tf.StableLmConfig(**SIZES, partial_rotary_factor=0.5, num_labels=1)
@@ -61,7 +69,7 @@ def _olmo2():
 
 # Skywork-Reward families first; then "any other *ForSequenceClassification decoder".
 BUILDERS = {"llama": _llama, "qwen2": _qwen2, "qwen3": _qwen3, "mistral": _mistral, "gemma2": _gemma2,
-            "stablelm": _stablelm, "phi3": _phi3, "olmo2": _olmo2}
+            "gemma3": _gemma3, "stablelm": _stablelm, "phi3": _phi3, "olmo2": _olmo2}
 
 
 @torch.no_grad()
