@@ -23,10 +23,10 @@ def test_kernel_logic_in_the_interpreter():
     import triton  # noqa: F401 - requirements-dev.txt installs it (the CPU runtime does not need it)
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, str(HERE / "triton_cases.py")], env=env, capture_output=True,
-                          text=True, timeout=300, cwd=HERE)
+                          text=True, timeout=600, cwd=HERE)
     assert done.returncode == 0, done.stderr[-3000:]
     errors = json.loads(done.stdout.strip().splitlines()[-1])
-    assert len(errors) == 6 * len(CASES)  # 2 dtypes x 3 tile shapes
+    assert len(errors) == 4 * len(CASES)  # fp32 x 3 tile shapes, fp16 x the engine's tiles
     for name, err in errors.items():
         assert err <= (1e-5 if "float32" in name else 5e-3), (name, err)
 
