@@ -77,6 +77,7 @@ class FakeRewardService(pb_grpc.RewardServiceServicer):
     script: dict = field(default_factory=lambda: defaultdict(deque))
     reply_override: dict = field(default_factory=dict)
     stream_metadata: list = field(default_factory=list)  # one dict per StreamReward call
+    stream_options: list = field(default_factory=list)  # and its StreamRewardOptions
 
     def push(self, method: str, *actions) -> None:
         self.script[method].extend(actions)
@@ -117,6 +118,8 @@ class FakeRewardService(pb_grpc.RewardServiceServicer):
         """Answers each item at once; its score is its number of messages."""
         self.stream_metadata.append(dict(context.invocation_metadata()))
         async for message in request_iterator:
+            if message.HasField("options"):
+                self.stream_options.append(message.options)
             for item in message.items:
                 score = float(len(item.conversation.messages))
                 yield pb.StreamRewardResponse(id=item.id, result=pb.ChatRewardResult(score=score))

@@ -1,15 +1,16 @@
-"""What the sync and async clients share: settings, channel options, metadata, request ids."""
+"""What the sync and async clients share: the constructor, channel options, metadata, auth."""
 from __future__ import annotations
 
 import json
 import os
 import random
-import uuid
+import time
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 
 from rewardserve_client._retry import Retrier, RetryPolicy
+from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 from rewardserve_client.errors import REQUEST_ID_KEY, invalid_argument
 
 DEFAULT_TIMEOUT = 30.0
@@ -94,39 +95,62 @@ def auth_metadata(auth_token: Optional[str], metadata: Tuple[Tuple[str, Any], ..
     return ((AUTHORIZATION_KEY, f"Bearer {token}"),)
 
 
-class ClientCore:
-    """Settings common to RewardClient and AsyncRewardClient."""
+def open_channel(flavour: Any, target: str, credentials: Optional[grpc.ChannelCredentials],
+                 secure: bool, options: Optional[Sequence[Tuple[str, Any]]]) -> Any:
+    """A channel of ``flavour`` (the ``grpc`` or the ``grpc.aio`` module) with our options."""
+    creds = resolve_credentials(credentials, secure)
+    opts = merge_options(options)
+    return (flavour.secure_channel(target, creds, options=opts) if creds
+            else flavour.insecure_channel(target, options=opts))
 
-    def __init__(self, target: str, *, timeout: Optional[float], max_retries: int,
-                 initial_backoff: float, max_backoff: float, backoff_multiplier: float,
-                 jitter: float, metadata: MetadataLike, auth_token: Optional[str],
-                 clock: Callable[[], float], rng: Optional[random.Random]):
+
+class ClientBase:
+    """What RewardClient and AsyncRewardClient share: one constructor, settings and metadata.
+
+    A subclass names its gRPC flavour (``_flavour``: ``grpc`` or ``grpc.aio``) and its default
+    sleep, and runs a :class:`~rewardserve_client._calls.UnaryCall` in ``_run_unary`` its own way
+    (blocking, or as a coroutine); each call itself is defined once, in ``_calls``.
+    """
+
+    _flavour: Any
+    _default_sleep: Callable[[float], Any]
+
+    def __init__(self, target: str = "localhost:50051", *,
+                 timeout: Optional[float] = DEFAULT_TIMEOUT,
+                 max_retries: int = RetryPolicy.max_retries,
+                 initial_backoff: float = RetryPolicy.initial_backoff,
+                 max_backoff: float = RetryPolicy.max_backoff,
+                 backoff_multiplier: float = RetryPolicy.backoff_multiplier,
+                 jitter: float = RetryPolicy.jitter,
+                 credentials: Optional[grpc.ChannelCredentials] = None, secure: bool = False,
+                 options: Optional[Sequence[Tuple[str, Any]]] = None,
+                 metadata: MetadataLike = None, auth_token: Optional[str] = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Optional[Callable[[float], Any]] = None,
+                 rng: Optional[random.Random] = None):
+        """Arguments: see the class docstring."""
         self.target = target
         self.timeout = timeout
-        policy = RetryPolicy(max_retries=max_retries, initial_backoff=initial_backoff,
-                             max_backoff=max_backoff, backoff_multiplier=backoff_multiplier,
-                             jitter=jitter)
-        self._retrier = Retrier(policy, clock, rng or random.Random())
+        self.retry_policy = RetryPolicy(max_retries=max_retries, initial_backoff=initial_backoff,
+                                        max_backoff=max_backoff,
+                                        backoff_multiplier=backoff_multiplier, jitter=jitter)
+        self._retrier = Retrier(self.retry_policy, clock, rng or random.Random())
         extra = as_metadata(metadata)
         self._metadata = extra + auth_metadata(auth_token, extra)
-        self.authenticated = any(key == AUTHORIZATION_KEY for key, _ in self._metadata)
+        self._sleep = sleep or self._default_sleep
+        self._channel = open_channel(self._flavour, target, credentials, secure, options)
+        self._stub = pb_grpc.RewardServiceStub(self._channel)
 
     @property
-    def retry_policy(self) -> RetryPolicy:
-        return self._retrier.policy
+    def authenticated(self) -> bool:
+        """Whether calls carry an ``authorization`` entry (the token itself is not shown)."""
+        return any(key == AUTHORIZATION_KEY for key, _ in self._metadata)
 
-    def describe(self, cls: str) -> str:
-        """A repr that names the target and whether calls are authenticated, never the token."""
-        return f"{cls}({self.target!r}, authenticated={self.authenticated})"
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.target!r}, authenticated={self.authenticated})"
 
-    def _timeout(self, timeout: Optional[float]) -> Optional[float]:
+    def _timeout_for(self, timeout: Optional[float]) -> Optional[float]:
         return self.timeout if timeout is None else timeout
 
     def _call_metadata(self, request_id: str) -> Tuple[Tuple[str, Any], ...]:
         return self._metadata + ((REQUEST_ID_KEY, request_id),)
-
-    @staticmethod
-    def _request_id(request_id: Optional[str]) -> str:
-        # Chosen here rather than by the server so that every retry of one call, and an error
-        # raised before the server answered, carry the same id.
-        return request_id or uuid.uuid4().hex

@@ -210,10 +210,10 @@ def chat_reward_request(conversations, *, chat_template, chat_template_kwargs,
         priority=priority, request_id=request_id)
 
 
-def stream_options(*, chat_template=None, chat_template_kwargs=None, add_generation_prompt=False,
-                   continue_final_message=False, truncate_prompt_tokens=None, truncation_side=None,
-                   step_tag_id=None, returned_token_ids=None, priority=0,
-                   max_in_flight=0) -> pb.StreamRewardOptions:
+def stream_options(*, chat_template, chat_template_kwargs, add_generation_prompt,
+                   continue_final_message, truncate_prompt_tokens, truncation_side,
+                   step_tag_id, returned_token_ids, priority,
+                   max_in_flight) -> pb.StreamRewardOptions:
     """The StreamRewardOptions of a stream (every item shares them)."""
     return pb.StreamRewardOptions(
         chat_template=chat_template or "", chat_template_kwargs=build_struct(chat_template_kwargs),

@@ -24,8 +24,6 @@ from rewardserve_client.errors import (CallCancelledError, RewardServeError, fro
 from rewardserve_client.types import ChatRewardResult, StreamResult
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
-DEFAULT_MAX_IN_FLIGHT = 64
-
 # (id, conversation) or (id, conversation, group_id)
 ItemLike = Tuple[Any, ...]
 

@@ -107,7 +107,8 @@ class RewardServeRewardFunc(_Options):
         """One raw reward per completion (None where the server failed the item)."""
         items = self._items(prompts, completions, completion_ids)
         answers = ((r.id, r.result.score if r.ok else None, r.error)
-                   for r in self.client.stream(items, max_in_flight=self.max_in_flight, **self.chat_options))
+                   for r in self.client.stream(items, max_in_flight=self.max_in_flight,
+                                               timeout=self.timeout, **self.chat_options))
         return _collect(len(items), answers)
 
     def close(self) -> None:
