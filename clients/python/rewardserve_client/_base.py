@@ -5,13 +5,15 @@ import json
 import os
 import random
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence, Tuple, TypeVar, Union
 
 import grpc
 
+from rewardserve_client._requests import check_timeout
+from rewardserve_client._results import MalformedReply
 from rewardserve_client._retry import Retrier, RetryPolicy
+from rewardserve_client.errors import REQUEST_ID_KEY, InternalError, invalid_argument
 from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
-from rewardserve_client.errors import REQUEST_ID_KEY, invalid_argument
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -41,6 +43,11 @@ DEFAULT_OPTIONS = (("grpc.max_receive_message_length", DEFAULT_MESSAGE_BYTES),
 # Read when a client is constructed, when no auth_token argument is given.
 AUTH_TOKEN_ENV = "REWARDSERVE_AUTH_TOKEN"
 AUTHORIZATION_KEY = "authorization"
+
+if TYPE_CHECKING:
+    from rewardserve_client._calls import UnaryCall
+
+R = TypeVar("R")
 
 MetadataLike = Union[Mapping[str, Any], Sequence[Tuple[str, Any]], None]
 
@@ -129,8 +136,10 @@ class ClientBase:
                  sleep: Optional[Callable[[float], Any]] = None,
                  rng: Optional[random.Random] = None):
         """Arguments: see the class docstring."""
+        if not isinstance(target, str) or not target:
+            raise invalid_argument(f"target: expected 'host:port' or a gRPC target, got {target!r}")
         self.target = target
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
         self.retry_policy = RetryPolicy(max_retries=max_retries, initial_backoff=initial_backoff,
                                         max_backoff=max_backoff,
                                         backoff_multiplier=backoff_multiplier, jitter=jitter)
@@ -154,3 +163,12 @@ class ClientBase:
 
     def _call_metadata(self, request_id: str) -> Tuple[Tuple[str, Any], ...]:
         return self._metadata + ((REQUEST_ID_KEY, request_id),)
+
+    @staticmethod
+    def _reply(call: "UnaryCall[R]", reply: Any) -> R:
+        """The call's reply converted; one it cannot read raises InternalError (with its id)."""
+        try:
+            return call.convert(reply)
+        except MalformedReply as exc:
+            raise InternalError(grpc.StatusCode.INTERNAL, f"malformed reply from the server: {exc}",
+                                call.request_id) from None

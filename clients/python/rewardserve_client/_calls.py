@@ -60,6 +60,8 @@ def new_request_id(request_id: Optional[str]) -> str:
     Chosen here rather than by the server so that every retry of one call, and an error raised
     before the server answered, carry the same id.
     """
+    if request_id is not None and not isinstance(request_id, str):
+        raise invalid_argument(f"request_id: expected a str, got {type(request_id).__name__}")
     return request_id or uuid.uuid4().hex
 
 
@@ -99,7 +101,7 @@ def encode(inputs: Iterable[Input], task: Optional[str] = None, *,
         returned_token_ids=returned_token_ids, truncate_prompt_tokens=truncate_prompt_tokens,
         truncation_side=truncation_side, add_special_tokens=add_special_tokens,
         priority=priority, request_id=rid)
-    return UnaryCall("Encode", request, rid, timeout, _results.to_encode_response)
+    return UnaryCall("Encode", request, rid, _requests.check_timeout(timeout), _results.to_encode_response)
 
 
 def chat_reward(conversations: Iterable[Conversation] = (), *, groups: Iterable[Group] = (),
@@ -140,13 +142,13 @@ def chat_reward(conversations: Iterable[Conversation] = (), *, groups: Iterable[
         truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side,
         step_tag_id=step_tag_id, returned_token_ids=returned_token_ids, priority=priority,
         request_id=rid, groups=groups)
-    return UnaryCall("ChatReward", request, rid, timeout, _results.to_chat_reward_response)
+    return UnaryCall("ChatReward", request, rid, _requests.check_timeout(timeout), _results.to_chat_reward_response)
 
 
 def model_info(*, timeout: Optional[float] = None) -> UnaryCall[ModelInfo]:
     """Describe the served model (GetModelInfo RPC): tasks, labels, hashes, limits."""
-    return UnaryCall("GetModelInfo", pb.GetModelInfoRequest(), new_request_id(None), timeout,
-                     _results.to_model_info)
+    return UnaryCall("GetModelInfo", pb.GetModelInfoRequest(), new_request_id(None),
+                     _requests.check_timeout(timeout), _results.to_model_info)
 
 
 def _deprecated_reward_response(reply: pb.RewardResponse) -> EncodeResponse:
@@ -171,7 +173,7 @@ def reward(inputs: Iterable[Input], *, pooling_type: Optional[str] = None,
         step_tag_id=step_tag_id, returned_token_ids=returned_token_ids,
         truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side,
         priority=priority, request_id=rid)
-    return UnaryCall("Reward", request, rid, timeout, _deprecated_reward_response)
+    return UnaryCall("Reward", request, rid, _requests.check_timeout(timeout), _deprecated_reward_response)
 
 
 def stream(*, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, request_id: Optional[str] = None,
@@ -199,7 +201,8 @@ def stream(*, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, request_id: Optional[s
         truncate_prompt_tokens=truncate_prompt_tokens, truncation_side=truncation_side,
         step_tag_id=step_tag_id, returned_token_ids=returned_token_ids, priority=priority,
         max_in_flight=max_in_flight)
-    return StreamCall(options, max_in_flight, new_request_id(request_id), timeout)
+    return StreamCall(options, max_in_flight, new_request_id(request_id),
+                      _requests.check_timeout(timeout))
 
 
 def method_signature(build: Callable[..., Any], returns: Any,

@@ -64,4 +64,4 @@ class AsyncRewardClient(ClientBase):
 
         reply = await self._retrier.call_async(attempt, self._timeout_for(call.timeout),
                                                call.request_id, self._sleep)
-        return call.convert(reply)
+        return self._reply(call, reply)

@@ -88,4 +88,4 @@ class RewardClient(ClientBase):
 
         reply = self._retrier.call(attempt, self._timeout_for(call.timeout), call.request_id,
                                    self._sleep)
-        return call.convert(reply)
+        return self._reply(call, reply)
