@@ -40,16 +40,18 @@ def enum_value(enum, prefix: str, name: Optional[str], param: str) -> int:
     """``"token_classify"`` -> POOLING_TASK_TOKEN_CLASSIFY; None or "" -> 0 (unspecified)."""
     if name is None or name == "":
         return 0
+    if isinstance(name, str):
+        full = name.upper()
+        full = full if full.startswith(prefix) else prefix + full
+        try:
+            return enum.Value(full)
+        except ValueError:
+            pass
     known = ", ".join(n[len(prefix):].lower() for n in enum.keys()[1:])
     if not isinstance(name, str):
         raise invalid_argument(f"{param}: expected a str, got {type(name).__name__}; "
                                f"expected one of: {known}")
-    full = name.upper()
-    full = full if full.startswith(prefix) else prefix + full
-    try:
-        return enum.Value(full)
-    except ValueError:
-        raise invalid_argument(f"{param}: unknown value {name!r}; expected one of: {known}") from None
+    raise invalid_argument(f"{param}: unknown value {name!r}; expected one of: {known}")
 
 
 def enum_name(enum, prefix: str, value: int) -> str:
@@ -106,10 +108,15 @@ def _add_input(add: Callable[..., Any], item: Any, where: str) -> Any:
 
 
 def _input_items(inputs: Union[Input, Iterable[Input]], call: str) -> list:
-    if isinstance(inputs, (bytes, Mapping)) or not hasattr(inputs, "__iter__"):
+    if isinstance(inputs, str):
+        items = [inputs]
+    elif isinstance(inputs, (list, tuple)):  # the usual case, checked first: this is per call
+        items = list(inputs)
+    elif isinstance(inputs, (bytes, Mapping)) or not hasattr(inputs, "__iter__"):
         raise invalid_argument(f"{call}: inputs must be a list of texts or token id lists, "
                                f"got {type(inputs).__name__}")
-    items = [inputs] if isinstance(inputs, str) else list(inputs)
+    else:
+        items = list(inputs)
     if not items:
         raise invalid_argument(f"{call}: inputs is empty")
     if all(isinstance(x, int) for x in items):
