@@ -13,6 +13,7 @@ from rewardserve_client._requests import check_timeout
 from rewardserve_client._results import MalformedReply
 from rewardserve_client._retry import Retrier, RetryPolicy
 from rewardserve_client.errors import REQUEST_ID_KEY, InternalError, invalid_argument
+from rewardserve_client.v1 import reward_service_pb2 as pb
 from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
 DEFAULT_TIMEOUT = 30.0
@@ -20,8 +21,9 @@ DEFAULT_TIMEOUT = 30.0
 # Token-level results (token_embed of long inputs) easily pass gRPC's 4 MiB default.
 DEFAULT_MESSAGE_BYTES = 256 * 1024 * 1024
 
-# The health-checked service: the server reports it NOT_SERVING while it loads and drains.
-HEALTH_SERVICE_NAME = "rewardserve.v1.RewardService"
+# The health-checked service (rewardserve.v1.RewardService): the server reports it NOT_SERVING
+# while it loads and drains.
+HEALTH_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name
 
 # Every address of a multi-address target (``ipv4:A,B``, a ``dns:///`` name) gets calls in turn,
 # and an address whose health Watch says NOT_SERVING gets none (gRPC client-side health checking,
