@@ -84,5 +84,7 @@ def test_the_channel_balances_with_health_checks_and_no_grpc_retry_policy():
     assert config["healthCheckConfig"] == {"serviceName": "rewardserve.v1.RewardService"}
     assert "retryPolicy" not in json.dumps(config) and "hedgingPolicy" not in json.dumps(config)
     assert options["grpc.service_config_disable_resolution"] == 1  # no DNS TXT config either
+    assert options["grpc.max_reconnect_backoff_ms"] == 2000
+    assert options["grpc.dns_min_time_between_resolutions_ms"] == 2000
     mine = dict(merge_options([("grpc.service_config", "{}")]))
     assert mine["grpc.service_config"] == "{}"  # the caller's replaces ours
