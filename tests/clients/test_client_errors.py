@@ -124,6 +124,11 @@ def test_constructor_refusals_name_the_argument(cls, kwargs, expected):
     check(caught.value, expected)
 
 
+def test_malformed_metadata_is_refused():
+    with pytest.raises(InvalidArgumentError, match=r"metadata\[0\]: expected a \(key, value\) pair"):
+        RewardClient("127.0.0.1:1", metadata=["x-team"])
+
+
 def test_a_target_that_is_not_a_string_is_refused():
     with pytest.raises(InvalidArgumentError, match="target: expected 'host:port'"):
         RewardClient(("127.0.0.1", 50051))

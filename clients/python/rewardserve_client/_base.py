@@ -77,8 +77,15 @@ def resolve_credentials(credentials: Optional[grpc.ChannelCredentials],
 
 
 def as_metadata(metadata: MetadataLike) -> Tuple[Tuple[str, Any], ...]:
+    """Metadata as lower-cased ``(key, value)`` pairs (gRPC refuses upper-case keys)."""
     items = metadata.items() if isinstance(metadata, Mapping) else (metadata or ())
-    return tuple((str(k).lower(), v) for k, v in items)
+    pairs = []
+    for i, item in enumerate(items):
+        if not isinstance(item, (tuple, list)) or len(item) != 2 or not isinstance(item[0], str):
+            raise invalid_argument(f"metadata[{i}]: expected a (key, value) pair with a str key; "
+                                   "pass a dict or a list of pairs")
+        pairs.append((item[0].lower(), item[1]))
+    return tuple(pairs)
 
 
 def _valid_token(token: str, source: str) -> str:
@@ -101,7 +108,7 @@ def auth_metadata(auth_token: Optional[str], metadata: Tuple[Tuple[str, Any], ..
     if auth_token is not None:
         if has_authorization:
             raise invalid_argument("auth_token: metadata already has an 'authorization' entry; "
-                             "set one of them")
+                                   "set one of them")
         token = _valid_token(auth_token, "auth_token")
     else:
         env = os.environ.get(AUTH_TOKEN_ENV)
