@@ -1,4 +1,5 @@
 """AsyncRewardClient against the fake server: same surface, conversions, retries, errors."""
+import asyncio
 import inspect
 import random
 
@@ -8,7 +9,8 @@ import pytest
 
 from fake_reward_server import Fail, Stall
 from rewardserve_client import (AsyncRewardClient, DeadlineExceededError, InvalidArgumentError,
-                                ResourceExhaustedError, RewardClient)
+                                ResourceExhaustedError, RewardClient, _calls)
+from rewardserve_client.v1 import reward_service_pb2 as pb
 
 
 @pytest.fixture
@@ -18,13 +20,60 @@ async def client(server, fake_time):
         yield c
 
 
-@pytest.mark.parametrize("name", ["__init__", "encode", "chat_reward", "model_info", "reward"])
+UNARY = ["encode", "chat_reward", "model_info", "reward"]
+
+
+@pytest.mark.parametrize("name", ["__init__", *UNARY])
 def test_async_surface_matches_the_sync_one(name):
     sync = inspect.signature(getattr(RewardClient, name))
     asynchronous = inspect.signature(getattr(AsyncRewardClient, name))
     assert list(sync.parameters) == list(asynchronous.parameters)
-    defaults = {k: p.default for k, p in sync.parameters.items() if k != "sleep"}
-    assert defaults == {k: p.default for k, p in asynchronous.parameters.items() if k != "sleep"}
+    defaults = {k: p.default for k, p in sync.parameters.items()}
+    assert defaults == {k: p.default for k, p in asynchronous.parameters.items()}
+
+
+@pytest.mark.parametrize("name", UNARY)
+def test_each_call_is_defined_once_for_both_clients(name):
+    builder = getattr(_calls, name)
+    sync, asynchronous = getattr(RewardClient, name), getattr(AsyncRewardClient, name)
+    assert sync.__wrapped__ is builder and asynchronous.__wrapped__ is builder
+    assert sync.__doc__ == asynchronous.__doc__ == builder.__doc__ and builder.__doc__
+    assert inspect.iscoroutinefunction(asynchronous) and not inspect.iscoroutinefunction(sync)
+    # As bound methods the signature starts with the call's own first argument, not self.
+    bound = inspect.signature(getattr(RewardClient("127.0.0.1:1"), name))
+    assert list(bound.parameters) == list(inspect.signature(builder).parameters)
+
+
+def test_both_streams_take_the_same_options_with_the_same_defaults():
+    sync = inspect.signature(RewardClient.stream).parameters
+    asynchronous = inspect.signature(AsyncRewardClient.stream).parameters
+    assert list(sync) == ["self", "items", *list(asynchronous)[1:]]
+    options = {k: p.default for k, p in asynchronous.items() if k != "self"}
+    assert options == {k: p.default for k, p in sync.items() if k not in ("self", "items")}
+    assert options["max_in_flight"] == 64 and options["timeout"] is None
+
+
+def test_both_clients_leave_task_unset_and_ask_64_in_flight(server, fake):
+    conversation = [{"role": "user", "content": "q"}]
+    with RewardClient(server.target, timeout=5) as client:
+        client.encode(["x"])
+        assert [r.result.score for r in client.stream([("a", conversation)])] == [1.0]
+
+    async def main():
+        async with AsyncRewardClient(server.target, timeout=5) as client:
+            await client.encode(["x"])
+            async with client.stream() as stream:
+                assert (await stream.score(conversation)).score == 1.0
+
+    asyncio.run(main())
+    assert [r.request.task for r in fake.received["Encode"]] == [pb.POOLING_TASK_UNSPECIFIED] * 2
+    assert [o.max_in_flight for o in fake.stream_options] == [64, 64]
+
+
+@pytest.mark.parametrize("cls", [RewardClient, AsyncRewardClient])
+def test_the_public_api_has_docstrings(cls):
+    public = [n for n in dir(cls) if not n.startswith("_")] + ["__init__"]
+    assert cls.__doc__ and all(getattr(cls, n).__doc__ for n in public), public
 
 
 async def test_encode_returns_shaped_float32_arrays(client, fake):

@@ -71,3 +71,20 @@ def test_stream_answers_carry_their_own_timing():
                                                    timing=timing))
     assert good.ok and good.result.score == 2.0 and good.timing.compute_seconds == 0.5
     assert not bad.ok and bad.timing.total_seconds == 1.0 and bad.error.item_id == "b"
+
+
+def test_the_channel_balances_with_health_checks_and_no_grpc_retry_policy():
+    import json
+
+    from rewardserve_client._base import merge_options
+
+    options = dict(merge_options(None))
+    config = json.loads(options["grpc.service_config"])
+    assert config["loadBalancingConfig"] == [{"round_robin": {}}]
+    assert config["healthCheckConfig"] == {"serviceName": "rewardserve.v1.RewardService"}
+    assert "retryPolicy" not in json.dumps(config) and "hedgingPolicy" not in json.dumps(config)
+    assert options["grpc.service_config_disable_resolution"] == 1  # no DNS TXT config either
+    assert options["grpc.max_reconnect_backoff_ms"] == 2000
+    assert options["grpc.dns_min_time_between_resolutions_ms"] == 2000
+    mine = dict(merge_options([("grpc.service_config", "{}")]))
+    assert mine["grpc.service_config"] == "{}"  # the caller's replaces ours

@@ -1,4 +1,10 @@
-"""Build rewardserve.v1 request messages from plain Python arguments."""
+"""Build rewardserve.v1 request messages from plain Python arguments.
+
+This is the client's one check of argument shape (types, required keys, known enum names);
+what the values mean (roles, lengths, vocabulary) the server decides. Every refusal is an
+:class:`~rewardserve_client.InvalidArgumentError` whose message starts with the parameter and
+item, in the proto's field-path style: ``conversations[0].messages[1]: missing 'content'``.
+"""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -6,6 +12,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from google.protobuf import struct_pb2
 
+from rewardserve_client.errors import invalid_argument
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
 Input = Union[str, Sequence[int]]
@@ -15,17 +22,36 @@ Conversation = Union[Sequence[Mapping[str, str]], Mapping[str, Any]]
 Group = Mapping[str, Any]
 
 
-def enum_value(enum, prefix: str, name: Optional[str]) -> int:
+def check_timeout(timeout: Optional[float], param: str = "timeout") -> Optional[float]:
+    """A deadline in seconds: a positive number, or None."""
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout > 0):
+        raise invalid_argument(f"{param}: must be a positive number of seconds or None, "
+                               f"got {timeout!r}")
+    return timeout
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def enum_value(enum, prefix: str, name: Optional[str], param: str) -> int:
     """``"token_classify"`` -> POOLING_TASK_TOKEN_CLASSIFY; None or "" -> 0 (unspecified)."""
-    if not name:
+    if name is None or name == "":
         return 0
-    full = name.upper()
-    full = full if full.startswith(prefix) else prefix + full
-    try:
-        return enum.Value(full)
-    except ValueError:
-        known = ", ".join(n[len(prefix):].lower() for n in enum.keys()[1:])
-        raise ValueError(f"unknown value {name!r}; expected one of: {known}") from None
+    if isinstance(name, str):
+        full = name.upper()
+        full = full if full.startswith(prefix) else prefix + full
+        try:
+            return enum.Value(full)
+        except ValueError:
+            pass
+    known = ", ".join(n[len(prefix):].lower() for n in enum.keys()[1:])
+    if not isinstance(name, str):
+        raise invalid_argument(f"{param}: expected a str, got {type(name).__name__}; "
+                               f"expected one of: {known}")
+    raise invalid_argument(f"{param}: unknown value {name!r}; expected one of: {known}")
 
 
 def enum_name(enum, prefix: str, value: int) -> str:
@@ -36,40 +62,74 @@ def enum_name(enum, prefix: str, value: int) -> str:
         return str(value)
 
 
-def _add_input(add: Callable[..., Any], item: Any, index: int) -> Any:
+def build_message(cls, where: str = "", **fields: Any):
+    """``cls(**fields)``; a value protobuf refuses is named (``where`` + field) in the error."""
+    try:
+        return cls(**fields)
+    except (TypeError, ValueError):
+        pass
+    for name, value in fields.items():
+        try:
+            cls(**{name: value})
+        except (TypeError, ValueError) as exc:
+            raise invalid_argument(f"{where}{name}: invalid value {_short(value)} "
+                                   f"({type(value).__name__}): {exc}") from None
+    raise AssertionError("unreachable: a refused message has a refused field")
+
+
+def _bad_token_id(ids: list, where: str):
+    """The refusal naming the first id protobuf could not take (only on the error path)."""
+    for j, token in enumerate(ids):
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < 2 ** 32:
+            return invalid_argument(f"{where}[{j}]: token ids are integers in [0, 2**32), "
+                                    f"got {_short(token)}")
+    return invalid_argument(f"{where}: token ids are integers in [0, 2**32)")
+
+
+def with_token_ids(build: Callable[[list], Any], item: Any, where: str) -> Any:
+    """``build(ids)`` for a sequence of token ids; protobuf checks them in C, we name the bad one."""
+    # tolist() turns NumPy / torch integer tensors into Python ints protobuf accepts.
+    ids = item.tolist() if hasattr(item, "tolist") else list(item)
+    try:
+        return build(ids)
+    except (TypeError, ValueError):
+        raise _bad_token_id(ids, where) from None
+
+
+def _add_input(add: Callable[..., Any], item: Any, where: str) -> Any:
     """``add(**fields)`` of one input: ``pb.EncodeInput`` itself or a repeated field's ``add``."""
     if isinstance(item, str):
         return add(text=item)
     if isinstance(item, (bytes, Mapping)) or not hasattr(item, "__iter__"):
-        raise TypeError(f"inputs[{index}]: expected str or a sequence of token ids, "
-                        f"got {type(item).__name__}")
-    # tolist() turns NumPy / torch integer tensors into Python ints protobuf accepts.
-    ids = item.tolist() if hasattr(item, "tolist") else list(item)
-    try:
-        # A plain dict, not a built TokenIds: assigning a message copies its ids once more.
-        return add(token_ids={"ids": ids})
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"inputs[{index}]: token ids must be integers in [0, 2**32): {exc}") from None
+        raise invalid_argument(f"{where}: expected str or a sequence of token ids, "
+                               f"got {type(item).__name__}")
+    # A plain dict, not a built TokenIds: assigning a message copies its ids once more.
+    return with_token_ids(lambda ids: add(token_ids={"ids": ids}), item, f"{where}.token_ids")
 
 
-def _build_input(item: Any, index: int) -> pb.EncodeInput:
-    return _add_input(pb.EncodeInput, item, index)
-
-
-def _input_items(inputs: Union[Input, Iterable[Input]]) -> list:
-    items = [inputs] if isinstance(inputs, str) else list(inputs)
+def _input_items(inputs: Union[Input, Iterable[Input]], call: str) -> list:
+    if isinstance(inputs, str):
+        items = [inputs]
+    elif isinstance(inputs, (list, tuple)):  # the usual case, checked first: this is per call
+        items = list(inputs)
+    elif isinstance(inputs, (bytes, Mapping)) or not hasattr(inputs, "__iter__"):
+        raise invalid_argument(f"{call}: inputs must be a list of texts or token id lists, "
+                               f"got {type(inputs).__name__}")
+    else:
+        items = list(inputs)
     if not items:
-        raise ValueError("inputs must not be empty")
+        raise invalid_argument(f"{call}: inputs is empty")
     if all(isinstance(x, int) for x in items):
-        raise TypeError("inputs is a flat list of ints; wrap one token id list as [ids]")
+        raise invalid_argument(f"{call}: inputs is a flat list of ints; wrap one token id list "
+                               "as [ids]")
     return items
 
 
-def add_inputs(field: Any, inputs: Union[Input, Iterable[Input]]) -> None:
+def add_inputs(field: Any, inputs: Union[Input, Iterable[Input]], call: str) -> None:
     """Append the inputs to a request's repeated ``inputs`` field, built in place: a request
     made from built messages copies every token id list once more (tens of µs per call)."""
-    for i, item in enumerate(_input_items(inputs)):
-        _add_input(field.add, item, i)
+    for i, item in enumerate(_input_items(inputs, call)):
+        _add_input(field.add, item, f"inputs[{i}]")
 
 
 def build_pooling(pooling_type=None, use_activation=None, normalize=None, dimensions=None,
@@ -79,24 +139,47 @@ def build_pooling(pooling_type=None, use_activation=None, normalize=None, dimens
                   step_tag_id=step_tag_id)
     fields = {k: v for k, v in fields.items() if v is not None}
     if pooling_type:
-        fields["pooling_type"] = enum_value(pb.PoolingType, "POOLING_TYPE_", pooling_type)
+        fields["pooling_type"] = enum_value(pb.PoolingType, "POOLING_TYPE_", pooling_type,
+                                            "pooling_type")
     if returned_token_ids is not None:
-        fields["returned_token_ids"] = [int(t) for t in returned_token_ids]
-    return pb.PoolingParams(**fields) if fields else None
+        if isinstance(returned_token_ids, (str, bytes)) or not hasattr(returned_token_ids, "__iter__"):
+            raise invalid_argument("returned_token_ids: expected a sequence of token ids, "
+                                   f"got {type(returned_token_ids).__name__}")
+        fields["returned_token_ids"] = with_token_ids(
+            lambda ids: list(pb.PoolingParams(returned_token_ids=ids).returned_token_ids),
+            returned_token_ids, "returned_token_ids")
+    return build_message(pb.PoolingParams, **fields) if fields else None
 
 
 def build_truncation(truncate_prompt_tokens=None, truncation_side=None) -> Optional[pb.Truncation]:
     """Truncation with the options given, or None when there are none."""
     if truncate_prompt_tokens is None and not truncation_side:
         return None
-    side = enum_value(pb.TruncationSide, "TRUNCATION_SIDE_", truncation_side)
-    return pb.Truncation(truncate_prompt_tokens=truncate_prompt_tokens, side=side)
+    side = enum_value(pb.TruncationSide, "TRUNCATION_SIDE_", truncation_side, "truncation_side")
+    return build_message(pb.Truncation, truncate_prompt_tokens=truncate_prompt_tokens, side=side)
 
 
-def _build_message(message: Any, where: str) -> pb.ChatMessage:
-    if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
-        raise ValueError(f"{where}: expected a {{'role', 'content'}} dict, got {message!r}")
-    return pb.ChatMessage(role=str(message["role"]), content=str(message["content"]))
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise invalid_argument(f"{where}: expected a str, got {type(value).__name__}")
+    return value
+
+
+def _build_chat_message(message: Any, where: str) -> pb.ChatMessage:
+    if not isinstance(message, Mapping):
+        raise invalid_argument(f"{where}: expected a {{'role': ..., 'content': ...}} dict, "
+                               f"got {type(message).__name__}")
+    for key in ("role", "content"):
+        if key not in message:
+            raise invalid_argument(f"{where}: missing {key!r}")
+    return pb.ChatMessage(role=_text(message["role"], f"{where}.role"),
+                          content=_text(message["content"], f"{where}.content"))
+
+
+def _build_messages(messages: Any, where: str) -> list:
+    if isinstance(messages, (str, bytes, Mapping)) or not hasattr(messages, "__iter__"):
+        raise invalid_argument(f"{where}: expected a list of messages, got {type(messages).__name__}")
+    return [_build_chat_message(m, f"{where}[{j}]") for j, m in enumerate(messages)]
 
 
 def build_policy_text(value: Any, where: str) -> pb.PolicyText:
@@ -107,59 +190,90 @@ def build_policy_text(value: Any, where: str) -> pb.PolicyText:
     if isinstance(value, Mapping) or hasattr(value, "tokenizer"):
         get = value.get if isinstance(value, Mapping) else lambda k: getattr(value, k, None)
         tokenizer, text, ids = get("tokenizer") or "", get("text"), get("token_ids")
+        tokenizer = _text(tokenizer, f"{where}.tokenizer")
         if (text is None) == (ids is None):
-            raise ValueError(f"{where}: set exactly one of text and token_ids")
+            raise invalid_argument(f"{where}: set exactly one of text and token_ids")
         if text is not None:
-            return pb.PolicyText(tokenizer=tokenizer, text=text)
-        return pb.PolicyText(tokenizer=tokenizer, token_ids=_build_input(ids, 0).token_ids)
+            return pb.PolicyText(tokenizer=tokenizer, text=_text(text, f"{where}.text"))
+        return with_token_ids(lambda i: pb.PolicyText(tokenizer=tokenizer, token_ids={"ids": i}),
+                              _sequence(ids, f"{where}.token_ids"), f"{where}.token_ids")
     if hasattr(value, "__iter__") and not isinstance(value, bytes):
-        return pb.PolicyText(token_ids=_build_input(value, 0).token_ids)
-    raise TypeError(f"{where}: expected text, token ids or PolicyText, got {type(value).__name__}")
+        return with_token_ids(lambda i: pb.PolicyText(token_ids={"ids": i}), value,
+                              f"{where}.token_ids")
+    raise invalid_argument(f"{where}: expected text, token ids or PolicyText, "
+                           f"got {type(value).__name__}")
+
+
+def _sequence(value: Any, where: str) -> Any:
+    if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
+        raise invalid_argument(f"{where}: expected a sequence of token ids, got {type(value).__name__}")
+    return value
 
 
 def build_conversation(conversation: Any, where: str) -> pb.Conversation:
     """A message list, or a dict with ``messages`` (+ ``response``) or ``rendered``."""
-    if isinstance(conversation, str):
-        raise TypeError(f"{where}: expected a list of messages or a dict")
+    if isinstance(conversation, (str, bytes)) or not (
+            isinstance(conversation, Mapping) or hasattr(conversation, "__iter__")):
+        raise invalid_argument(f"{where}: expected a list of messages or a dict, "
+                               f"got {type(conversation).__name__}")
     if not isinstance(conversation, Mapping):
-        return pb.Conversation(messages=[_build_message(m, f"{where}[{j}]")
-                                         for j, m in enumerate(conversation)])
+        return pb.Conversation(messages=_build_messages(conversation, f"{where}.messages"))
     unknown = set(conversation) - {"messages", "response", "rendered"}
     if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
-    built = pb.Conversation(messages=[_build_message(m, f"{where}.messages[{j}]")
-                                      for j, m in enumerate(conversation.get("messages") or ())])
+        raise invalid_argument(f"{where}: unknown keys {sorted(map(str, unknown))}; expected "
+                               "'messages' (+ 'response') or 'rendered'")
+    built = pb.Conversation(messages=_build_messages(conversation.get("messages") or (),
+                                                     f"{where}.messages"))
     for key in ("response", "rendered"):
         if conversation.get(key) is not None:
             getattr(built, key).CopyFrom(build_policy_text(conversation[key], f"{where}.{key}"))
     return built
 
 
+def _iterable(value: Any, param: str) -> list:
+    if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
+        raise invalid_argument(f"{param}: expected a list, got {type(value).__name__}")
+    return list(value)
+
+
 def build_conversations(conversations: Iterable[Conversation]) -> list:
     """Conversations as Conversation messages (may be empty when groups are sent)."""
-    return [build_conversation(c, f"conversations[{i}]") for i, c in enumerate(conversations)]
+    return [build_conversation(c, f"conversations[{i}]")
+            for i, c in enumerate(_iterable(conversations, "conversations"))]
 
 
 def build_groups(groups: Iterable[Group]) -> list:
     """Groups (``{"prompt", "responses", "group_id"}`` dicts) as ChatGroup messages."""
     built = []
-    for g, group in enumerate(groups):
-        if not isinstance(group, Mapping) or "prompt" not in group or "responses" not in group:
-            raise ValueError(f"groups[{g}]: expected a {{'prompt', 'responses'}} dict")
-        prompt = [_build_message(m, f"groups[{g}].prompt[{j}]") for j, m in enumerate(group["prompt"])]
-        responses = [build_policy_text(r, f"groups[{g}].responses[{i}]")
-                     for i, r in enumerate(group["responses"])]
-        built.append(pb.ChatGroup(prompt=prompt, responses=responses,
-                                  group_id=str(group.get("group_id", "") or "")))
+    for g, group in enumerate(_iterable(groups, "groups")):
+        where = f"groups[{g}]"
+        if not isinstance(group, Mapping):
+            raise invalid_argument(f"{where}: expected a {{'prompt', 'responses'}} dict, "
+                                   f"got {type(group).__name__}")
+        for key in ("prompt", "responses"):
+            if key not in group:
+                raise invalid_argument(f"{where}: missing {key!r}")
+        prompt = _build_messages(group["prompt"], f"{where}.prompt")
+        responses = [build_policy_text(r, f"{where}.responses[{i}]")
+                     for i, r in enumerate(_iterable(group["responses"], f"{where}.responses"))]
+        group_id = _text(group.get("group_id") or "", f"{where}.group_id")
+        built.append(pb.ChatGroup(prompt=prompt, responses=responses, group_id=group_id))
     return built
 
 
-def build_struct(values: Optional[Mapping[str, Any]]) -> Optional[struct_pb2.Struct]:
+def build_struct(values: Optional[Mapping[str, Any]], param: str) -> Optional[struct_pb2.Struct]:
     """A dict as google.protobuf.Struct (numbers travel as doubles), or None."""
     if not values:
         return None
+    if not isinstance(values, Mapping):
+        raise invalid_argument(f"{param}: expected a dict, got {type(values).__name__}")
     struct = struct_pb2.Struct()
-    struct.update(dict(values))
+    for key, value in values.items():
+        try:
+            struct.update({key: value})
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise invalid_argument(f"{param}[{key!r}]: not representable as JSON "
+                                   f"({type(value).__name__}): {exc}") from None
     return struct
 
 
@@ -167,9 +281,10 @@ def encode_request(inputs, task, *, pooling_type, use_activation, normalize, dim
                    step_tag_id, returned_token_ids, truncate_prompt_tokens, truncation_side,
                    add_special_tokens, priority, request_id) -> pb.EncodeRequest:
     """The EncodeRequest for ``encode``'s arguments."""
-    request = pb.EncodeRequest(task=enum_value(pb.PoolingTask, "POOLING_TASK_", task))
-    add_inputs(request.inputs, inputs)
-    request.MergeFrom(pb.EncodeRequest(
+    request = pb.EncodeRequest(task=enum_value(pb.PoolingTask, "POOLING_TASK_", task, "task"))
+    add_inputs(request.inputs, inputs, "encode")
+    request.MergeFrom(build_message(
+        pb.EncodeRequest,
         pooling=build_pooling(pooling_type, use_activation, normalize, dimensions,
                               step_tag_id, returned_token_ids),
         truncation=build_truncation(truncate_prompt_tokens, truncation_side),
@@ -182,8 +297,9 @@ def reward_request(inputs, *, pooling_type, use_activation, step_tag_id, returne
                    request_id) -> pb.RewardRequest:
     """The RewardRequest for the deprecated ``reward``'s arguments."""
     request = pb.RewardRequest()
-    add_inputs(request.inputs, inputs)
-    request.MergeFrom(pb.RewardRequest(
+    add_inputs(request.inputs, inputs, "reward")
+    request.MergeFrom(build_message(
+        pb.RewardRequest,
         pooling=build_pooling(pooling_type, use_activation, None, None,
                               step_tag_id, returned_token_ids),
         truncation=build_truncation(truncate_prompt_tokens, truncation_side),
@@ -198,11 +314,12 @@ def chat_reward_request(conversations, *, chat_template, chat_template_kwargs,
     """The ChatRewardRequest for ``chat_reward``'s arguments."""
     built, built_groups = build_conversations(conversations), build_groups(groups)
     if not built and not built_groups:
-        raise ValueError("conversations must not be empty (or pass groups)")
-    return pb.ChatRewardRequest(
+        raise invalid_argument("chat_reward: conversations is empty (and no groups)")
+    return build_message(
+        pb.ChatRewardRequest,
         conversations=built, groups=built_groups,
         chat_template=chat_template or "",
-        chat_template_kwargs=build_struct(chat_template_kwargs),
+        chat_template_kwargs=build_struct(chat_template_kwargs, "chat_template_kwargs"),
         add_generation_prompt=add_generation_prompt,
         continue_final_message=continue_final_message,
         truncation=build_truncation(truncate_prompt_tokens, truncation_side),
@@ -210,20 +327,23 @@ def chat_reward_request(conversations, *, chat_template, chat_template_kwargs,
         priority=priority, request_id=request_id)
 
 
-def stream_options(*, chat_template=None, chat_template_kwargs=None, add_generation_prompt=False,
-                   continue_final_message=False, truncate_prompt_tokens=None, truncation_side=None,
-                   step_tag_id=None, returned_token_ids=None, priority=0,
-                   max_in_flight=0) -> pb.StreamRewardOptions:
+def stream_options(*, chat_template, chat_template_kwargs, add_generation_prompt,
+                   continue_final_message, truncate_prompt_tokens, truncation_side,
+                   step_tag_id, returned_token_ids, priority,
+                   max_in_flight) -> pb.StreamRewardOptions:
     """The StreamRewardOptions of a stream (every item shares them)."""
-    return pb.StreamRewardOptions(
-        chat_template=chat_template or "", chat_template_kwargs=build_struct(chat_template_kwargs),
+    return build_message(
+        pb.StreamRewardOptions,
+        chat_template=chat_template or "",
+        chat_template_kwargs=build_struct(chat_template_kwargs, "chat_template_kwargs"),
         add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message,
         truncation=build_truncation(truncate_prompt_tokens, truncation_side),
         pooling=build_pooling(step_tag_id=step_tag_id, returned_token_ids=returned_token_ids),
         priority=priority, max_in_flight=max_in_flight)
 
 
-def stream_item(item_id: str, conversation: Conversation, group_id: str = "") -> pb.StreamItem:
-    """One StreamItem."""
-    return pb.StreamItem(id=str(item_id), conversation=build_conversation(conversation, f"item {item_id!r}"),
-                         group_id=group_id or "")
+def stream_item(item_id: Any, conversation: Conversation, group_id: str, where: str) -> pb.StreamItem:
+    """One StreamItem; ``where`` names it in errors (``items[3]``, ``submit``)."""
+    group_id = _text(group_id or "", f"{where}.group_id")
+    return pb.StreamItem(id=str(item_id), group_id=group_id,
+                         conversation=build_conversation(conversation, f"{where}.conversation"))

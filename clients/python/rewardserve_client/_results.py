@@ -13,13 +13,17 @@ from rewardserve_client.types import (ChatRewardResponse, ChatRewardResult, Enco
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
 
+class MalformedReply(ValueError):
+    """A reply this client cannot read (a server or proxy bug); the client raises it as an
+    InternalError carrying the call's request id."""
+
+
 def to_array(tensor: pb.FloatTensor) -> np.ndarray:
     """A FloatTensor as a float32 array of its shape (an empty shape means a flat vector)."""
     values = np.array(tensor.values[:], dtype=np.float32)  # [:] copies to a list in one C call
     shape = tuple(tensor.shape) or (values.size,)
     if math.prod(shape) != values.size:
-        raise ValueError(f"malformed tensor from server: shape {list(shape)} "
-                         f"but {values.size} values")
+        raise MalformedReply(f"shape {list(shape)} but {values.size} values")
     return values.reshape(shape)
 
 
@@ -37,7 +41,11 @@ def task_name(value: int) -> str:
 
 
 def to_encode_result(result: pb.EncodeResult) -> EncodeResult:
-    return EncodeResult(index=result.index, data=to_array(result.data),
+    try:
+        data = to_array(result.data)
+    except MalformedReply as exc:
+        raise MalformedReply(f"results[index {result.index}].data: {exc}") from None
+    return EncodeResult(index=result.index, data=data,
                         num_tokens=result.num_tokens, truncated=result.truncated,
                         pooled_positions=list(result.pooled_positions))
 

@@ -12,7 +12,7 @@ from typing import Awaitable, Callable, Optional, TypeVar
 
 import grpc
 
-from rewardserve_client.errors import RewardServeError, from_rpc_error
+from rewardserve_client.errors import RewardServeError, from_rpc_error, invalid_argument
 
 T = TypeVar("T")
 
@@ -33,6 +33,18 @@ class RetryPolicy:
     max_backoff: float = 5.0
     backoff_multiplier: float = 2.0
     jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        retries = self.max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise invalid_argument(f"max_retries: must be an integer of at least 0, got {retries!r}")
+        for name, low, high in (("initial_backoff", 0.0, None), ("max_backoff", 0.0, None),
+                                ("backoff_multiplier", 1.0, None), ("jitter", 0.0, 1.0)):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or value < low
+                    or (high is not None and value > high)):
+                bounds = f"in [{low}, {high}]" if high is not None else f"at least {low}"
+                raise invalid_argument(f"{name}: must be a number {bounds}, got {value!r}")
 
     def backoff(self, retry: int, rng: random.Random) -> float:
         """The jittered backoff before retry number ``retry`` (0-based)."""

@@ -11,19 +11,35 @@ import json
 import sys
 from typing import Iterator, List, Optional, Sequence
 
+from rewardserve_client._base import AUTH_TOKEN_ENV, DEFAULT_TIMEOUT
+from rewardserve_client._requests import build_conversation
 from rewardserve_client.client import RewardClient
-from rewardserve_client.errors import RewardServeError
+from rewardserve_client.errors import InvalidArgumentError, RewardServeError, invalid_argument
 
 
 def _add_connection_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default="localhost:50051", help="server HOST:PORT")
-    parser.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
+    parser.add_argument("--target", default="localhost:50051",
+                        help="server HOST:PORT, or several: ipv4:A:PORT,B:PORT or "
+                             "dns:///NAME:PORT (calls go round-robin to the healthy ones)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help="deadline per call, seconds")
     parser.add_argument("--tls", action="store_true", help="TLS with the system's root certs")
+    parser.add_argument("--auth-token", default=None, metavar="TOKEN",
+                        help=f"bearer token sent with every call (default: ${AUTH_TOKEN_ENV}; "
+                             "prefer the variable, a command line is visible to other users)")
 
 
 def connect(args: argparse.Namespace) -> RewardClient:
     """A RewardClient for the connection arguments every subcommand shares."""
-    return RewardClient(args.target, timeout=args.timeout, secure=args.tls)
+    return RewardClient(args.target, timeout=args.timeout, secure=args.tls,
+                        auth_token=args.auth_token)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _print_json(value) -> None:
@@ -44,16 +60,25 @@ def add_info(subparsers) -> None:
 
 
 def read_conversations(path: str) -> Iterator[list]:
-    """Conversations from JSON Lines: each line a message list or ``{"messages": [...]}``."""
+    """Conversations from JSON Lines: each line a message list or ``{"messages": [...]}``.
+
+    A bad line raises InvalidArgumentError naming the file and line (checked by the client's
+    own request builder, so the CLI and the client refuse the same things).
+    """
     stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
     with stream:
         for number, line in enumerate(stream, 1):
             if not line.strip():
                 continue
-            item = json.loads(line)
+            where = f"--input {path}:{number}"
+            try:
+                item = json.loads(line)
+            except ValueError as exc:
+                raise invalid_argument(f"{where}: not JSON: {exc}") from None
             messages = item.get("messages") if isinstance(item, dict) else item
             if not isinstance(messages, list):
-                raise ValueError(f"{path}:{number}: expected a message list or {{'messages': [...]}}")
+                raise invalid_argument(f"{where}: expected a message list or {{'messages': [...]}}")
+            build_conversation(messages, f"{where}: conversation")
             yield messages
 
 
@@ -87,7 +112,7 @@ def add_chat_reward(subparsers) -> None:
         "chat-reward", help="score conversations from JSON Lines; prints one JSON line each")
     _add_connection_args(parser)
     parser.add_argument("--input", required=True, help="FILE.jsonl, or - for stdin")
-    parser.add_argument("--batch-size", type=int, default=64, help="conversations per call")
+    parser.add_argument("--batch-size", type=_positive_int, default=64, help="conversations per call")
     parser.add_argument("--add-generation-prompt", action="store_true")
     parser.set_defaults(run=run_chat_reward)
 
@@ -95,7 +120,7 @@ def add_chat_reward(subparsers) -> None:
 def run_openrlhf_proxy(args: argparse.Namespace) -> int:
     from rewardserve_client.integrations.openrlhf import PATH, OpenRLHFProxy
 
-    client = RewardClient(args.target, timeout=args.timeout, secure=args.tls)
+    client = connect(args)
     proxy = OpenRLHFProxy(args.target, host=args.host, port=args.port, client=client,
                           policy_tokenizer=args.policy_tokenizer)
     print(f"rewardserve-client: OpenRLHF reward proxy on http://{args.host}:{proxy.port}{PATH} "
@@ -135,14 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``rewardserve-client``; returns the exit status."""
+    """Entry point of ``rewardserve-client``; returns the exit status.
+
+    0: done; 1: the server failed a call; 2: bad input or options (refused by this client or
+    by the server as INVALID_ARGUMENT), or an unreadable input file.
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
+    except InvalidArgumentError as exc:  # bad input, whether this client or the server saw it
+        print(f"rewardserve-client: {exc}", file=sys.stderr)
+        return 2
     except RewardServeError as exc:
         print(f"rewardserve-client: {exc}", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # an unreadable input file (missing, not UTF-8)
         print(f"rewardserve-client: {exc}", file=sys.stderr)
         return 2
 

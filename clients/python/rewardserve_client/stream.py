@@ -20,11 +20,9 @@ import grpc
 from rewardserve_client import _requests
 from rewardserve_client._results import to_chat_reward_result, to_timing
 from rewardserve_client.errors import (CallCancelledError, RewardServeError, from_item_error,
-                                       from_rpc_error)
+                                       from_rpc_error, invalid_argument)
 from rewardserve_client.types import ChatRewardResult, StreamResult
 from rewardserve_client.v1 import reward_service_pb2 as pb
-
-DEFAULT_MAX_IN_FLIGHT = 64
 
 # (id, conversation) or (id, conversation, group_id)
 ItemLike = Tuple[Any, ...]
@@ -40,24 +38,54 @@ def to_stream_result(answer: pb.StreamRewardResponse, request_id: str = "") -> S
         error.code, error.message, answer.id, request_id, error.retry_after_seconds), timing=timing)
 
 
-def _item_request(item: ItemLike) -> pb.StreamRewardRequest:
+def _item_request(item: ItemLike, where: str) -> pb.StreamRewardRequest:
     if not isinstance(item, tuple) or len(item) not in (2, 3):
-        raise TypeError("stream items are (id, conversation) or (id, conversation, group_id) tuples")
-    return pb.StreamRewardRequest(items=[_requests.stream_item(*item)])
+        raise invalid_argument(f"{where}: expected an (id, conversation) or (id, conversation, "
+                               f"group_id) tuple, got {type(item).__name__}")
+    item_id, conversation, group_id = item if len(item) == 3 else (*item, "")
+    return pb.StreamRewardRequest(items=[_requests.stream_item(item_id, conversation, group_id, where)])
+
+
+class _ItemRequests:
+    """The request messages of a blocking stream: the options, then one message per item.
+
+    gRPC consumes this iterator in its own thread and turns an exception raised there into a
+    bare CANCELLED; so a bad item (or the caller's iterator failing) is kept here instead, the
+    request side ends, and :func:`stream_items` raises it in the caller's thread.
+    """
+
+    def __init__(self, options: pb.StreamRewardOptions, items: Iterable[ItemLike]):
+        self.options = options
+        self.items = items
+        self.error: Optional[BaseException] = None
+
+    def __iter__(self) -> Iterator[pb.StreamRewardRequest]:
+        yield pb.StreamRewardRequest(options=self.options)
+        try:
+            for index, item in enumerate(self.items):
+                yield _item_request(item, f"items[{index}]")
+        except Exception as exc:  # noqa: BLE001 - handed to the caller's thread, not swallowed
+            self.error = exc
 
 
 def stream_items(stub, items: Iterable[ItemLike], options: pb.StreamRewardOptions, *,
                  timeout: Optional[float], metadata, request_id: str) -> Iterator[StreamResult]:
-    """Blocking: send ``items`` and yield one StreamResult per item, in completion order."""
-    requests = itertools.chain([pb.StreamRewardRequest(options=options)], map(_item_request, items))
-    call = stub.StreamReward(requests, timeout=timeout, metadata=metadata)
+    """Blocking: send ``items`` and yield one StreamResult per item, in completion order.
+
+    A malformed item raises its InvalidArgumentError once the items before it are answered.
+    """
+    requests = _ItemRequests(options, items)
+    call = stub.StreamReward(iter(requests), timeout=timeout, metadata=metadata)
     try:
         for answer in call:
             yield to_stream_result(answer, request_id)
     except grpc.RpcError as exc:
-        raise from_rpc_error(exc, request_id) from exc
+        if requests.error is None:
+            raise from_rpc_error(exc, request_id) from exc
     finally:
         call.cancel()  # no-op once finished; frees the server's work when the caller stops early
+    if requests.error is not None:
+        raise requests.error
 
 
 class AsyncRewardStream:
@@ -98,11 +126,14 @@ class AsyncRewardStream:
         RewardServeError when it failed. ``id`` defaults to a counter.
         """
         if self._call is None or self._closed:
-            raise RuntimeError("the stream is not open (use `async with client.stream() as s`)")
+            raise RewardServeError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   "submit: the stream is not open "
+                                   "(use `async with client.stream() as s`)", self.request_id)
         item_id = str(id) if id is not None else f"item-{next(self._ids)}"
         if item_id in self._pending:
-            raise ValueError(f"item id {item_id!r} is already in flight")
-        request = _item_request((item_id, conversation, group_id))  # bad input raises before waiting
+            raise invalid_argument(f"submit: id {item_id!r} is already in flight")
+        # Bad input raises here, before waiting for room.
+        request = _item_request((item_id, conversation, group_id), f"submit(id={item_id!r})")
         await self._slots.acquire()
         future = asyncio.get_running_loop().create_future()
         self._pending[item_id] = future

@@ -31,7 +31,7 @@ async def test_policy_artefacts_are_stripped_and_failures_raise(live_server):
     compute_score = make_compute_score(live_server.target, policy_tokenizer="llama", return_dict=False)
     clean = await compute_score("ds", "4", None, {"prompt": PROMPT})
     assert await compute_score("ds", "4<|eot_id|><|finetune_right_pad_id|>", None, {"prompt": PROMPT}) == clean
-    with pytest.raises(ValueError, match=r"extra_info\['prompt'\]"):
+    with pytest.raises(InvalidArgumentError, match=r"extra_info\['prompt'\]: compute_score needs"):
         await compute_score("ds", "4", None, {})
     with pytest.raises(InvalidArgumentError, match="unknown role"):
         await compute_score("ds", "4", None, {"prompt": [{"role": "robot", "content": "x"}]})

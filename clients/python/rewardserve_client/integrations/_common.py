@@ -6,6 +6,7 @@ import weakref
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from rewardserve_client.aio import AsyncRewardClient
+from rewardserve_client.errors import invalid_argument
 
 
 def as_messages(prompt: Any) -> List[Dict[str, str]]:
@@ -14,7 +15,7 @@ def as_messages(prompt: Any) -> List[Dict[str, str]]:
         return [{"role": "user", "content": prompt}]
     if isinstance(prompt, Sequence) and all(isinstance(m, Mapping) for m in prompt):
         return [dict(m) for m in prompt]
-    raise TypeError(f"expected a prompt text or a list of messages, got {type(prompt).__name__}")
+    raise invalid_argument(f"prompt: expected a text or a list of messages, got {type(prompt).__name__}")
 
 
 def response_of(completion: Any, ids: Optional[Sequence[int]], policy_tokenizer: Optional[str]) -> Any:
@@ -24,7 +25,7 @@ def response_of(completion: Any, ids: Optional[Sequence[int]], policy_tokenizer:
         return {"token_ids": list(ids), "tokenizer": policy_tokenizer}
     if isinstance(completion, str):
         return completion if policy_tokenizer is None else {"text": completion, "tokenizer": policy_tokenizer}
-    raise TypeError(f"expected a completion text, got {type(completion).__name__}")
+    raise invalid_argument(f"completion: expected a text, got {type(completion).__name__}")
 
 
 class LoopClients:

@@ -24,7 +24,7 @@ import logging
 from typing import Any, List, Optional, Sequence, Tuple
 
 from rewardserve_client.client import RewardClient
-from rewardserve_client.errors import RewardServeError
+from rewardserve_client.errors import RewardServeError, invalid_argument
 from rewardserve_client.integrations._common import LoopClients, as_messages, response_of
 
 logger = logging.getLogger(__name__)
@@ -36,9 +36,10 @@ def build_items(prompts: Sequence[Any], completions: Sequence[Any],
                 policy_tokenizer: Optional[str] = None) -> List[Tuple[str, Any]]:
     """``(id, conversation)`` stream items, the id being the completion's position."""
     if len(prompts) != len(completions):
-        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        raise invalid_argument(f"prompts: {len(prompts)} prompts but {len(completions)} completions")
     if completion_ids is not None and len(completion_ids) != len(completions):
-        raise ValueError(f"{len(completion_ids)} completion_ids but {len(completions)} completions")
+        raise invalid_argument(f"completion_ids: {len(completion_ids)} completion_ids but "
+                               f"{len(completions)} completions")
     return [(str(i), _conversation(p, c, completion_ids[i] if completion_ids is not None else None,
                                    policy_tokenizer))
             for i, (p, c) in enumerate(zip(prompts, completions))]
@@ -107,7 +108,8 @@ class RewardServeRewardFunc(_Options):
         """One raw reward per completion (None where the server failed the item)."""
         items = self._items(prompts, completions, completion_ids)
         answers = ((r.id, r.result.score if r.ok else None, r.error)
-                   for r in self.client.stream(items, max_in_flight=self.max_in_flight, **self.chat_options))
+                   for r in self.client.stream(items, max_in_flight=self.max_in_flight,
+                                               timeout=self.timeout, **self.chat_options))
         return _collect(len(items), answers)
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Dict, Optional, Union
 
+from rewardserve_client.errors import invalid_argument
 from rewardserve_client.integrations._common import LoopClients, as_messages, response_of
 
 Score = Union[float, Dict[str, float]]
@@ -28,7 +29,7 @@ def prompt_messages(extra_info: Optional[dict], prompt_key: str) -> list:
     """The prompt turns from ``extra_info[prompt_key]``; a clear error when they are missing."""
     prompt = (extra_info or {}).get(prompt_key)
     if prompt is None:
-        raise ValueError(f"compute_score needs the prompt in extra_info[{prompt_key!r}] "
+        raise invalid_argument(f"extra_info[{prompt_key!r}]: compute_score needs the prompt here "
                          "(a message list or a text); add it in the dataset's extra_info")
     return as_messages(list(prompt) if not isinstance(prompt, str) else prompt)
 
