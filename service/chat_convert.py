@@ -11,10 +11,8 @@ from typing import Any, Sequence
 
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
-from rewardserve.engine.errors import InvalidInputError, ItemError
-from rewardserve.engine.policy import PolicyChat, PolicyText
-from rewardserve.engine.reward import RewardResult
-from rewardserve.engine.types import ChatInput, PoolingParams
+from rewardserve.engine.api import (ChatInput, InvalidInputError, ItemError, PolicyChat, PolicyText, PoolingParams,
+                                    RewardResult)
 from rewardserve.service.convert import chat_result, pooling_params, struct_to_dict
 
 ENGINE_FIELD = "conversations"  # the field the engine names in its errors about a chat item

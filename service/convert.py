@@ -15,11 +15,9 @@ import numpy as np
 from google.protobuf import json_format
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
-from rewardserve.engine.errors import InvalidInputError
-from rewardserve.engine.policy import PolicyTokenizerInfo, ServedModelInfo
-from rewardserve.engine.reward import RewardResult, StepResult
-from rewardserve.engine.types import (EncodeInput, EncodeResult, ModelInfo, PoolingParams, PoolingTask, PoolingType,
-                                      TextInput, TokensInput)
+from rewardserve.engine.api import (EncodeInput, EncodeResult, InvalidInputError, ModelInfo, PolicyTokenizerInfo,
+                                    PoolingParams, PoolingTask, PoolingType, RewardResult, StepResult, TextInput,
+                                    TokensInput)
 
 TASKS = {
     pb.POOLING_TASK_CLASSIFY: PoolingTask.CLASSIFY,
@@ -145,11 +143,6 @@ def _whole_numbers_as_int(value: Any) -> Any:
 
 # ---------------------------------------------------------------- engine → replies
 
-def default_task(info: ModelInfo) -> PoolingTask:
-    """The task an unspecified request runs: classify with a score head, embed otherwise."""
-    return PoolingTask.CLASSIFY if PoolingTask.CLASSIFY in info.tasks else PoolingTask.EMBED
-
-
 SMALL_TENSOR = 4096  # values; up to here a Python list is cheaper than the NumPy round trip
 
 
@@ -237,10 +230,8 @@ def model_info(info: ModelInfo, server_version: str, stream_max_in_flight: int =
     """What is served, plus the server's version and stream limit."""
     defaults = [pb.DefaultPooling(task=TASK_TO_PROTO[task], pooling_type=POOLING_TYPE_TO_PROTO[kind])
                 for task, kind in info.default_pooling.items()]
-    # A plain ModelInfo (an engine without the trainer integration) has no policy tokenizers.
-    policies = info.policy_tokenizers if isinstance(info, ServedModelInfo) else ()
     return pb.GetModelInfoResponse(
-        policy_tokenizers=[policy_tokenizer(p) for p in policies], stream_max_in_flight=stream_max_in_flight,
+        policy_tokenizers=[policy_tokenizer(p) for p in info.policy_tokenizers], stream_max_in_flight=stream_max_in_flight,
         model=info.model, architecture=info.architecture, tasks=[TASK_TO_PROTO[t] for t in info.tasks],
         labels=list(info.labels), max_model_len=info.max_model_len, dtype=info.dtype,
         hidden_size=info.hidden_size, vocab_size=info.vocab_size, has_chat_template=info.has_chat_template,

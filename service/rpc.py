@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import grpc
 
-from rewardserve.engine.errors import DeadlineExceededError, InvalidInputError
+from rewardserve.engine.api import DeadlineExceededError, InvalidInputError
 from rewardserve.service.errors import to_failure
 
 logger = logging.getLogger(__name__)

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator, Callable
+from typing import AsyncIterator, Callable
 
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
-from rewardserve.engine.errors import EngineOverloadedError, InvalidInputError, ItemError
+from rewardserve.engine.api import ChatInput, EngineAPI, EngineOverloadedError, InvalidInputError, ItemError
 from rewardserve.service import chat_convert, convert
 from rewardserve.service.chat_convert import ChatOptions, Origin
 from rewardserve.service.errors import to_failure
@@ -35,7 +35,7 @@ class ItemStream:
     once the server drains: then no new item is read, and the stream ends UNAVAILABLE after the
     items already read have been answered."""
 
-    def __init__(self, requests: AsyncIterator[pb.StreamRewardRequest], engine_of: Callable[[], Any],
+    def __init__(self, requests: AsyncIterator[pb.StreamRewardRequest], engine_of: Callable[[], EngineAPI],
                  call: CallScope, max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self._requests = requests
         self._max_in_flight = max_in_flight
@@ -99,7 +99,7 @@ class ItemStream:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _check(self, item: pb.StreamItem) -> Any:
+    def _check(self, item: pb.StreamItem) -> ChatInput:
         if not item.id:
             raise InvalidInputError("id", "must not be empty (answers are matched by it)")
         if item.id in self._ids:
@@ -108,7 +108,7 @@ class ItemStream:
             raise InvalidInputError(ITEM_FIELD, "must be set")
         return chat_convert.conversation(item.conversation, self._options, ITEM_FIELD, None)
 
-    async def _score(self, item: pb.StreamItem, index: int, chat: Any, options: ChatOptions) -> None:
+    async def _score(self, item: pb.StreamItem, index: int, chat: ChatInput, options: ChatOptions) -> None:
         arrival, rewards = time.monotonic(), []
         try:
             rewards = await self._engine_of().chat_reward(

@@ -92,7 +92,7 @@ def test_cancel_frees_queued_work():
     scheduler.cancel(gone)
     assert scheduler.stats.queued_tokens == 0 and scheduler.stats.queued_requests == 0
     assert scheduler.stats.num_cancelled == 1
-    assert scheduler.next_batch(0) == []
+    assert len(scheduler.next_batch(0)) == 0
 
 
 def test_queue_limits_refuse_with_retry_delay():
@@ -113,7 +113,7 @@ def test_failed_request_returns_its_computed_but_unreported_tokens():
     scheduler, _ = make()
     req = request("r", [10, 20, 30])
     scheduler.submit(req)
-    batch = scheduler.next_batch(0)
+    batch = scheduler.next_batch(0).items
     batch[0].result = ("done", None)
     scheduler.complete(batch[0])          # reported
     batch[1].result = ("done", None)      # computed, not reported: its sibling fails first
