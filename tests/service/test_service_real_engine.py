@@ -120,3 +120,17 @@ async def test_a_task_the_model_cannot_do_is_named_beside_a_good_call(tmp_path):
     assert list(good.results[0].data.shape) == [32] and good.task == pb.POOLING_TASK_EMBED
     assert isinstance(bad, grpc.aio.AioRpcError) and bad.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad.details().startswith("task:") and "classify" in bad.details()
+
+
+async def test_encode_without_a_task_reports_the_task_the_engine_resolved(demo_model_dir):
+    # --pooler-config STEP pooling: an Encode without a task is token_classify, and the reply says so
+    pooler = '{"pooling_type": "STEP", "step_tag_id": 7}'
+    engine = EngineConfig(model=ModelConfig(model=str(demo_model_dir), dtype="float32", pooler_config=pooler),
+                          runner=RunnerConfig(device="cpu"))
+    async with RewardServer(dataclasses.replace(local_config(), engine=engine)) as server:
+        await asyncio.wait_for(server.wait_ready(), 120)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            reply = await pb_grpc.RewardServiceStub(channel).Encode(
+                pb.EncodeRequest(inputs=[pb.EncodeInput(token_ids=pb.TokenIds(ids=[5, 7, 6, 7]))]))
+    assert reply.task == pb.POOLING_TASK_TOKEN_CLASSIFY
+    assert list(reply.results[0].pooled_positions) == [1, 3] and list(reply.results[0].data.shape) == [2, 1]
