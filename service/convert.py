@@ -1,9 +1,9 @@
-"""Proto ↔ engine conversions, and every check that needs no model.
+"""Proto ↔ engine conversions, and the proto shape checks (nothing else).
 
-Requests become engine inputs, tasks and ``PoolingParams``; bad values raise the engine's own
-``InvalidInputError`` (field + item index) so that one error table (service/errors.py) maps them.
-Checks that need the model (token id ≥ vocab, too long, unknown role, task the model cannot do)
-are the engine's. Results carry torch tensors; they are read through NumPy, or their own
+Requests become engine inputs, tasks and ``PoolingParams``; a request whose shape cannot be read
+(an empty list, an unset oneof, an unknown enum number) raises the engine's own
+``InvalidInputError`` (field + item index) so that one error table (service/errors.py) maps it.
+What values mean (ranges, roles, token ids, lengths, the task) is checked by the engine alone. Results carry torch tensors; they are read through NumPy, or their own
 ``tolist`` when small.
 """
 from __future__ import annotations
@@ -89,32 +89,17 @@ def pooling_params(pooling: pb.PoolingParams, truncation: pb.Truncation, *,
         pooling_type=_enum(pooling.pooling_type, POOLING_TYPES, "pooling.pooling_type"),
         use_activation=_optional(pooling, "use_activation"),
         normalize=_optional(pooling, "normalize"),
-        dimensions=_positive(pooling, "dimensions", "pooling.dimensions"),
+        dimensions=_optional(pooling, "dimensions"),
         step_tag_id=_optional(pooling, "step_tag_id"),
         returned_token_ids=tuple(pooling.returned_token_ids) or None,
-        truncate_prompt_tokens=_truncate_to(truncation),
+        truncate_prompt_tokens=_optional(truncation, "truncate_prompt_tokens"),
         truncation_side=_enum(truncation.side, TRUNCATION_SIDES, "truncation.side"),
         add_special_tokens=add_special_tokens,
     )
 
 
-def _truncate_to(truncation: pb.Truncation) -> int | None:
-    value = _optional(truncation, "truncate_prompt_tokens")
-    if value is not None and value != -1 and value < 1:
-        raise InvalidInputError("truncation.truncate_prompt_tokens",
-                                f"must be -1 (the model's maximum) or at least 1, not {value}")
-    return value
-
-
 def _optional(message: Any, name: str) -> Any:
     return getattr(message, name) if message.HasField(name) else None
-
-
-def _positive(message: Any, name: str, where: str) -> int | None:
-    value = _optional(message, name)
-    if value is not None and value < 1:
-        raise InvalidInputError(where, "must be at least 1")
-    return value
 
 
 def _enum(value: int, table: dict[int, Any], where: str) -> Any:

@@ -92,7 +92,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
             results = await engine.chat_reward(req.conversations, req.params, priority=req.priority,
                                                deadline=call.deadline, request_id=call.request_id)
         except ItemError as exc:  # name the group and response, not the flattened position
-            raise req.relocate(exc) from None
+            raise chat_convert.proto_error(exc, req.origins) from None
         return pb.ChatRewardResponse(
             request_id=call.request_id, model=engine.info.model,
             results=[chat_convert.result(r, origin) for r, origin in zip(results, req.origins)],

@@ -50,6 +50,22 @@ async def test_real_engine_every_rpc_and_bad_inputs_beside_a_good_call(real_stub
          "inputs[1]: token id 400"),
         (real_stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(token_ids=pb.TokenIds(ids=[1] * (MAX_LEN + 1)))])),
          f"inputs[0]: input has {MAX_LEN + 1} tokens"),
+        # checked by the engine alone (the service passes them through), named in proto terms
+        (real_stub.Encode(pb.EncodeRequest(task=pb.POOLING_TASK_EMBED, inputs=[pb.EncodeInput(text="a")],
+                                           pooling=pb.PoolingParams(dimensions=0))), "pooling.dimensions: must be in 1.."),
+        (real_stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text="a")],
+                                           truncation=pb.Truncation(truncate_prompt_tokens=0))),
+         f"truncation.truncate_prompt_tokens: must be -1 or in 1..{MAX_LEN}"),
+        (real_stub.ChatReward(pb.ChatRewardRequest(conversations=[chat(("user", "hi")), pb.Conversation()])),
+         "conversations[1]: conversation has no messages"),
+        (real_stub.ChatReward(pb.ChatRewardRequest(conversations=[chat(("user", "hi")), chat(("", "x"))])),
+         "conversations[1]: unknown role ''"),
+        (real_stub.ChatReward(pb.ChatRewardRequest(conversations=[pb.Conversation(
+            messages=[pb.ChatMessage(role="user", content="hi")], rendered=pb.PolicyText(text="x"))])),
+         "conversations[0]: rendered: excludes messages and response"),
+        (real_stub.ChatReward(pb.ChatRewardRequest(groups=[pb.ChatGroup(
+            prompt=[pb.ChatMessage(role="user", content="hi")], responses=[pb.PolicyText(text="a"), pb.PolicyText()])])),
+         "groups[0].responses[1]: response: set either text or token_ids"),
     ]
     outcomes = await asyncio.gather(*good, *(call for call, _ in bad), return_exceptions=True)
     encoded, rewarded, chatted = outcomes[:3]
