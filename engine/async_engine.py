@@ -28,7 +28,6 @@ from rewardserve.engine.types import (ChatInput, EncodeInput, EncodeResult, Mode
                                       TokensInput)
 
 log = logging.getLogger(__name__)
-INLINE_PREPARE_MAX_TOKENS = 8192
 
 
 class AsyncEngine:
@@ -84,7 +83,7 @@ class AsyncEngine:
                      deadline: float | None = None, request_id: str = "") -> list[EncodeResult]:
         """Run ``task`` on every input; results keep input order (see the interface docs)."""
         self._check_ready()
-        if _is_small_token_batch(inputs):  # no tokenizer work: a thread hop would cost more than it saves
+        if _is_small_token_batch(inputs, self.core.config.scheduler.inline_prepare_max_tokens):  # no tokenizer work: a thread hop would cost more than it saves
             items = self.core.prepare(inputs, task, params)
         else:
             items = await self._prepare(self.core.prepare, inputs, task, params)
@@ -145,7 +144,7 @@ class AsyncEngine:
         self._ready = False
 
 
-def _is_small_token_batch(inputs: Sequence[EncodeInput]) -> bool:
+def _is_small_token_batch(inputs: Sequence[EncodeInput], max_tokens: int) -> bool:
     """Token-id inputs small enough to validate on the event loop (well under a millisecond)."""
     total = 0
     for item in inputs:
@@ -153,7 +152,7 @@ def _is_small_token_batch(inputs: Sequence[EncodeInput]) -> bool:
         if ids is None:
             return False
         total += len(ids)
-    return total <= INLINE_PREPARE_MAX_TOKENS
+    return total <= max_tokens
 
 
 def _settle(future: asyncio.Future, request: Request) -> None:

@@ -41,7 +41,9 @@ class EngineCore:
         self.runner = ModelRunner(self.loaded.model, self.loaded.device, self.loaded.backend, head_dtype,
                                   compile=config.runner.compile, cuda_graphs=config.runner.cuda_graphs,
                                   max_tokens=config.scheduler.max_num_batched_tokens,
-                                  max_seq_len=self.loaded.max_model_len)
+                                  max_seq_len=self.loaded.max_model_len,
+                                  graph_max_tokens=config.runner.cuda_graph_max_tokens,
+                                  graph_max_seqs=config.runner.cuda_graph_max_seqs)
 
     def plan(self, task: PoolingTask | None, params: PoolingParams | None) -> tuple[pooling.ResolvedPooling, PoolingParams]:
         """Resolve pooling: request > server --pooler-config > model traits (sentence-transformers

@@ -24,7 +24,7 @@ import torch
 from rewardserve.engine import attention, staging
 from rewardserve.engine.batch import PackedBatch
 from rewardserve.engine.compiled import compile_forward, eager_forward, num_compiled_graphs
-from rewardserve.engine.cuda_graphs import DEFAULT_BUCKETS, CudaGraphs
+from rewardserve.engine.cuda_graphs import CudaGraphs, seq_buckets, token_buckets
 from rewardserve.engine.models.base import PoolingModel
 from rewardserve.engine.pooling import finish
 from rewardserve.engine.types import PoolingType
@@ -58,8 +58,8 @@ class ModelRunner:
     """Runs packed batches of WorkItems on one device."""
 
     def __init__(self, model: PoolingModel, device: torch.device, backend: str, head_dtype: torch.dtype | None,
-                 *, compile: bool = False, cuda_graphs: bool = False, max_tokens: int = 16384,
-                 max_seq_len: int | None = None):
+                 *, max_tokens: int, graph_max_tokens: int, graph_max_seqs: int, compile: bool = False,
+                 cuda_graphs: bool = False, max_seq_len: int | None = None):
         self.model = model.to(device)
         self.device = device
         self.backend = backend
@@ -78,6 +78,7 @@ class ModelRunner:
         self.want_graphs = cuda_graphs and self.cuda and packs
         self.max_tokens = max_tokens
         self.max_seq_len = max_seq_len or max_tokens  # warm-up sequences stay within the position table
+        self.graph_max_tokens, self.graph_max_seqs = graph_max_tokens, graph_max_seqs  # RunnerConfig.cuda_graph_*
         self.forward = eager_forward(self.model)  # (ids, positions, cu_seqlens, max_seqlen) → [T, H]
         self.min_tokens = 1                       # 2 once compiled: T=1 would specialise the graph
         self.graphs: CudaGraphs | None = None
@@ -240,8 +241,8 @@ class ModelRunner:
             log.warning("CUDA graphs off: this model's attention needs the SDPA fallback (host syncs)")
             self.stats["cuda_graphs"] = "fallback attention"
             return
-        buckets = tuple(b for b in DEFAULT_BUCKETS if b <= max(max_tokens, DEFAULT_BUCKETS[0]))
-        graphs = CudaGraphs(self.forward, self.device, buckets)
+        buckets = token_buckets(min(self.graph_max_tokens, max_tokens))
+        graphs = CudaGraphs(self.forward, self.device, buckets, seq_buckets(self.graph_max_seqs))
         try:
             seconds = graphs.capture()
         except Exception:  # noqa: BLE001

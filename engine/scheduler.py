@@ -19,8 +19,6 @@ from rewardserve.engine.config import SchedulerConfig
 from rewardserve.engine.errors import DeadlineExceededError, EngineOverloadedError
 from rewardserve.engine.prepare import WorkItem
 
-MAX_SKIPS = 64  # items looked past when the head of the queue does not fit
-
 
 @dataclass
 class Request:
@@ -76,7 +74,7 @@ class Scheduler:
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
-        self.throughput_tok_s = 50_000.0  # refined by the engine from measured batches
+        self.throughput_tok_s = config.initial_throughput_tok_s  # refined from measured batches
 
     def submit(self, request: Request) -> None:
         """Queue a request's items, or refuse it (EngineOverloadedError) when the queue is full."""
@@ -185,7 +183,7 @@ class Scheduler:
     def _cut(self) -> tuple[list[WorkItem], list[Request]]:
         cfg, now = self.config, self.clock()
         batch, skipped, expired, tokens = [], [], [], 0
-        while self._heap and len(batch) < cfg.max_num_seqs and len(skipped) < MAX_SKIPS:
+        while self._heap and len(batch) < cfg.max_num_seqs and len(skipped) < cfg.max_skips:
             entry = heapq.heappop(self._heap)
             item = entry[-1]
             request: Request = item.owner

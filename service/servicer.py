@@ -12,7 +12,7 @@ from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 from rewardserve.engine.api import EncodeResult, EngineAPI, EngineUnavailableError, ItemError, PoolingTask
 from rewardserve.service import chat_convert, convert
 from rewardserve.service.rpc import CallScope, OpenCalls, stream, unary
-from rewardserve.service.stream import MAX_IN_FLIGHT, ItemStream
+from rewardserve.service.stream import ItemStream
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
     """Serves one engine. The engine may be attached after the server started listening
     (the model loads in the background); until then, and once draining, RPCs answer UNAVAILABLE."""
 
-    def __init__(self, engine: EngineAPI | None = None, stream_max_in_flight: int = MAX_IN_FLIGHT) -> None:
+    def __init__(self, stream_max_in_flight: int, engine: EngineAPI | None = None) -> None:
         self._engine = engine
         self._stream_max_in_flight = stream_max_in_flight
         self._version = server_version()

@@ -25,7 +25,6 @@ from rewardserve.service.chat_convert import ChatOptions, Origin
 from rewardserve.service.errors import to_failure
 from rewardserve.service.rpc import CallScope
 
-MAX_IN_FLIGHT = 256  # default per-stream limit (--stream-max-in-flight); clients may ask for less
 ITEM_FIELD = "conversation"
 _DONE = object()     # the reader's last word: every item read was answered
 
@@ -36,7 +35,7 @@ class ItemStream:
     items already read have been answered."""
 
     def __init__(self, requests: AsyncIterator[pb.StreamRewardRequest], engine_of: Callable[[], EngineAPI],
-                 call: CallScope, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+                 call: CallScope, max_in_flight: int) -> None:
         self._requests = requests
         self._max_in_flight = max_in_flight
         self._engine_of = engine_of
