@@ -90,6 +90,10 @@ class EngineCore:
     def to_reward(self, item: WorkItem) -> RewardResult:
         return to_reward_result(item, self.labels_for(item))
 
+    def wrap_forward(self, wrapper) -> None:
+        """See ``ModelRunner.wrap_forward``."""
+        self.runner.wrap_forward(wrapper)
+
     def labels_for(self, item: WorkItem) -> tuple[str, ...]:
         """Label names of the columns a result holds (token strings for LM-head columns)."""
         ids = item.pooling.returned_token_ids

@@ -115,6 +115,12 @@ class ModelRunner:
         host.copy_(flat, non_blocking=True)
         return Pending(batch, counts, [p.shape for p in parts], host, _event(timing), started)
 
+    def wrap_forward(self, wrapper) -> None:
+        """Replace the packed forward by ``wrapper(forward)`` (same signature: ids, positions,
+        cu_seqlens, max_seqlen → hidden [T, H]); for fault injection and tracing. Call it after
+        warm-up: compiling replaces the forward."""
+        self.forward = wrapper(self.forward)
+
     def release_memory(self) -> None:
         """Give cached device memory back (after an out-of-memory failure, before a retry)."""
         if self.cuda:

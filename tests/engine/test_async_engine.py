@@ -16,23 +16,23 @@ from rewardserve.engine.errors import DeadlineExceededError, EngineOverloadedErr
 
 
 class GatedForward:
-    """Wraps the model's forward: records each batch's token count; can hold the GPU thread."""
+    """Wraps the packed forward: records each batch's tokens; can hold the GPU thread or fail."""
 
-    def __init__(self, model):
-        self.inner = model.forward_hidden
+    def __init__(self, inner):
+        self.inner = inner
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
         self.batches: list[list[int]] = []
         self.fail_above: int | None = None
 
-    def __call__(self, input_ids, positions, meta):
+    def __call__(self, input_ids, positions, cu_seqlens, max_seqlen):
         self.entered.set()
         self.gate.wait(10)
         if self.fail_above is not None and input_ids.shape[0] > self.fail_above:
             raise torch.OutOfMemoryError("injected: CUDA out of memory")
         self.batches.append(input_ids.tolist())
-        return self.inner(input_ids, positions, meta)
+        return self.inner(input_ids, positions, cu_seqlens, max_seqlen)
 
 
 @pytest.fixture
@@ -41,8 +41,12 @@ async def engine(demo_model_dir):
                           scheduler=SchedulerConfig(max_num_batched_tokens=2048, max_queue_requests=200))
     eng = await asyncio.to_thread(AsyncEngine.from_config, config)
     await eng.start()
-    eng.forward = GatedForward(eng.core.runner.model)
-    eng.core.runner.model.forward_hidden = eng.forward
+
+    def gate(inner):
+        eng.forward = GatedForward(inner)
+        return eng.forward
+
+    eng.core.wrap_forward(gate)  # the runner's seam for fault injection
     yield eng
     eng.forward.gate.set()
     await eng.shutdown(2)

@@ -143,7 +143,7 @@ class FakeEngine:
         self.calls.append(call)
         self.queued.set()
         try:
-            await self._wait_for_turn(call)
+            await self.wait_for_turn(call)
         except asyncio.CancelledError:
             call.outcome = "cancelled"  # the real engine removes the queued work here
             raise
@@ -151,7 +151,9 @@ class FakeEngine:
             call.finished.set()
         call.outcome = "done"
 
-    async def _wait_for_turn(self, call: Call) -> None:
+    async def wait_for_turn(self, call: Call) -> None:
+        """The seam for tests: when a queued call runs (here: once ``hold`` is set, or its deadline
+        fails it). Subclasses override it to gate calls their own way."""
         timeout = None if call.deadline is None else max(0.0, call.deadline - time.monotonic())
         try:
             await asyncio.wait_for(self.hold.wait(), timeout)

@@ -31,7 +31,7 @@ class GatedEngine(FakeEngine):
         for item_id in item_ids:
             self.gates[item_id].set()
 
-    async def _wait_for_turn(self, call) -> None:
+    async def wait_for_turn(self, call) -> None:
         self.queued_now += 1
         self.most_queued = max(self.most_queued, self.queued_now)
         try:
