@@ -46,7 +46,6 @@ BAD_REQUESTS = [  # (rpc, request, where the message points) — the proto shape
     # What values mean is the engine's to check: tests/service/test_service_real_engine.py.
     ("Encode", pb.EncodeRequest(), "inputs: must not be empty"),
     ("Encode", pb.EncodeRequest(inputs=[TEXT, TEXT, TEXT, pb.EncodeInput()]), "inputs[3]: set either text or"),
-    ("Encode", pb.EncodeRequest(inputs=[TEXT, ids()]), "inputs[1]: token_ids.ids must not be empty"),
     ("Encode", pb.EncodeRequest(task=99, inputs=[TEXT]), "task: unknown value 99"),
     ("Encode", pb.EncodeRequest(inputs=[TEXT], pooling=pb.PoolingParams(pooling_type=42)),
      "pooling.pooling_type: unknown value 42"),

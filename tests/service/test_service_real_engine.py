@@ -47,6 +47,8 @@ async def test_real_engine_every_rpc_and_bad_inputs_beside_a_good_call(real_stub
         # checked by the engine alone (the service passes them through), named in proto terms
         (real_stub.Encode(pb.EncodeRequest(task=pb.POOLING_TASK_EMBED, inputs=[pb.EncodeInput(text="a")],
                                            pooling=pb.PoolingParams(dimensions=0))), "pooling.dimensions: must be in 1.."),
+        (real_stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text="a"), pb.EncodeInput(token_ids=pb.TokenIds())])),
+         "inputs[1]: input is empty (0 tokens)"),
         (real_stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text="a")],
                                            truncation=pb.Truncation(truncate_prompt_tokens=0))),
          f"truncation.truncate_prompt_tokens: must be -1 or in 1..{MAX_LEN}"),
