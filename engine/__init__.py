@@ -11,6 +11,7 @@ from typing import Any
 _EXPORTS = {
     "Engine": "rewardserve.engine.engine",
     "AsyncEngine": "rewardserve.engine.async_engine",
+    "EngineAPI": "rewardserve.engine.api",
     "EngineConfig": "rewardserve.engine.config",
     "ModelConfig": "rewardserve.engine.config",
     "RunnerConfig": "rewardserve.engine.config",

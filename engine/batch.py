@@ -1,53 +1,57 @@
-"""PackedBatch: the only contract between the scheduler and the runner."""
+"""PackedBatch: the one contract between the scheduler and the runner."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterator, Sequence
 
-import torch
+import numpy as np
 
-from rewardserve.engine.attention import VarlenMeta
+if TYPE_CHECKING:
+    from rewardserve.engine.prepare import WorkItem
 
 
-@dataclass
+@dataclass(frozen=True)
 class PackedBatch:
-    """Sequences concatenated with no padding.
+    """The sequences of one packed forward pass, in packing order, and their sizes.
 
-    input_ids, positions: [total_tokens] int64 (positions restart at 0 for each sequence)
-    cu_seqlens: [num_seqs + 1] int32, sequence i is tokens cu_seqlens[i]:cu_seqlens[i+1]
-    items: the scheduler's work items, one per sequence, in packing order (the pooling plan).
+    The scheduler cuts it (token budget, sequence cap, priorities, deadlines); the runner lays
+    it out in one staging row (``staging.fill``: ids and positions [T], cu_seqlens [n + 1],
+    gather rows [R]), runs it, and returns one (data, logits) per item in this order.
+
+    items: WorkItems (``token_ids``, pooled ``positions``, resolved ``pooling``)
+    lengths: [n] int64 tokens per item; row_counts: pooled positions per item
+    num_tokens: T = sum(lengths); max_seqlen: max(lengths)
     """
 
-    input_ids: torch.Tensor
-    positions: torch.Tensor
-    cu_seqlens: torch.Tensor
+    items: Sequence["WorkItem"]
+    lengths: np.ndarray
+    row_counts: list[int]
+    num_tokens: int
     max_seqlen: int
-    items: list = field(default_factory=list)
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.input_ids.shape[0])
+    @classmethod
+    def of(cls, items: Sequence["WorkItem"]) -> "PackedBatch":
+        """The batch of ``items`` (anything with ``token_ids`` and ``positions``), sizes counted once."""
+        lengths = np.fromiter((len(it.token_ids) for it in items), dtype=np.int64, count=len(items))
+        counts = [len(it.positions) for it in items]
+        return cls(items, lengths, counts, int(lengths.sum()), int(lengths.max(initial=0)))
 
     @property
     def num_seqs(self) -> int:
-        return int(self.cu_seqlens.shape[0]) - 1
+        return int(self.lengths.shape[0])
 
-    def meta(self) -> VarlenMeta:
-        return VarlenMeta(self.cu_seqlens, self.max_seqlen)
+    @property
+    def num_rows(self) -> int:
+        """Pooled rows of the whole batch (the head's input rows, before MEAN averaging)."""
+        return sum(self.row_counts)
 
-    def to(self, device: torch.device, non_blocking: bool = False) -> "PackedBatch":
-        """Copy the index tensors to ``device`` (pinned host memory makes this asynchronous)."""
-        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return PackedBatch(move(self.input_ids), move(self.positions), move(self.cu_seqlens),
-                           self.max_seqlen, self.items)
+    def __len__(self) -> int:
+        return len(self.items)
 
+    def __iter__(self) -> Iterator["WorkItem"]:
+        return iter(self.items)
 
-def pack_token_ids(sequences: list[list[int]], items: list | None = None, pin: bool = False) -> PackedBatch:
-    """Concatenate token id lists into one PackedBatch (on the CPU, optionally pinned)."""
-    lengths = [len(s) for s in sequences]
-    input_ids = torch.tensor([t for s in sequences for t in s], dtype=torch.long)
-    positions = torch.cat([torch.arange(n, dtype=torch.long) for n in lengths]) if lengths else input_ids
-    cu_seqlens = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-    cu_seqlens[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int32), 0)
-    if pin and torch.cuda.is_available():
-        input_ids, positions, cu_seqlens = input_ids.pin_memory(), positions.pin_memory(), cu_seqlens.pin_memory()
-    return PackedBatch(input_ids, positions, cu_seqlens, max(lengths, default=0), items or [])
+    def split(self) -> tuple["PackedBatch", "PackedBatch"]:
+        """Two halves (failure isolation runs each on its own)."""
+        half = len(self.items) // 2
+        return PackedBatch.of(self.items[:half]), PackedBatch.of(self.items[half:])

@@ -15,9 +15,12 @@ CONVERTS = ("auto", "none", "classify", "embed")
 HEAD_DTYPES = ("model", "float32")
 
 
-def option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A config field with its documentation (and allowed values): the CLI is built from these."""
-    return field(default=default, metadata={"help": help, "choices": choices})
+def option(default: Any, help: str, choices: tuple[str, ...] | None = None, *, advanced: bool = False) -> Any:
+    """A config field with its documentation (and allowed values): the CLI is built from these.
+
+    ``advanced`` marks a tuning knob whose default is right for nearly everyone (a CLI may keep
+    it out of the short help)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "advanced": advanced})
 
 
 @dataclass(frozen=True)
@@ -62,7 +65,11 @@ class RunnerConfig:
                                   "the first start of a model takes a minute or more). Default: on for CUDA, off on CPU.")
     cuda_graphs: bool | None = option(None, "Replay CUDA graphs for small token buckets (the single-request "
                                       "latency path). Default: on for CUDA, off on CPU.")
-    seed: int = option(0, "Seed for anything random (the demo model's weights).")
+    cuda_graph_max_tokens: int = option(
+        2048, "CUDA graphs: the largest token bucket; buckets are the powers of two from 16 up to it "
+              "(and up to --max-num-batched-tokens).", advanced=True)
+    cuda_graph_max_seqs: int = option(
+        64, "CUDA graphs: the largest sequence bucket; buckets are 1 and the powers of 4 up to it.", advanced=True)
 
     def for_device(self, device_type: str) -> "RunnerConfig":
         """This config with ``compile`` and ``cuda_graphs`` decided for ``device_type`` ("cuda",
@@ -83,6 +90,12 @@ class SchedulerConfig:
     max_queue_requests: int = option(4096, "Most requests waiting; past it new work is refused (RESOURCE_EXHAUSTED).")
     max_queue_tokens: int = option(8_000_000, "Most tokens waiting; past it new work is refused (RESOURCE_EXHAUSTED).")
     tokenizer_workers: int = option(2, "Threads that tokenize and render chat templates off the event loop.")
+    max_skips: int = option(64, "Queued items a batch cut looks past when the next one does not fit the token "
+                                "budget (it then leads the next batch).", advanced=True)
+    initial_throughput_tok_s: float = option(50_000.0, "Throughput assumed for retry delays until batches have "
+                                                       "been measured.", advanced=True)
+    inline_prepare_max_tokens: int = option(8192, "Token-id requests up to this many tokens are checked on the "
+                                                  "event loop instead of the tokenizer threads.", advanced=True)
 
 
 @dataclass(frozen=True)

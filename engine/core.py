@@ -1,6 +1,8 @@
-"""EngineCore: what the offline Engine and the AsyncEngine share — plan, prepare, run, collect."""
+"""EngineCore: what the offline Engine and the AsyncEngine share — the model, its runner, and
+the rules that turn requests into WorkItems and computed items into results."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import torch
@@ -9,7 +11,7 @@ from rewardserve.engine import pooling
 from rewardserve.engine.config import EngineConfig
 from rewardserve.engine.errors import InvalidInputError
 from rewardserve.engine.loader import load, model_info
-from rewardserve.engine.policy import PolicyTokenizers, ServedModelInfo
+from rewardserve.engine.policy import PolicyTokenizers
 from rewardserve.engine.prepare import Limits, WorkItem, prepare
 from rewardserve.engine.retemplate import Retemplater
 from rewardserve.engine.reward import RewardResult, to_reward_result
@@ -33,17 +35,20 @@ class EngineCore:
         # Policy tokenizers load with the model, so the server needs no extra wiring for them.
         self.policies = PolicyTokenizers.load(config.model.policy_tokenizer, self.tokenizer)
         self.retemplater = Retemplater(self.policies)
-        self.info = ServedModelInfo.extend(model_info(config.model.model, self.loaded),
-                                           policy_tokenizers=self.policies.infos())
+        self.info = dataclasses.replace(model_info(config.model.model, self.loaded),
+                                        policy_tokenizers=self.policies.infos())
         head_dtype = None if config.model.head_dtype == "model" else torch.float32
         speed = config.runner.for_device(self.loaded.device.type)  # compile and graphs: on for CUDA
         self.runner = ModelRunner(self.loaded.model, self.loaded.device, self.loaded.backend, head_dtype,
                                   compile=speed.compile, cuda_graphs=speed.cuda_graphs,
                                   max_tokens=config.scheduler.max_num_batched_tokens,
-                                  max_seq_len=self.loaded.max_model_len)
+                                  max_seq_len=self.loaded.max_model_len,
+                                  graph_max_tokens=config.runner.cuda_graph_max_tokens,
+                                  graph_max_seqs=config.runner.cuda_graph_max_seqs)
 
     def plan(self, task: PoolingTask | None, params: PoolingParams | None) -> tuple[pooling.ResolvedPooling, PoolingParams]:
-        """Resolve pooling: request > server --pooler-config > model traits."""
+        """Resolve pooling: request > server --pooler-config > model traits (sentence-transformers
+        config, then the architecture default). An unset task follows ``pooling.default_task``."""
         merged = pooling.merge(self.server_params, params)
         if merged.truncation_side not in (None, *TRUNCATION_SIDES):
             raise InvalidInputError("truncation.side", f"must be left or right, not {merged.truncation_side!r}")
@@ -53,41 +58,42 @@ class EngineCore:
         return resolved, merged
 
     def prepare(self, inputs: Sequence[EncodeInput], task: PoolingTask | None,
-                params: PoolingParams | None, field: str = "inputs") -> list[WorkItem]:
+                params: PoolingParams | None) -> list[WorkItem]:
         """Validate and tokenize (CPU work; the async engine runs it on a thread pool)."""
         resolved, merged = self.plan(task, params)
-        return prepare(inputs, resolved, merged, self.tokenizer, self.limits, field)
+        return prepare(inputs, resolved, merged, self.tokenizer, self.limits, "inputs")
 
     def prepare_chat(self, conversations: Sequence[ChatInput], params: PoolingParams | None) -> list[WorkItem]:
         """ChatReward: classify at the last token, plus every step tag for process RMs.
 
-        Policy responses and rendered conversations (``PolicyChat``) are re-templated first.
+        The step tag follows the one override order (request > server > model), so a server's
+        ``--pooler-config`` step_tag_id makes a PRM of a model without one. Policy responses
+        and rendered conversations (``PolicyChat``) are re-templated first.
         """
         conversations = self.retemplater.resolve_all(conversations)
-        step_tag = (params.step_tag_id if params and params.step_tag_id is not None else self.traits.step_tag_id)
-        is_prm = step_tag is not None and self.traits.num_labels > 0
-        task = PoolingTask.TOKEN_CLASSIFY if is_prm else PoolingTask.CLASSIFY
-        base = params or PoolingParams()
-        if is_prm:
-            base = pooling.merge(base, PoolingParams(pooling_type=PoolingType.STEP, step_tag_id=step_tag))
-        items = self.prepare(conversations, task, base, field="conversations")
-        for item in items:  # read the last token too: the outcome score of a PRM
-            if is_prm:
-                item.positions = sorted(set(item.positions) | {item.num_tokens - 1})
-        return items
+        step_tag = pooling.merge(self.server_params, params).step_tag_id
+        step_tag = self.traits.step_tag_id if step_tag is None else step_tag
+        if step_tag is None or not self.traits.num_labels:
+            resolved, merged = self.plan(PoolingTask.CLASSIFY, params)
+        else:  # STEP positions and the last token (the outcome score), in one pooled read
+            step = PoolingParams(pooling_type=PoolingType.STEP, step_tag_id=step_tag)
+            resolved, merged = self.plan(PoolingTask.TOKEN_CLASSIFY, pooling.merge(params or PoolingParams(), step))
+            resolved = dataclasses.replace(resolved, reads_last=True)
+        return prepare(conversations, resolved, merged, self.tokenizer, self.limits, "conversations")
 
     @staticmethod
     def to_result(item: WorkItem) -> EncodeResult:
         data, logits = item.result
         return EncodeResult(index=item.index, data=data, num_tokens=item.num_tokens, truncated=item.truncated,
-                            pooled_positions=list(item.positions), logits=logits,
+                            pooled_positions=list(item.positions), task=item.pooling.task, logits=logits,
                             queue_time_s=item.queue_time_s, compute_time_s=item.compute_time_s)
 
     def to_reward(self, item: WorkItem) -> RewardResult:
-        flags = None
-        if item.pooling.task == PoolingTask.TOKEN_CLASSIFY:
-            flags = [item.token_ids[p] == item.pooling.step_tag_id for p in item.positions]
-        return to_reward_result(self.to_result(item), self.labels_for(item), flags)
+        return to_reward_result(item, self.labels_for(item))
+
+    def wrap_forward(self, wrapper) -> None:
+        """See ``ModelRunner.wrap_forward``."""
+        self.runner.wrap_forward(wrapper)
 
     def labels_for(self, item: WorkItem) -> tuple[str, ...]:
         """Label names of the columns a result holds (token strings for LM-head columns)."""
@@ -96,17 +102,3 @@ class EngineCore:
             return self.traits.labels or tuple(f"LABEL_{i}" for i in range(self.traits.num_labels))
         tok = self.tokenizer.hf if self.tokenizer else None
         return tuple(tok.convert_ids_to_tokens(i) if tok else str(i) for i in ids)
-
-    def run(self, items: list[WorkItem]) -> None:
-        """Compute a batch of items in place (item.result = (data, logits))."""
-        for item, out in zip(items, self.runner.execute(items)):
-            item.result = out
-
-    def launch(self, items: list[WorkItem]):
-        """Queue a batch on the device without waiting; ``collect`` sets the results."""
-        return self.runner.launch(items)
-
-    def collect(self, items: list[WorkItem], pending) -> None:
-        """Wait for a launched batch and set each item's result."""
-        for item, out in zip(items, self.runner.collect(pending)):
-            item.result = out

@@ -24,18 +24,34 @@ from rewardserve.engine.staging import Layout
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
-DEFAULT_SEQ_BUCKETS = (1, 4, 16, 64)  # one PPO sample ... a GRPO group or a mini-batch of short ones
 # (input_ids [T], positions [T], cu_seqlens int32 [S + 1], max_seqlen) → hidden [T, H]
 PackedForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 GraphKey = tuple[int, int]  # (token bucket, sequence bucket)
 
 
+def token_buckets(max_tokens: int) -> tuple[int, ...]:
+    """Powers of two from 16 to ``max_tokens`` (16 at least): the graphs' token capacities."""
+    out, b = [16], 32
+    while b <= max_tokens:
+        out.append(b)
+        b *= 2
+    return tuple(out)
+
+
+def seq_buckets(max_seqs: int) -> tuple[int, ...]:
+    """1 and the powers of 4 up to ``max_seqs``: one PPO sample ... a GRPO group or a mini-batch."""
+    out, s = [1], 4
+    while s <= max_seqs:
+        out.append(s)
+        s *= 4
+    return tuple(out)
+
+
 class CudaGraphs:
     """Captured forwards keyed by (token bucket, sequence bucket), sharing one static staging row."""
 
-    def __init__(self, forward: PackedForward, device: torch.device,
-                 buckets: tuple[int, ...] = DEFAULT_BUCKETS, seq_buckets: tuple[int, ...] = DEFAULT_SEQ_BUCKETS):
+    def __init__(self, forward: PackedForward, device: torch.device, buckets: tuple[int, ...],
+                 seq_buckets: tuple[int, ...]):
         self.forward = forward
         self.device = device
         self.buckets = tuple(sorted(buckets))

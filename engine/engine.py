@@ -1,12 +1,15 @@
 """Engine: the offline API, like vLLM's ``LLM.encode`` — the same work without a server."""
 from __future__ import annotations
 
-import time
-from typing import Any, Iterator, Sequence
+import uuid
+from typing import Any, Sequence
 
+from rewardserve.engine.api import BatchObserver
 from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig, SchedulerConfig
 from rewardserve.engine.core import EngineCore
+from rewardserve.engine.pipeline import BatchLoop
 from rewardserve.engine.prepare import WorkItem
+from rewardserve.engine.scheduler import Request, Scheduler
 from rewardserve.engine.reward import RewardResult
 from rewardserve.engine.types import ChatInput, EncodeResult, ModelInfo, PoolingParams, PoolingTask
 
@@ -22,6 +25,9 @@ class Engine:
         config = config or EngineConfig(model=ModelConfig(**model_options))
         self.config = config
         self.core = EngineCore(config)
+        # The same pipeline as the server's, on the caller's thread; the input list is the queue.
+        self.scheduler = Scheduler(config.scheduler, bounded=False)
+        self.loop = BatchLoop(self.scheduler, self.core.runner)
 
     @classmethod
     def from_model(cls, model: str, *, device: str = "auto", **model_options: Any) -> "Engine":
@@ -33,6 +39,10 @@ class Engine:
     def info(self) -> ModelInfo:
         return self.core.info
 
+    def add_observer(self, observer: BatchObserver) -> None:
+        """Call ``observer(items, compute_seconds)`` after every batch (as the AsyncEngine does)."""
+        self.loop.observers.append(observer)
+
     def encode(self, inputs: Sequence[Any], task: PoolingTask | str | None = None,
                params: PoolingParams | None = None, *, progress: bool = False) -> list[EncodeResult]:
         """Run ``task`` on every input (str, token id list, {"messages": [...]}, or input types).
@@ -41,50 +51,32 @@ class Engine:
         """
         task = PoolingTask(task) if task else None
         items = self.core.prepare(list(inputs), task, params)  # plain forms are read (and checked) there
-        self._run_all(items, progress)
+        self._run(items, "inputs", progress)
         return [self.core.to_result(it) for it in items]
 
     def chat_reward(self, conversations: Sequence[Any], params: PoolingParams | None = None) -> list[RewardResult]:
         """Score conversations rendered with the chat template (raw reward, label and step scores)."""
         chats = [c if isinstance(c, ChatInput) else ChatInput(messages=tuple(c)) for c in conversations]
         items = self.core.prepare_chat(chats, params)
-        self._run_all(items, False)
+        self._run(items, "conversations", False)
         return [self.core.to_reward(it) for it in items]
 
-    def _run_all(self, items: list[WorkItem], progress: bool) -> None:
-        """Run every batch; batch i+1 is launched before batch i is collected, so the host's
-        finishing and packing overlap the device's work."""
-        bar = _progress(sum(it.num_tokens for it in items), progress)
-        inflight = None
-        for batch in self.batches(items):
-            launched = (batch, self.core.launch(batch), time.monotonic())
-            if inflight is not None:
-                self._collect(*inflight, bar)
-            inflight = launched
-        if inflight is not None:
-            self._collect(*inflight, bar)
-        bar.close() if bar else None
-
-    def _collect(self, batch: list[WorkItem], pending: Any, start: float, bar) -> None:
-        self.core.collect(batch, pending)
-        for item in batch:
-            item.compute_time_s = time.monotonic() - start
-        bar.update(sum(it.num_tokens for it in batch)) if bar else None
-
-    def batches(self, items: list[WorkItem]) -> Iterator[list[WorkItem]]:
-        """Cut items into packed batches by token budget and sequence count (input order)."""
-        budget = self.config.scheduler.max_num_batched_tokens
-        max_seqs = self.config.scheduler.max_num_seqs
-        batch: list[WorkItem] = []
-        tokens = 0
-        for item in items:
-            if batch and (tokens + item.num_tokens > budget or len(batch) >= max_seqs):
-                yield batch
-                batch, tokens = [], 0
-            batch.append(item)
-            tokens += item.num_tokens
-        if batch:
-            yield batch
+    def _run(self, items: list[WorkItem], field: str, progress: bool) -> None:
+        """Queue the items as one request and run the batch pipeline until they are computed;
+        raises the request's error (e.g. ItemFailedError for an item that failed alone)."""
+        request = Request(uuid.uuid4().hex, items, field_name=field)
+        self.scheduler.submit(request)
+        bar = _progress(request.num_tokens, progress)
+        if bar is not None:
+            self.loop.observers.append(lambda batch, _s: bar.update(sum(it.num_tokens for it in batch)))
+        try:
+            self.loop.run(block=False)
+        finally:
+            if bar is not None:
+                self.loop.observers.pop()
+                bar.close()
+        if request.error is not None:
+            raise request.error
 
 
 def _progress(total_tokens: int, enabled: bool):

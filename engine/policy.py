@@ -9,58 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Sequence
 
 from rewardserve.engine.chat_markers import TemplateMarkers
 from rewardserve.engine.errors import EngineError, InvalidInputError
 from rewardserve.engine.tokenizer import Tokenizer
-from rewardserve.engine.types import ChatInput, ModelInfo
+from rewardserve.engine.types import OWN_TOKENIZER as OWN
+from rewardserve.engine.types import PolicyChat, PolicyText, PolicyTokenizerInfo
 
+__all__ = ["OWN", "PolicyChat", "PolicyText", "PolicyTokenizer", "PolicyTokenizerInfo", "PolicyTokenizers"]
 log = logging.getLogger(__name__)
-OWN = ""  # PolicyText.tokenizer naming the reward model's own tokenizer
-
-
-@dataclass(frozen=True)
-class PolicyText:
-    """Text or token ids from a policy; ``tokenizer`` names the policy tokenizer ("" = the RM's)."""
-
-    tokenizer: str = OWN
-    text: str | None = None
-    token_ids: tuple[int, ...] | None = None
-
-
-@dataclass(frozen=True)
-class PolicyChat(ChatInput):
-    """A ChatInput whose final assistant turn is a policy ``response``, or a whole policy
-    ``rendered`` conversation (then ``messages`` is empty). Resolved by ``Retemplater``."""
-
-    response: PolicyText | None = None
-    rendered: PolicyText | None = None
-
-
-@dataclass(frozen=True)
-class PolicyTokenizerInfo:
-    """What GetModelInfo says about one policy tokenizer."""
-
-    name: str
-    tokenizer_sha256: str
-    chat_template_sha256: str
-    vocab_size: int
-    shares_vocab: bool
-    parses_rendered: bool
-
-
-@dataclass(frozen=True)
-class ServedModelInfo(ModelInfo):
-    """ModelInfo plus what the trainer integration adds: the policy tokenizers."""
-
-    policy_tokenizers: tuple[PolicyTokenizerInfo, ...] = ()
-
-    @classmethod
-    def extend(cls, base: ModelInfo, **extra) -> "ServedModelInfo":
-        """``base``'s fields plus ``extra``."""
-        return cls(**{f.name: getattr(base, f.name) for f in fields(ModelInfo)}, **extra)
 
 
 @dataclass(frozen=True)

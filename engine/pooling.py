@@ -34,6 +34,7 @@ class ResolvedPooling:
     dimensions: int | None
     step_tag_id: int | None
     returned_token_ids: tuple[int, ...] | None
+    reads_last: bool = False             # STEP: read the last token too (a process RM's outcome score)
 
     @property
     def uses_head(self) -> bool:
@@ -63,14 +64,21 @@ def merge(base: PoolingParams, top: PoolingParams | None) -> PoolingParams:
     return replace(base, **{f.name: getattr(top, f.name) for f in fields(top) if getattr(top, f.name) is not None})
 
 
-def default_task(traits: ModelTraits) -> PoolingTask:
-    """classify when the model has a score head, embed otherwise."""
-    return PoolingTask.CLASSIFY if traits.num_labels else PoolingTask.EMBED
+def default_task(traits: ModelTraits, pooling_type: PoolingType | None = None) -> PoolingTask:
+    """The task of a request that names none; the one rule, which the reply reports back.
+
+    classify when the model has a score head, embed otherwise; the token-level variant of either
+    when the configured pooling (request > --pooler-config) reads tokens (ALL, STEP).
+    """
+    token_level = pooling_type in TOKEN_POOLING
+    if traits.num_labels:
+        return PoolingTask.TOKEN_CLASSIFY if token_level else PoolingTask.CLASSIFY
+    return PoolingTask.TOKEN_EMBED if token_level else PoolingTask.EMBED
 
 
 def resolve(traits: ModelTraits, task: PoolingTask | None, params: PoolingParams) -> ResolvedPooling:
     """Apply the override order and check the combination; ``params`` is server+request merged."""
-    task = task or default_task(traits)
+    task = task or default_task(traits, params.pooling_type)
     if task not in traits.tasks():
         raise UnsupportedTaskError("task", f"{traits.architecture} cannot do {task.value}; "
                                    f"it supports {', '.join(t.value for t in traits.tasks())}")
@@ -109,7 +117,10 @@ def pooled_positions(token_ids: list[int], pooling: ResolvedPooling) -> list[int
     if kind == PoolingType.CLS:
         return [0]
     if kind == PoolingType.STEP:
-        return [i for i, t in enumerate(token_ids) if t == pooling.step_tag_id]
+        steps = [i for i, t in enumerate(token_ids) if t == pooling.step_tag_id]
+        if pooling.reads_last and (not steps or steps[-1] != n - 1):
+            steps.append(n - 1)
+        return steps
     return list(range(n))  # ALL, MEAN
 
 

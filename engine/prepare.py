@@ -8,7 +8,7 @@ from typing import Any, Sequence
 from rewardserve.engine.errors import InvalidInputError
 from rewardserve.engine.pooling import ResolvedPooling, pooled_positions
 from rewardserve.engine.tokenizer import Tokenizer
-from rewardserve.engine.types import (ChatInput, EncodeInput, PoolingParams, TextInput, TokensInput,
+from rewardserve.engine.types import (ChatInput, EncodeInput, PoolingParams, PoolingType, TextInput, TokensInput,
                                       as_input)
 
 
@@ -30,6 +30,15 @@ class WorkItem:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def num_step_rows(self) -> int:
+        """How many leading pooled rows are step tags (STEP pooling; a PRM's outcome row is not)."""
+        pooling, n = self.pooling, len(self.positions)
+        if pooling.pooling_type != PoolingType.STEP:
+            return 0
+        outcome_only = pooling.reads_last and n and self.token_ids[self.positions[-1]] != pooling.step_tag_id
+        return n - 1 if outcome_only else n
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,8 @@ class Retemplater:
     # ------------------------------------------------------------ messages + response
 
     def _response(self, chat: PolicyChat, index: int, field: str) -> EncodeInput:
+        if not chat.messages:
+            raise InvalidInputError(field, "messages must not be empty (the prompt of the response)", index)
         policy = self._policy(chat.response, index, field, "response")
         ids = chat.response.token_ids
         if ids is not None and policy.shares_vocab:
@@ -112,6 +114,8 @@ class Retemplater:
     def _policy(self, text: PolicyText, index: int, field: str, part: str) -> PolicyTokenizer:
         if text.text is None and text.token_ids is None:
             raise InvalidInputError(field, f"{part}: set either text or token_ids", index)
+        if text.token_ids is not None and not text.token_ids:
+            raise InvalidInputError(field, f"{part}: token_ids must not be empty", index)
         return self.tokenizers.get(text.tokenizer, field, index, f"{part}.tokenizer")
 
 

@@ -32,20 +32,22 @@ class RewardResult:
     compute_time_s: float = 0.0
 
 
-def to_reward_result(result, labels: tuple[str, ...], step_flags: list[bool] | None) -> RewardResult:
-    """EncodeResult (classify, or token_classify over steps + last token) → RewardResult.
+def to_reward_result(item, labels: tuple[str, ...]) -> RewardResult:
+    """A computed WorkItem (classify, or token_classify over step tags + the last token) → RewardResult.
 
-    For a process RM the pooled positions are the step tags plus the last token; ``step_flags``
-    says which pooled rows are step tags. The last row gives the outcome score.
+    ``item.result`` is (data, logits): [L] each for classify, [rows, L] for a process RM, whose
+    first ``item.num_step_rows`` pooled rows are step tags; the last row is the outcome.
     """
-    data = result.data if result.data.dim() == 2 else result.data[None]      # [rows, L]
-    logits = result.logits if result.logits.dim() == 2 else result.logits[None]
+    data, logits = item.result
+    data = data if data.dim() == 2 else data[None]          # [rows, L]
+    logits = logits if logits.dim() == 2 else logits[None]  # [rows, L]
     names = labels if len(labels) == data.shape[1] else tuple(f"LABEL_{i}" for i in range(data.shape[1]))
+    rows = item.num_step_rows
     steps = tuple(StepResult(pos, float(row[-1]), _label_scores(names, row))
-                  for pos, row, is_tag in zip(result.pooled_positions, data, step_flags or ()) if is_tag)
-    return RewardResult(index=result.index, score=float(logits[-1, -1]), label_scores=_label_scores(names, data[-1]),
-                        num_tokens=result.num_tokens, truncated=result.truncated, step_scores=steps,
-                        queue_time_s=result.queue_time_s, compute_time_s=result.compute_time_s)
+                  for pos, row in zip(item.positions[:rows], data[:rows]))
+    return RewardResult(index=item.index, score=float(logits[-1, -1]), label_scores=_label_scores(names, data[-1]),
+                        num_tokens=item.num_tokens, truncated=item.truncated, step_scores=steps,
+                        queue_time_s=item.queue_time_s, compute_time_s=item.compute_time_s)
 
 
 def _label_scores(names: tuple[str, ...], row) -> tuple[tuple[str, float], ...]:

@@ -1,13 +1,13 @@
-"""ModelRunner: the only owner of CUDA state. WorkItems → per-item pooled outputs.
+"""ModelRunner: the only owner of CUDA state. PackedBatch → per-item pooled outputs.
 
-Per batch, ``launch`` packs on the host (numpy, one staging row, see ``staging``) → one
+Per batch (``batch.PackedBatch``, cut by the scheduler), ``launch`` packs on the host (numpy, one staging row, see ``staging``) → one
 host→device copy → forward (a captured CUDA graph for small batches, else the compiled or eager
 packed backbone; [T, hidden]) → gathers the pooled rows only (MEAN averaged per sequence) →
 runs the head on them (float32) → starts one device→host copy, and returns without waiting.
 ``collect`` waits for that copy (the batch's only host synchronisation) and runs ``finish`` per
 item on the CPU. ``execute`` is the two back to back; callers that launch batch i+1 before
-collecting batch i keep the GPU busy while the host finishes and packs. A CUDA out-of-memory
-error splits the batch in two and runs each half.
+collecting batch i keep the GPU busy while the host finishes and packs. A failure (CUDA out of
+memory, say) is raised to the caller, whose failure isolation (``pipeline``) splits the batch.
 
 Compile and graphs are prepared in ``warm_up`` (the server runs it before reporting SERVING; the
 offline engine runs it on its first batch). Either falls back to the eager forward, with a
@@ -22,19 +22,15 @@ from dataclasses import dataclass
 import torch
 
 from rewardserve.engine import attention, staging
+from rewardserve.engine.batch import PackedBatch
 from rewardserve.engine.compiled import compile_forward, eager_forward, num_compiled_graphs
-from rewardserve.engine.cuda_graphs import DEFAULT_BUCKETS, CudaGraphs
+from rewardserve.engine.cuda_graphs import CudaGraphs, seq_buckets, token_buckets
 from rewardserve.engine.models.base import PoolingModel
 from rewardserve.engine.pooling import finish
-from rewardserve.engine.prepare import WorkItem
 from rewardserve.engine.types import PoolingType
 
 log = logging.getLogger(__name__)
 Output = tuple[torch.Tensor, torch.Tensor | None]
-
-
-class ItemFailed(Exception):
-    """A single item could not be computed (e.g. out of memory on its own)."""
 
 
 class _Dummy:
@@ -49,21 +45,21 @@ class _Dummy:
 class Pending:
     """A launched batch: its results are on their way to ``host`` (done when ``event`` is)."""
 
-    items: list
+    batch: PackedBatch
     counts: list[int] | None = None       # pooled rows per item
     shapes: list[torch.Size] | None = None  # [logits [R, L]] and/or [hidden rows [R, H]]
     host: torch.Tensor | None = None       # flat float32 results (pinned on CUDA)
     event: torch.cuda.Event | None = None
     started: torch.cuda.Event | None = None
-    outputs: list[Output] | None = None    # already computed (CPU, or after an OOM split)
+    outputs: list[Output] | None = None    # already computed (CPU)
 
 
 class ModelRunner:
     """Runs packed batches of WorkItems on one device."""
 
     def __init__(self, model: PoolingModel, device: torch.device, backend: str, head_dtype: torch.dtype | None,
-                 *, compile: bool = False, cuda_graphs: bool = False, max_tokens: int = 16384,
-                 max_seq_len: int | None = None):
+                 *, max_tokens: int, graph_max_tokens: int, graph_max_seqs: int, compile: bool = False,
+                 cuda_graphs: bool = False, max_seq_len: int | None = None):
         self.model = model.to(device)
         self.device = device
         self.backend = backend
@@ -82,6 +78,7 @@ class ModelRunner:
         self.want_graphs = cuda_graphs and self.cuda and packs
         self.max_tokens = max_tokens
         self.max_seq_len = max_seq_len or max_tokens  # warm-up sequences stay within the position table
+        self.graph_max_tokens, self.graph_max_seqs = graph_max_tokens, graph_max_seqs  # RunnerConfig.cuda_graph_*
         self.forward = eager_forward(self.model)  # (ids, positions, cu_seqlens, max_seqlen) → [T, H]
         self.min_tokens = 1                       # 2 once compiled: T=1 would specialise the graph
         self.graphs: CudaGraphs | None = None
@@ -91,32 +88,20 @@ class ModelRunner:
         self.stats: dict = {"compile": False, "cuda_graphs": False}
         self._warm = False
 
-    def execute(self, items: list[WorkItem]) -> list[Output]:
-        """Compute every item; returns (data, logits) per item in order. OOM splits the batch."""
-        return self.collect(self.launch(items))
+    def execute(self, batch: PackedBatch) -> list[Output]:
+        """Compute every item; returns (data, logits) per item in order."""
+        return self.collect(self.launch(batch))
 
     @torch.inference_mode()
-    def launch(self, items: list[WorkItem]) -> Pending:
+    def launch(self, batch: PackedBatch) -> Pending:
         """Queue a batch on the device and return at once (see ``collect``)."""
         if not self._warm and (self.want_compile or self.want_graphs):
             self.warm_up(self.max_tokens)
-        try:
-            return self._launch(items)
-        except torch.OutOfMemoryError:
-            if len(items) == 1:
-                raise ItemFailed("out of memory on a single sequence") from None
-            self.num_oom_splits += 1
-            log.warning("CUDA out of memory on a batch of %d sequences; splitting it", len(items))
-            torch.cuda.empty_cache() if self.cuda else None
-            half = len(items) // 2
-            return Pending(items, outputs=self.execute(items[:half]) + self.execute(items[half:]))
-
-    def _launch(self, items: list) -> Pending:
         timing = self.gpu_ms is not None and self.cuda
         started = _event(timing) if timing else None
-        plan = staging.plan(items)
-        hidden, gather = self._forward(items, plan)            # [T or bucket, H], [G]
-        rows, counts = self._pool(hidden, gather, items, plan)  # [R, H]
+        items = batch.items
+        hidden, gather = self._forward(batch)                 # [T or bucket, H], [G]
+        rows, counts = self._pool(hidden, gather, batch)      # [R, H]
         heads = [it.pooling.uses_head for it in items]
         parts = []
         if any(heads):
@@ -125,10 +110,21 @@ class ModelRunner:
             parts.append(rows.float())                         # [R, H]
         flat = parts[0].reshape(-1) if len(parts) == 1 else torch.cat([p.reshape(-1) for p in parts])
         if not self.cuda:
-            return Pending(items, outputs=self._split(flat, [p.shape for p in parts], counts, items))
+            return Pending(batch, outputs=self._split(flat, [p.shape for p in parts], counts, items))
         host = torch.empty(flat.numel(), dtype=torch.float32, pin_memory=True)
         host.copy_(flat, non_blocking=True)
-        return Pending(items, counts, [p.shape for p in parts], host, _event(timing), started)
+        return Pending(batch, counts, [p.shape for p in parts], host, _event(timing), started)
+
+    def wrap_forward(self, wrapper) -> None:
+        """Replace the packed forward by ``wrapper(forward)`` (same signature: ids, positions,
+        cu_seqlens, max_seqlen → hidden [T, H]); for fault injection and tracing. Call it after
+        warm-up: compiling replaces the forward."""
+        self.forward = wrapper(self.forward)
+
+    def release_memory(self) -> None:
+        """Give cached device memory back (after an out-of-memory failure, before a retry)."""
+        if self.cuda:
+            torch.cuda.empty_cache()
 
     @torch.inference_mode()
     def collect(self, pending: Pending) -> list[Output]:
@@ -139,7 +135,7 @@ class ModelRunner:
         if pending.started is not None and self.gpu_ms is not None:
             self.gpu_ms.append(pending.started.elapsed_time(pending.event))
         flat = pending.host.clone()  # the pinned block goes back to torch's host cache
-        return self._split(flat, pending.shapes, pending.counts, pending.items)
+        return self._split(flat, pending.shapes, pending.counts, pending.batch.items)
 
     @staticmethod
     def _split(flat: torch.Tensor, shapes: list, counts: list[int], items: list) -> list[Output]:
@@ -157,7 +153,7 @@ class ModelRunner:
             offset += n
         return out
 
-    def _forward(self, items: list, plan: staging.Plan) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, plan: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage the batch, copy it in once and run it; returns hidden and the gather rows."""
         use = self.graphs is not None and self.use_graphs
         key = self.graphs.bucket_for(plan.num_tokens, plan.num_seqs) if use else None
@@ -167,7 +163,7 @@ class ModelRunner:
             tok_cap = max(plan.num_tokens, self.min_tokens)
             layout = staging.Layout(tok_cap, plan.num_seqs + (tok_cap > plan.num_tokens), plan.num_rows)
         host = torch.empty(layout.total, dtype=torch.int64, pin_memory=self.cuda)
-        staging.fill(host.numpy(), items, plan, layout)
+        staging.fill(host.numpy(), plan, layout)
         if key is not None:
             hidden, row = self.graphs.replay(host, key)        # [bucket, H]
             return hidden, layout.views(row)[3]
@@ -177,9 +173,9 @@ class ModelRunner:
         return self.forward(ids, positions, cu_seqlens.to(torch.int32), max_seqlen), gather
 
     @staticmethod
-    def _pool(hidden: torch.Tensor, gather: torch.Tensor, items: list, plan: staging.Plan
-              ) -> tuple[torch.Tensor, list[int]]:
+    def _pool(hidden: torch.Tensor, gather: torch.Tensor, plan: PackedBatch) -> tuple[torch.Tensor, list[int]]:
         """Pooled rows of every item, stacked: [R, H] (MEAN items contribute their average)."""
+        items = plan.items
         pooled = hidden.index_select(0, gather)  # [G, H]
         if not any(it.pooling.pooling_type == PoolingType.MEAN for it in items):
             return pooled, plan.row_counts
@@ -218,10 +214,10 @@ class ModelRunner:
         """One warm-up batch; a length over ``max_seq_len`` becomes several sequences (same tokens)."""
         cap = self.max_seq_len
         items = [_Dummy(min(cap, n - start)) for n in lengths for start in range(0, n, cap)]
-        plan = staging.plan(items)
+        plan = PackedBatch.of(items)
         layout = staging.Layout(plan.num_tokens, plan.num_seqs, plan.num_rows)
         host = torch.empty(layout.total, dtype=torch.int64)
-        staging.fill(host.numpy(), items, plan, layout)
+        staging.fill(host.numpy(), plan, layout)
         ids, positions, cu_seqlens, _ = layout.views(host.to(self.device))
         forward(ids, positions, cu_seqlens.to(torch.int32), max(plan.max_seqlen, 2))
 
@@ -254,9 +250,9 @@ class ModelRunner:
             log.warning("CUDA graphs off: this model's attention needs the SDPA fallback (host syncs)")
             self.stats["cuda_graphs"] = "fallback attention"
             return
-        buckets = tuple(b for b in DEFAULT_BUCKETS if b <= max(max_tokens, DEFAULT_BUCKETS[0]))
+        buckets = token_buckets(min(self.graph_max_tokens, max_tokens))
         log.info("capturing CUDA graphs for %d token buckets (up to %d tokens)", len(buckets), buckets[-1])
-        graphs = CudaGraphs(self.forward, self.device, buckets)
+        graphs = CudaGraphs(self.forward, self.device, buckets, seq_buckets(self.graph_max_seqs))
         try:
             seconds = graphs.capture()
         except Exception:  # noqa: BLE001

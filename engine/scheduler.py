@@ -14,11 +14,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from rewardserve.engine.batch import PackedBatch
 from rewardserve.engine.config import SchedulerConfig
 from rewardserve.engine.errors import DeadlineExceededError, EngineOverloadedError
 from rewardserve.engine.prepare import WorkItem
-
-MAX_SKIPS = 64  # items looked past when the head of the queue does not fit
 
 
 @dataclass
@@ -33,6 +32,7 @@ class Request:
     on_done: Callable[["Request"], None] = lambda r: None
     error: Exception | None = None
     cancelled: bool = False
+    field_name: str = "inputs"                    # the request field its items came from (errors name it)
     remaining: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -58,20 +58,23 @@ class SchedulerStats:
     num_rejected: int = 0
     num_expired: int = 0
     num_cancelled: int = 0
+    num_held: int = 0  # times an idle GPU was held for a fuller batch (max_wait_ms)
 
 
 class Scheduler:
     """Thread-safe queue between the event loop (submit/cancel) and the GPU thread (next_batch)."""
 
-    def __init__(self, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic, *,
+                 bounded: bool = True):
         self.config = config
         self.clock = clock
+        self.bounded = bounded  # False (the offline engine): the caller's list is the queue, never refused
         self.stats = SchedulerStats()
         self._heap: list[tuple[int, int, int, WorkItem]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
-        self.throughput_tok_s = 50_000.0  # refined by the engine from measured batches
+        self.throughput_tok_s = config.initial_throughput_tok_s  # refined from measured batches
 
     def submit(self, request: Request) -> None:
         """Queue a request's items, or refuse it (EngineOverloadedError) when the queue is full."""
@@ -93,6 +96,8 @@ class Scheduler:
             self._refuse_if_full(full_requests=full, full_tokens=False)
 
     def _admit(self, request: Request) -> None:
+        if not self.bounded:
+            return
         cfg, stats = self.config, self.stats
         full_requests = stats.queued_requests + 1 > cfg.max_queue_requests
         full_tokens = stats.queued_tokens + request.num_tokens > cfg.max_queue_tokens
@@ -143,7 +148,12 @@ class Scheduler:
         if done:
             request.on_done(request)
 
-    def next_batch(self, timeout: float | None = None) -> list[WorkItem] | None:
+    def record_throughput(self, num_tokens: int, seconds: float) -> None:
+        """Refine the tokens/s estimate behind retry delays from a computed batch."""
+        if seconds > 0 and num_tokens:
+            self.throughput_tok_s = 0.8 * self.throughput_tok_s + 0.2 * (num_tokens / seconds)
+
+    def next_batch(self, timeout: float | None = None) -> PackedBatch | None:
         """Block until work is queued (or ``timeout``); return the next batch, None when closed/idle."""
         with self._cond:
             if not self._cond.wait_for(lambda: self._heap or self._closed, timeout):
@@ -156,7 +166,7 @@ class Scheduler:
         for request in expired:
             self.stats.num_expired += 1
             self.fail(request, DeadlineExceededError(f"request {request.request_id}: deadline passed in the queue"))
-        return batch
+        return PackedBatch.of(batch)
 
     def _wait_for_fuller_batch(self) -> None:
         """Optional operator trade: hold an idle GPU up to max_wait_ms for a fuller batch."""
@@ -166,13 +176,14 @@ class Scheduler:
         oldest = min(item.owner.arrival for *_, item in self._heap)
         full = lambda: self._closed or self.stats.queued_tokens >= self.config.max_num_batched_tokens  # noqa: E731
         remaining = oldest + wait_s - self.clock()
-        if remaining > 0:
+        if remaining > 0 and not full():
+            self.stats.num_held += 1
             self._cond.wait_for(full, remaining)
 
     def _cut(self) -> tuple[list[WorkItem], list[Request]]:
         cfg, now = self.config, self.clock()
         batch, skipped, expired, tokens = [], [], [], 0
-        while self._heap and len(batch) < cfg.max_num_seqs and len(skipped) < MAX_SKIPS:
+        while self._heap and len(batch) < cfg.max_num_seqs and len(skipped) < cfg.max_skips:
             entry = heapq.heappop(self._heap)
             item = entry[-1]
             request: Request = item.owner

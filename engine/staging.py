@@ -21,6 +21,8 @@ from itertools import chain
 import numpy as np
 import torch
 
+from rewardserve.engine.batch import PackedBatch
+
 ALIGN = 8  # 64-byte aligned regions: compiled kernels assume aligned inputs
 
 
@@ -60,33 +62,9 @@ class Layout:
                 row[self.gather_start:self.gather_start + self.num_rows])
 
 
-@dataclass
-class Plan:
-    """Host facts of one batch: sizes and how many pooled rows each item reads."""
-
-    lengths: np.ndarray   # [n] tokens per item
-    row_counts: list[int]  # pooled positions per item
-    num_tokens: int
-    max_seqlen: int
-
-    @property
-    def num_seqs(self) -> int:
-        return int(self.lengths.shape[0])
-
-    @property
-    def num_rows(self) -> int:
-        return sum(self.row_counts)
-
-
-def plan(items: list) -> Plan:
-    """Sizes of a batch of WorkItems (``token_ids``, ``positions``)."""
-    lengths = np.fromiter((len(it.token_ids) for it in items), dtype=np.int64, count=len(items))
-    counts = [len(it.positions) for it in items]
-    return Plan(lengths, counts, int(lengths.sum()), int(lengths.max(initial=0)))
-
-
-def fill(row: np.ndarray, items: list, p: Plan, layout: Layout) -> None:
+def fill(row: np.ndarray, p: PackedBatch, layout: Layout) -> None:
     """Write a batch into ``row`` (int64 numpy view of the staging buffer) following ``layout``."""
+    items = p.items
     t, cap = p.num_tokens, layout.tok_cap
     starts = np.zeros(p.num_seqs, dtype=np.int64)
     np.cumsum(p.lengths[:-1], out=starts[1:])

@@ -1,11 +1,16 @@
-"""Public value types of the engine: tasks, pooling parameters, inputs and results."""
+"""Public value types of the engine: tasks, pooling parameters, inputs and results.
+
+Torch-free to import (tensors appear in annotations only), so the gRPC service can use these
+types without loading torch.
+"""
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 class PoolingTask(str, enum.Enum):
@@ -75,6 +80,27 @@ class ChatInput:
     continue_final_message: bool = False
 
 
+OWN_TOKENIZER = ""  # PolicyText.tokenizer naming the reward model's own tokenizer
+
+
+@dataclass(frozen=True)
+class PolicyText:
+    """Text or token ids from a policy; ``tokenizer`` names the policy tokenizer ("" = the RM's)."""
+
+    tokenizer: str = OWN_TOKENIZER
+    text: str | None = None
+    token_ids: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PolicyChat(ChatInput):
+    """A ChatInput whose final assistant turn is a policy ``response``, or a whole policy
+    ``rendered`` conversation (then ``messages`` is empty). Resolved by the engine's Retemplater."""
+
+    response: PolicyText | None = None
+    rendered: PolicyText | None = None
+
+
 EncodeInput = Union[TextInput, TokensInput, ChatInput]
 
 
@@ -116,9 +142,22 @@ class EncodeResult:
     num_tokens: int
     truncated: bool
     pooled_positions: list[int]
+    task: PoolingTask                 # the task the engine ran (resolved when the request left it unset)
     logits: torch.Tensor | None = None
     queue_time_s: float = 0.0
     compute_time_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class PolicyTokenizerInfo:
+    """What GetModelInfo says about one policy tokenizer."""
+
+    name: str
+    tokenizer_sha256: str
+    chat_template_sha256: str
+    vocab_size: int
+    shares_vocab: bool
+    parses_rendered: bool
 
 
 @dataclass(frozen=True)
@@ -139,3 +178,4 @@ class ModelInfo:
     default_pooling: dict[PoolingTask, PoolingType]
     chat_template_sha256: str = ""
     tokenizer_sha256: str = ""
+    policy_tokenizers: tuple[PolicyTokenizerInfo, ...] = ()  # --policy-tokenizer (not the RM's own)

@@ -2,7 +2,10 @@
 
 A request's conversations and its groups' responses become one flat list of engine
 ``ChatInput``s (conversations first, then each group's responses in order); ``Origin`` remembers
-where each came from, so results and errors can name the group and response again.
+where each came from, so results and errors can name the group and response again
+(``proto_error``: the one mapping of engine field paths to proto paths). Only the proto shape
+is checked here; the engine checks what the conversations mean (roles, empty conversations,
+rendered vs messages, text or token ids).
 """
 from __future__ import annotations
 
@@ -11,10 +14,8 @@ from typing import Any, Sequence
 
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
-from rewardserve.engine.errors import InvalidInputError, ItemError
-from rewardserve.engine.policy import PolicyChat, PolicyText
-from rewardserve.engine.reward import RewardResult
-from rewardserve.engine.types import ChatInput, PoolingParams
+from rewardserve.engine.api import (ChatInput, InvalidInputError, ItemError, PolicyChat, PolicyText, PoolingParams,
+                                    RewardResult)
 from rewardserve.service.convert import chat_result, pooling_params, struct_to_dict
 
 ENGINE_FIELD = "conversations"  # the field the engine names in its errors about a chat item
@@ -22,8 +23,11 @@ ENGINE_FIELD = "conversations"  # the field the engine names in its errors about
 
 @dataclass(frozen=True)
 class Origin:
-    """Where a flattened conversation came from: a plain conversation, or a group's response."""
+    """Where a flattened conversation came from: its proto field path (``field[index]``), and
+    for a group's response the group and response it answers."""
 
+    field: str = ENGINE_FIELD
+    index: int | None = None
     group_index: int | None = None
     response_index: int = 0
     group_id: str = ""
@@ -47,14 +51,16 @@ class ChatCall:
     priority: int
     origins: tuple[Origin, ...]
 
-    def relocate(self, exc: ItemError) -> ItemError:
-        """An engine error about flattened item k, re-anchored where the caller put it."""
-        if exc.field != ENGINE_FIELD or exc.index is None or exc.index >= len(self.origins):
-            return exc
-        origin = self.origins[exc.index]
-        if origin.group_index is None:
-            return exc
-        return exc.at(f"groups[{origin.group_index}].responses", origin.response_index)
+
+def proto_error(exc: BaseException, origins: Sequence[Origin]) -> BaseException:
+    """An engine error about chat item k (``conversations[k]``, the engine's name for the k-th
+    conversation of its call), re-anchored at the proto path the caller put it at."""
+    if not isinstance(exc, ItemError) or exc.field != ENGINE_FIELD or exc.index is None:
+        return exc
+    if exc.index >= len(origins):
+        return exc
+    origin = origins[exc.index]
+    return exc.at(origin.field, origin.index)
 
 
 def chat_options(message: Any) -> ChatOptions:
@@ -71,29 +77,23 @@ def chat_call(request: pb.ChatRewardRequest) -> ChatCall:
     if not request.conversations and not request.groups:
         raise InvalidInputError("conversations", "must not be empty (or send groups)")
     options = chat_options(request)
-    chats = [conversation(c, options, "conversations", i) for i, c in enumerate(request.conversations)]
-    origins = [Origin()] * len(chats)
+    chats = [conversation(c, options) for c in request.conversations]
+    origins = [Origin(index=i) for i in range(len(chats))]
     for g, group in enumerate(request.groups):
         responses = group_conversations(group, g, options)
         chats += responses
-        origins += [Origin(g, r, group.group_id) for r in range(len(responses))]
+        origins += [Origin(f"groups[{g}].responses", r, g, r, group.group_id) for r in range(len(responses))]
     return ChatCall(tuple(chats), options.params, options.priority, tuple(origins))
 
 
-def conversation(conv: pb.Conversation, options: ChatOptions, field: str, index: int | None) -> ChatInput:
-    """One Conversation in any of its forms: messages, messages + response, or rendered."""
-    if conv.HasField("rendered"):
-        if conv.messages or conv.HasField("response"):
-            raise InvalidInputError(field, "rendered excludes messages and response", index)
-        rendered = policy_text(conv.rendered, field, index, "rendered")
-        return PolicyChat(messages=(), rendered=rendered, **options.template)
-    where = field if index is None else f"{field}[{index}]"
-    if not conv.messages:
-        raise InvalidInputError(field, "messages must not be empty", index)
-    turns = messages(conv.messages, f"{where}.messages")
-    if conv.HasField("response"):
-        return PolicyChat(messages=turns, response=policy_text(conv.response, field, index, "response"),
-                          **options.template)
+def conversation(conv: pb.Conversation, options: ChatOptions) -> ChatInput:
+    """One Conversation in any of its forms: messages, messages + response, or rendered (which
+    form is valid, and what the messages hold, the engine checks)."""
+    turns = messages(conv.messages)
+    if conv.HasField("rendered") or conv.HasField("response"):
+        response = policy_text(conv.response) if conv.HasField("response") else None
+        rendered = policy_text(conv.rendered) if conv.HasField("rendered") else None
+        return PolicyChat(messages=turns, response=response, rendered=rendered, **options.template)
     return ChatInput(messages=turns, **options.template)
 
 
@@ -103,29 +103,23 @@ def group_conversations(group: pb.ChatGroup, index: int, options: ChatOptions) -
         raise InvalidInputError("groups", "prompt must not be empty", index)
     if not group.responses:
         raise InvalidInputError("groups", "responses must not be empty", index)
-    prompt = messages(group.prompt, f"groups[{index}].prompt")
-    return [PolicyChat(messages=prompt, response=policy_text(r, f"groups[{index}].responses", i),
-                       **options.template) for i, r in enumerate(group.responses)]
+    prompt = messages(group.prompt)
+    return [PolicyChat(messages=prompt, response=policy_text(r), **options.template) for r in group.responses]
 
 
-def messages(turns: Sequence[pb.ChatMessage], field: str) -> tuple[dict[str, Any], ...]:
-    """The turns as the plain dicts chat templates read; roles are checked by the engine."""
-    for turn, message in enumerate(turns):
-        if not message.role:
-            raise InvalidInputError(field, "role must not be empty", turn)
+def messages(turns: Sequence[pb.ChatMessage]) -> tuple[dict[str, Any], ...]:
+    """The turns as the plain dicts chat templates read (the engine checks the roles)."""
     return tuple({"role": m.role, "content": m.content} for m in turns)
 
 
-def policy_text(message: pb.PolicyText, field: str, index: int | None, part: str = "") -> PolicyText:
-    """A PolicyText: text, or non-empty token ids, with its tokenizer name."""
-    prefix = f"{part}: " if part else ""
+def policy_text(message: pb.PolicyText) -> PolicyText:
+    """A PolicyText as the engine reads it: text, token ids, or neither (the engine refuses that)."""
     kind = message.WhichOneof("content")
     if kind == "text":
         return PolicyText(message.tokenizer, text=message.text)
-    if kind == "token_ids" and message.token_ids.ids:
+    if kind == "token_ids":
         return PolicyText(message.tokenizer, token_ids=tuple(message.token_ids.ids))
-    reason = "token_ids.ids must not be empty" if kind else "set either text or token_ids"
-    raise InvalidInputError(field, prefix + reason, index)
+    return PolicyText(message.tokenizer)
 
 
 def result(reward: RewardResult, origin: Origin, index: int | None = None) -> pb.ChatRewardResult:

@@ -1,9 +1,9 @@
-"""Proto ↔ engine conversions, and every check that needs no model.
+"""Proto ↔ engine conversions, and the proto shape checks (nothing else).
 
-Requests become engine inputs, tasks and ``PoolingParams``; bad values raise the engine's own
-``InvalidInputError`` (field + item index) so that one error table (service/errors.py) maps them.
-Checks that need the model (token id ≥ vocab, too long, unknown role, task the model cannot do)
-are the engine's. Results carry torch tensors; they are read through NumPy, or their own
+Requests become engine inputs, tasks and ``PoolingParams``; a request whose shape cannot be read
+(an empty list, an unset oneof, an unknown enum number) raises the engine's own
+``InvalidInputError`` (field + item index) so that one error table (service/errors.py) maps it.
+What values mean (ranges, roles, token ids, lengths, the task) is checked by the engine alone. Results carry torch tensors; they are read through NumPy, or their own
 ``tolist`` when small.
 """
 from __future__ import annotations
@@ -15,11 +15,9 @@ import numpy as np
 from google.protobuf import json_format
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
-from rewardserve.engine.errors import InvalidInputError
-from rewardserve.engine.policy import PolicyTokenizerInfo, ServedModelInfo
-from rewardserve.engine.reward import RewardResult, StepResult
-from rewardserve.engine.types import (EncodeInput, EncodeResult, ModelInfo, PoolingParams, PoolingTask, PoolingType,
-                                      TextInput, TokensInput)
+from rewardserve.engine.api import (EncodeInput, EncodeResult, InvalidInputError, ModelInfo, PolicyTokenizerInfo,
+                                    PoolingParams, PoolingTask, PoolingType, RewardResult, StepResult, TextInput,
+                                    TokensInput)
 
 TASKS = {
     pb.POOLING_TASK_CLASSIFY: PoolingTask.CLASSIFY,
@@ -76,11 +74,8 @@ def _encode_input(item: pb.EncodeInput, index: int) -> EncodeInput:
     kind = item.WhichOneof("input")
     if kind == "text":
         return TextInput(item.text)
-    if kind == "token_ids":
-        ids = item.token_ids.ids[:]  # a list in one C call; iterating the field is slower
-        if not ids:
-            raise InvalidInputError("inputs", "token_ids.ids must not be empty", index)
-        return TokensInput(tuple(ids))
+    if kind == "token_ids":  # empty ids are the engine's to refuse, as every empty input
+        return TokensInput(tuple(item.token_ids.ids[:]))  # a list in one C call; iterating the field is slower
     raise InvalidInputError("inputs", "set either text or token_ids", index)
 
 
@@ -91,32 +86,17 @@ def pooling_params(pooling: pb.PoolingParams, truncation: pb.Truncation, *,
         pooling_type=_enum(pooling.pooling_type, POOLING_TYPES, "pooling.pooling_type"),
         use_activation=_optional(pooling, "use_activation"),
         normalize=_optional(pooling, "normalize"),
-        dimensions=_positive(pooling, "dimensions", "pooling.dimensions"),
+        dimensions=_optional(pooling, "dimensions"),
         step_tag_id=_optional(pooling, "step_tag_id"),
         returned_token_ids=tuple(pooling.returned_token_ids) or None,
-        truncate_prompt_tokens=_truncate_to(truncation),
+        truncate_prompt_tokens=_optional(truncation, "truncate_prompt_tokens"),
         truncation_side=_enum(truncation.side, TRUNCATION_SIDES, "truncation.side"),
         add_special_tokens=add_special_tokens,
     )
 
 
-def _truncate_to(truncation: pb.Truncation) -> int | None:
-    value = _optional(truncation, "truncate_prompt_tokens")
-    if value is not None and value != -1 and value < 1:
-        raise InvalidInputError("truncation.truncate_prompt_tokens",
-                                f"must be -1 (the model's maximum) or at least 1, not {value}")
-    return value
-
-
 def _optional(message: Any, name: str) -> Any:
     return getattr(message, name) if message.HasField(name) else None
-
-
-def _positive(message: Any, name: str, where: str) -> int | None:
-    value = _optional(message, name)
-    if value is not None and value < 1:
-        raise InvalidInputError(where, "must be at least 1")
-    return value
 
 
 def _enum(value: int, table: dict[int, Any], where: str) -> Any:
@@ -144,11 +124,6 @@ def _whole_numbers_as_int(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------- engine → replies
-
-def default_task(info: ModelInfo) -> PoolingTask:
-    """The task an unspecified request runs: classify with a score head, embed otherwise."""
-    return PoolingTask.CLASSIFY if PoolingTask.CLASSIFY in info.tasks else PoolingTask.EMBED
-
 
 SMALL_TENSOR = 4096  # values; up to here a Python list is cheaper than the NumPy round trip
 
@@ -237,10 +212,8 @@ def model_info(info: ModelInfo, server_version: str, stream_max_in_flight: int =
     """What is served, plus the server's version and stream limit."""
     defaults = [pb.DefaultPooling(task=TASK_TO_PROTO[task], pooling_type=POOLING_TYPE_TO_PROTO[kind])
                 for task, kind in info.default_pooling.items()]
-    # A plain ModelInfo (an engine without the trainer integration) has no policy tokenizers.
-    policies = info.policy_tokenizers if isinstance(info, ServedModelInfo) else ()
     return pb.GetModelInfoResponse(
-        policy_tokenizers=[policy_tokenizer(p) for p in policies], stream_max_in_flight=stream_max_in_flight,
+        policy_tokenizers=[policy_tokenizer(p) for p in info.policy_tokenizers], stream_max_in_flight=stream_max_in_flight,
         model=info.model, architecture=info.architecture, tasks=[TASK_TO_PROTO[t] for t in info.tasks],
         labels=list(info.labels), max_model_len=info.max_model_len, dtype=info.dtype,
         hidden_size=info.hidden_size, vocab_size=info.vocab_size, has_chat_template=info.has_chat_template,

@@ -26,8 +26,8 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from rewardserve.engine.errors import (DeadlineExceededError, EngineOverloadedError, EngineUnavailableError,
-                                       InvalidInputError, ItemFailedError, RequestCancelledError)
+from rewardserve.engine.api import (DeadlineExceededError, EngineOverloadedError, EngineUnavailableError,
+                                    InvalidInputError, ItemFailedError, RequestCancelledError)
 
 logger = logging.getLogger(__name__)
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from rewardserve_client.v1 import reward_service_pb2 as pb
+
+from rewardserve.engine.api import BatchItem, EngineAPI
 
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60)
 TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
@@ -40,15 +43,15 @@ class ServerMetrics:
         self.sequences = Counter("rewardserve_sequences", "Sequences computed", registry=r)
         self.stream_items = Counter("rewardserve_stream_items", "StreamReward answers by status code", ["code"],
                                     registry=r)
-        self._engine: Any = None
+        self._engine: EngineAPI | None = None
         r.register(_EngineCollector(lambda: self._engine))
 
-    def bind_engine(self, engine: Any) -> None:
+    def bind_engine(self, engine: EngineAPI) -> None:
         """Observe ``engine``'s batches and read its queue depth at scrape time."""
         self._engine = engine
         engine.add_observer(self.observe_batch)
 
-    def observe_batch(self, items: list[Any], compute_s: float) -> None:
+    def observe_batch(self, items: Sequence[BatchItem], compute_s: float) -> None:
         """Engine observer, called on the GPU thread after each batch."""
         num_tokens = sum(item.num_tokens for item in items)
         self.batch_seqs.observe(len(items))
@@ -68,7 +71,7 @@ class ServerMetrics:
 class _EngineCollector:
     """Queue depth and drop counters, read from ``engine.stats()`` when Prometheus scrapes."""
 
-    def __init__(self, engine: Callable[[], Any]) -> None:
+    def __init__(self, engine: Callable[[], EngineAPI | None]) -> None:
         self._engine = engine
 
     def collect(self):
@@ -144,7 +147,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
-def _answer_code(reply: Any) -> str:
+def _answer_code(reply: pb.StreamRewardResponse) -> str:
     """A stream answer's own status: OK, or its ItemError's code."""
     if reply.HasField("error"):
         return _CODE_NAMES.get(reply.error.code, str(reply.error.code))

@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import grpc
 
-from rewardserve.engine.errors import DeadlineExceededError, InvalidInputError
+from rewardserve.engine.api import InvalidInputError
 from rewardserve.service.errors import to_failure
 
 logger = logging.getLogger(__name__)
@@ -40,11 +40,6 @@ class CallScope:
     def elapsed(self) -> float:
         """Seconds since the call arrived."""
         return time.monotonic() - self.started
-
-    def check_deadline(self) -> None:
-        """Refuse work whose deadline has already passed: it would be computed for nobody."""
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise DeadlineExceededError("the deadline passed before the request was scheduled")
 
 
 class OpenCalls:
@@ -106,7 +101,8 @@ async def _handle(method: Callable[[Any, Any, CallScope], Awaitable[Any]], servi
         header = _start_header(scope, context)
         if is_bad_id:
             raise _bad_id_error()
-        scope.check_deadline()
+        # The deadline travels to the engine, which alone decides (before queueing, and when a
+        # batch is cut) that work is too late to compute.
         reply = await method(servicer, request, scope)
         await header
     except Exception as exc:  # noqa: BLE001 - every failure goes through the one table

@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
+from rewardserve.engine.api import EngineAPI
 from rewardserve.engine.config import EngineConfig
 from rewardserve.service.config import ServeConfig, ServerConfig
 from rewardserve.service.metrics import MetricsInterceptor, ServerMetrics
@@ -36,10 +37,10 @@ HEALTH_CHECKED = ("", SERVICE_NAME)
 REFLECTED = (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
 
 _FLUSH_S = 1.0  # at most this long to let finished calls' replies and health checks go out
-EngineLoader = Callable[[EngineConfig], Any]
+EngineLoader = Callable[[EngineConfig], EngineAPI]
 
 
-def load_engine(config: EngineConfig) -> Any:
+def load_engine(config: EngineConfig) -> EngineAPI:
     """The real engine (blocking: loads the model). Imported here so that importing the server
     does not import torch."""
     from rewardserve.engine.async_engine import AsyncEngine
@@ -51,7 +52,7 @@ class RewardServer:
     """The rewardserve gRPC server. Use ``async with RewardServer(config) as server`` or
     ``start()`` / ``drain()``; ``port`` is the bound port (useful with port 0)."""
 
-    def __init__(self, config: ServeConfig, engine: Any | None = None, *,
+    def __init__(self, config: ServeConfig, engine: EngineAPI | None = None, *,
                  loader: EngineLoader = load_engine) -> None:
         self.config = config
         self.port: int | None = None
@@ -73,7 +74,7 @@ class RewardServer:
         await self.drain()
 
     @property
-    def engine(self) -> Any | None:
+    def engine(self) -> EngineAPI | None:
         """The engine once given or loaded; None while the model is loading."""
         return self._engine
 

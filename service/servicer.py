@@ -9,11 +9,10 @@ from typing import Any, AsyncIterator
 from rewardserve_client.v1 import reward_service_pb2 as pb
 from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
-from rewardserve.engine.errors import EngineUnavailableError, ItemError
-from rewardserve.engine.types import EncodeResult, PoolingTask
+from rewardserve.engine.api import EncodeResult, EngineAPI, EngineUnavailableError, ItemError, PoolingTask
 from rewardserve.service import chat_convert, convert
 from rewardserve.service.rpc import CallScope, OpenCalls, stream, unary
-from rewardserve.service.stream import MAX_IN_FLIGHT, ItemStream
+from rewardserve.service.stream import ItemStream
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
     """Serves one engine. The engine may be attached after the server started listening
     (the model loads in the background); until then, and once draining, RPCs answer UNAVAILABLE."""
 
-    def __init__(self, engine: Any | None = None, stream_max_in_flight: int = MAX_IN_FLIGHT) -> None:
+    def __init__(self, stream_max_in_flight: int, engine: EngineAPI | None = None) -> None:
         self._engine = engine
         self._stream_max_in_flight = stream_max_in_flight
         self._version = server_version()
@@ -47,12 +46,12 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
         """Drain: answer new calls UNAVAILABLE (clients retry elsewhere); open calls go on."""
         self._draining = True
 
-    def attach(self, engine: Any) -> None:
+    def attach(self, engine: EngineAPI) -> None:
         """Serve ``engine`` from now on (called once the model is loaded)."""
         self._engine = engine
 
     @property
-    def engine(self) -> Any:
+    def engine(self) -> EngineAPI:
         """The engine, or UNAVAILABLE while the model is still loading or the server drains."""
         if self._draining:
             raise EngineUnavailableError("the server is draining; retry on another replica")
@@ -65,11 +64,11 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
         """Any pooling task on texts or token ids."""
         req = convert.encode_call(request)  # a bad request is INVALID_ARGUMENT even while loading
         engine = self.engine
-        task = req.task or convert.default_task(engine.info)
-        results = await engine.encode(req.inputs, task, req.params, priority=req.priority,
+        results = await engine.encode(req.inputs, req.task, req.params, priority=req.priority,
                                       deadline=call.deadline, request_id=call.request_id)
+        # the task the engine ran (it resolves an unset one); inputs are never empty
         reply = pb.EncodeResponse(request_id=call.request_id, model=engine.info.model,
-                                  task=convert.TASK_TO_PROTO[task], **_encode_body(results, call))
+                                  task=convert.TASK_TO_PROTO[results[0].task], **_encode_body(results, call))
         convert.add_encode_results(reply.results, results)
         return reply
 
@@ -93,7 +92,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
             results = await engine.chat_reward(req.conversations, req.params, priority=req.priority,
                                                deadline=call.deadline, request_id=call.request_id)
         except ItemError as exc:  # name the group and response, not the flattened position
-            raise req.relocate(exc) from None
+            raise chat_convert.proto_error(exc, req.origins) from None
         return pb.ChatRewardResponse(
             request_id=call.request_id, model=engine.info.model,
             results=[chat_convert.result(r, origin) for r, origin in zip(results, req.origins)],

@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator, Callable
+from typing import AsyncIterator, Callable
 
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
-from rewardserve.engine.errors import EngineOverloadedError, InvalidInputError, ItemError
+from rewardserve.engine.api import ChatInput, EngineAPI, EngineOverloadedError, InvalidInputError
 from rewardserve.service import chat_convert, convert
 from rewardserve.service.chat_convert import ChatOptions, Origin
 from rewardserve.service.errors import to_failure
 from rewardserve.service.rpc import CallScope
 
-MAX_IN_FLIGHT = 256  # default per-stream limit (--stream-max-in-flight); clients may ask for less
 ITEM_FIELD = "conversation"
 _DONE = object()     # the reader's last word: every item read was answered
 
@@ -35,8 +34,8 @@ class ItemStream:
     once the server drains: then no new item is read, and the stream ends UNAVAILABLE after the
     items already read have been answered."""
 
-    def __init__(self, requests: AsyncIterator[pb.StreamRewardRequest], engine_of: Callable[[], Any],
-                 call: CallScope, max_in_flight: int = MAX_IN_FLIGHT) -> None:
+    def __init__(self, requests: AsyncIterator[pb.StreamRewardRequest], engine_of: Callable[[], EngineAPI],
+                 call: CallScope, max_in_flight: int) -> None:
         self._requests = requests
         self._max_in_flight = max_in_flight
         self._engine_of = engine_of
@@ -99,25 +98,27 @@ class ItemStream:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _check(self, item: pb.StreamItem) -> Any:
+    def _check(self, item: pb.StreamItem) -> ChatInput:
         if not item.id:
             raise InvalidInputError("id", "must not be empty (answers are matched by it)")
         if item.id in self._ids:
             raise InvalidInputError("id", f"{item.id!r} is already in flight in this stream")
         if not item.HasField("conversation"):
             raise InvalidInputError(ITEM_FIELD, "must be set")
-        return chat_convert.conversation(item.conversation, self._options, ITEM_FIELD, None)
+        return chat_convert.conversation(item.conversation, self._options)
 
-    async def _score(self, item: pb.StreamItem, index: int, chat: Any, options: ChatOptions) -> None:
+    async def _score(self, item: pb.StreamItem, index: int, chat: ChatInput, options: ChatOptions) -> None:
         arrival, rewards = time.monotonic(), []
+        origin = Origin(ITEM_FIELD, group_id=item.group_id)  # the engine's conversations[0]
         try:
             rewards = await self._engine_of().chat_reward(
                 [chat], options.params, priority=options.priority, deadline=self._call.deadline,
                 request_id=f"{self._call.request_id}/{item.id}")
-            result = chat_convert.result(rewards[0], Origin(group_id=item.group_id), index)
+            result = chat_convert.result(rewards[0], origin, index)
             answer = pb.StreamRewardResponse(id=item.id, result=result)
         except Exception as exc:  # noqa: BLE001 - an item's failure is answered in the stream
-            answer = pb.StreamRewardResponse(id=item.id, error=item_error(_as_item_error(exc), self._call))
+            error = chat_convert.proto_error(exc, (origin,))
+            answer = pb.StreamRewardResponse(id=item.id, error=item_error(error, self._call))
         finally:
             self._ids.discard(item.id)
         answer.timing.CopyFrom(pb.Timing(**convert.timing(rewards, time.monotonic() - arrival)))
@@ -129,11 +130,3 @@ def item_error(exc: BaseException, call: CallScope) -> pb.ItemError:
     failure = to_failure(exc, call.request_id)
     retry = exc.retry_after_s if isinstance(exc, EngineOverloadedError) else 0.0
     return pb.ItemError(code=failure.code.value[0], message=failure.message, retry_after_seconds=retry)
-
-
-def _as_item_error(exc: Exception) -> Exception:
-    """The engine names the one-item call's field ``conversations[0]``; the stream calls it ``conversation``."""
-    if isinstance(exc, ItemError) and exc.field == chat_convert.ENGINE_FIELD and exc.index == 0:
-        return exc.at(ITEM_FIELD)
-    return exc
-

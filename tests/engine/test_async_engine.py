@@ -16,23 +16,23 @@ from rewardserve.engine.errors import DeadlineExceededError, EngineOverloadedErr
 
 
 class GatedForward:
-    """Wraps the model's forward: records each batch's token count; can hold the GPU thread."""
+    """Wraps the packed forward: records each batch's tokens; can hold the GPU thread or fail."""
 
-    def __init__(self, model):
-        self.inner = model.forward_hidden
+    def __init__(self, inner):
+        self.inner = inner
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()
         self.batches: list[list[int]] = []
         self.fail_above: int | None = None
 
-    def __call__(self, input_ids, positions, meta):
+    def __call__(self, input_ids, positions, cu_seqlens, max_seqlen):
         self.entered.set()
         self.gate.wait(10)
         if self.fail_above is not None and input_ids.shape[0] > self.fail_above:
             raise torch.OutOfMemoryError("injected: CUDA out of memory")
         self.batches.append(input_ids.tolist())
-        return self.inner(input_ids, positions, meta)
+        return self.inner(input_ids, positions, cu_seqlens, max_seqlen)
 
 
 @pytest.fixture
@@ -41,8 +41,12 @@ async def engine(demo_model_dir):
                           scheduler=SchedulerConfig(max_num_batched_tokens=2048, max_queue_requests=200))
     eng = await asyncio.to_thread(AsyncEngine.from_config, config)
     await eng.start()
-    eng.forward = GatedForward(eng.core.runner.model)
-    eng.core.runner.model.forward_hidden = eng.forward
+
+    def gate(inner):
+        eng.forward = GatedForward(inner)
+        return eng.forward
+
+    eng.core.wrap_forward(gate)  # the runner's seam for fault injection
     yield eng
     eng.forward.gate.set()
     await eng.shutdown(2)
@@ -55,9 +59,18 @@ def random_seqs(n: int, seed: int = 1) -> list[list[int]]:
 
 async def test_64_concurrent_requests_equal_one_at_a_time(engine):
     seqs = random_seqs(64)
-    together = await asyncio.gather(*[engine.encode([s]) for s in seqs])
+    blocker = await hold_gpu(engine)  # all 64 queue up behind one batch, then are packed together
+    tasks = [asyncio.create_task(engine.encode([s])) for s in seqs]
+    while engine.stats().queued_requests < 65:
+        await asyncio.sleep(0.01)
+    engine.forward.gate.set()
+    await blocker
+    together = await asyncio.gather(*tasks)
+    packed = len(engine.forward.batches) - 1
     alone = [await engine.encode([s]) for s in seqs]
-    assert len(engine.forward.batches) < 64 + 64  # concurrency was packed into shared batches
+    # 2048-token budget: the fewest batches that hold them, plus one per cut the budget forced
+    assert packed <= -(-sum(map(len, seqs)) // 2048) * 2
+    assert len(engine.forward.batches) - 1 - packed == 64  # one at a time: one batch each
     for a, b in zip(together, alone):
         assert torch.allclose(a[0].data, b[0].data, atol=1e-5, rtol=0)
 
@@ -132,7 +145,7 @@ async def test_injected_out_of_memory_is_split_and_survived(engine):
     engine.forward.gate.set()
     await blocker
     got = await asyncio.gather(*tasks)
-    assert engine.core.runner.num_oom_splits > 0
+    assert engine.stats().num_oom_splits > 0
     for a, b in zip(got, expected):
         assert torch.allclose(a[0].data, b[0].data, atol=1e-5, rtol=0)
     assert engine.is_ready

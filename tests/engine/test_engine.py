@@ -50,12 +50,13 @@ def test_batches_are_cut_by_token_budget(demo_model_dir):
     small = Engine(EngineConfig(model=ModelConfig(model=str(demo_model_dir)), runner=RunnerConfig(device="cpu"),
                                 scheduler=SchedulerConfig(max_num_batched_tokens=310, max_num_seqs=3)))
     seqs = mixed_inputs()
-    from rewardserve.engine.prepare import WorkItem  # noqa: F401 - the batches hold WorkItems
-    items = small.core.prepare(seqs, None, None)
-    batches = list(small.batches(items))
-    assert all(len(b) <= 3 for b in batches)
-    assert all(sum(i.num_tokens for i in b) <= 310 or len(b) == 1 for b in batches)
-    assert [i.index for b in batches for i in b] == list(range(len(seqs)))
+    batches: list[list[int]] = []
+    small.add_observer(lambda items, _seconds: batches.append([it.index for it in items]))
+    results = small.encode(seqs)
+    assert len(batches) > 1 and all(len(b) <= 3 for b in batches)
+    assert all(sum(len(seqs[i]) for i in b) <= 310 or len(b) == 1 for b in batches)
+    assert sorted(i for b in batches for i in b) == list(range(len(seqs)))  # each computed once
+    assert [r.index for r in results] == list(range(len(seqs)))
 
 
 def test_activation_defaults_and_overrides(demo_engine):

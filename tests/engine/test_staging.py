@@ -9,9 +9,11 @@ import random
 
 import torch
 
+from engine_testlib import pack_token_ids
+
 from rewardserve.engine import staging
 from rewardserve.engine.attention import VarlenMeta
-from rewardserve.engine.batch import pack_token_ids
+from rewardserve.engine.batch import PackedBatch
 
 
 class Item:
@@ -30,12 +32,12 @@ def items(seed: int = 0) -> list[Item]:
 
 
 def staged(batch: list[Item], tok_cap: int | None = None, seq_cap: int | None = None):
-    plan = staging.plan(batch)
+    plan = PackedBatch.of(batch)
     layout = staging.Layout(tok_cap or plan.num_tokens, seq_cap or plan.num_seqs, plan.num_rows)
     host = torch.empty(layout.total, dtype=torch.int64)
     array = host.numpy()
     array[:] = -7  # poison: every region must be written
-    staging.fill(array, batch, plan, layout)
+    staging.fill(array, plan, layout)
     return plan, layout, host
 
 

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2_grpc
 from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
 from rewardserve.service.server import RewardServer
-from service_testlib import local_config
+from service_testlib import LiveServer, live_server
 
 
 @pytest.fixture
@@ -21,19 +21,20 @@ def fake() -> FakeEngine:
 
 
 @pytest.fixture
-async def server(fake: FakeEngine):
-    """A started, warm server; drained at the end of the test."""
-    srv = RewardServer(local_config(), engine=fake)
-    await srv.start()
-    await srv.wait_ready()
-    yield srv
-    await srv.drain(0.5)
+async def live(fake: FakeEngine):
+    """A started, warm server around ``fake`` and a channel to it; drained at the end of the test."""
+    async with live_server(fake) as running:
+        yield running
 
 
 @pytest.fixture
-async def channel(server: RewardServer):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
-        yield ch
+def server(live: LiveServer) -> RewardServer:
+    return live.server
+
+
+@pytest.fixture
+def channel(live: LiveServer) -> grpc.aio.Channel:
+    return live.channel
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""A fake AsyncEngine for service tests: same public methods, no model, fully controllable.
+"""A fake engine for service tests: implements ``rewardserve.engine.api.EngineAPI``, no model,
+fully controllable.
 
 It keeps the engine's contract: refuses work before ``start()`` and after ``shutdown()``
 (EngineUnavailableError), validates inputs the way the real engine does (token id ≥ vocab, too
@@ -19,11 +20,10 @@ from typing import Any, Sequence
 
 import torch
 
-from rewardserve.engine.errors import (DeadlineExceededError, EngineUnavailableError, InvalidInputError,
-                                       UnsupportedTaskError)
-from rewardserve.engine.reward import RewardResult, StepResult
-from rewardserve.engine.types import (ChatInput, EncodeResult, ModelInfo, PoolingParams, PoolingTask, PoolingType,
-                                      TextInput, TokensInput)
+from rewardserve.engine.api import (BatchObserver, ChatInput, DeadlineExceededError, EncodeResult, EngineStats,
+                                    EngineUnavailableError, InvalidInputError, ModelInfo, PoolingParams, PoolingTask,
+                                    PoolingType, RewardResult, StepResult, TextInput, TokensInput,
+                                    UnsupportedTaskError)
 
 ROLES = ("system", "user", "assistant")
 HIDDEN = 4
@@ -58,7 +58,7 @@ class Call:
 
 
 class FakeEngine:
-    """Stands in for rewardserve.engine.async_engine.AsyncEngine."""
+    """Stands in for rewardserve.engine.async_engine.AsyncEngine (an ``EngineAPI``)."""
 
     def __init__(self, info: ModelInfo | None = None) -> None:
         self.info = info or fake_info()
@@ -71,6 +71,14 @@ class FakeEngine:
         self.started = False
         self.shutdown_grace: float | None = None
         self.queued = asyncio.Event()  # set whenever a call reaches the queue
+        self.engine_stats = EngineStats(0, 0, 0, 0, 0, 0, 0)  # what stats() reports
+        self.observers: list[BatchObserver] = []
+
+    def stats(self) -> EngineStats:
+        return self.engine_stats
+
+    def add_observer(self, observer: BatchObserver) -> None:
+        self.observers.append(observer)
 
     @property
     def is_ready(self) -> bool:
@@ -135,7 +143,7 @@ class FakeEngine:
         self.calls.append(call)
         self.queued.set()
         try:
-            await self._wait_for_turn(call)
+            await self.wait_for_turn(call)
         except asyncio.CancelledError:
             call.outcome = "cancelled"  # the real engine removes the queued work here
             raise
@@ -143,7 +151,9 @@ class FakeEngine:
             call.finished.set()
         call.outcome = "done"
 
-    async def _wait_for_turn(self, call: Call) -> None:
+    async def wait_for_turn(self, call: Call) -> None:
+        """The seam for tests: when a queued call runs (here: once ``hold`` is set, or its deadline
+        fails it). Subclasses override it to gate calls their own way."""
         timeout = None if call.deadline is None else max(0.0, call.deadline - time.monotonic())
         try:
             await asyncio.wait_for(self.hold.wait(), timeout)
@@ -174,7 +184,7 @@ def _encode_result(index: int, ids: list[int], task: PoolingTask, truncated: boo
             PoolingTask.TOKEN_EMBED: per_token.repeat(1, HIDDEN)}[task]
     pooled = list(range(n)) if task in (PoolingTask.TOKEN_CLASSIFY, PoolingTask.TOKEN_EMBED) else [n - 1]
     return EncodeResult(index=index, data=data, num_tokens=n, truncated=truncated, pooled_positions=pooled,
-                        queue_time_s=0.001 * (index + 1), compute_time_s=0.002)
+                        task=task, queue_time_s=0.001 * (index + 1), compute_time_s=0.002)
 
 
 def _reward_result(index: int, conv: ChatInput, step_tag: int | None) -> RewardResult:

@@ -80,23 +80,16 @@ async def test_metrics_count_rpcs_batches_tokens_and_queue(demo_model_dir):
 def test_drop_and_fault_counters_come_from_engine_stats():
     from prometheus_client import generate_latest
 
-    from rewardserve.engine.async_engine import EngineStats
+    from fake_engine import FakeEngine
+
+    from rewardserve.engine.api import EngineStats
     from rewardserve.service.metrics import ServerMetrics
 
-    class StatsOnly:
-        def __init__(self, stats: EngineStats) -> None:
-            self.observers: list = []
-            self._stats = stats
-
-        def add_observer(self, observe) -> None:
-            self.observers.append(observe)
-
-        def stats(self) -> EngineStats:
-            return self._stats
-
+    engine = FakeEngine()
+    engine.engine_stats = EngineStats(queued_requests=3, queued_tokens=120, num_rejected=4, num_expired=5,
+                                      num_cancelled=6, num_oom_splits=7, num_failed_items=8)
     metrics = ServerMetrics()
-    metrics.bind_engine(StatsOnly(EngineStats(queued_requests=3, queued_tokens=120, num_rejected=4, num_expired=5,
-                                              num_cancelled=6, num_oom_splits=7, num_failed_items=8)))
+    metrics.bind_engine(engine)
     text = generate_latest(metrics.registry).decode()
     assert sample(text, "rewardserve_queue_requests") == 3 and sample(text, "rewardserve_queue_tokens") == 120
     for reason, value in (("rejected", 4), ("expired", 5), ("cancelled", 6)):

@@ -3,16 +3,13 @@ INVALID_ARGUMENT naming field and item, while a concurrent good call on the same
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 
 import grpc
 import pytest
 from rewardserve_client.v1 import reward_service_pb2 as pb
-from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
 from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig
-from rewardserve.service.server import RewardServer
-from service_testlib import local_config
+from service_testlib import live_server
 
 pytestmark = pytest.mark.slow
 MAX_LEN = 32
@@ -26,11 +23,8 @@ def chat(*turns: tuple[str, str]) -> pb.Conversation:
 async def real_stub(demo_model_dir):
     engine = EngineConfig(model=ModelConfig(model=str(demo_model_dir), dtype="float32", max_model_len=MAX_LEN),
                           runner=RunnerConfig(device="cpu"))
-    config = dataclasses.replace(local_config(), engine=engine)
-    async with RewardServer(config) as server:  # the default loader: AsyncEngine.from_config
-        await asyncio.wait_for(server.wait_ready(), 120)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            yield pb_grpc.RewardServiceStub(channel)
+    async with live_server(engine_config=engine) as live:  # the default loader: AsyncEngine.from_config
+        yield live.stub
 
 
 async def test_real_engine_every_rpc_and_bad_inputs_beside_a_good_call(real_stub):
@@ -50,6 +44,24 @@ async def test_real_engine_every_rpc_and_bad_inputs_beside_a_good_call(real_stub
          "inputs[1]: token id 400"),
         (real_stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(token_ids=pb.TokenIds(ids=[1] * (MAX_LEN + 1)))])),
          f"inputs[0]: input has {MAX_LEN + 1} tokens"),
+        # checked by the engine alone (the service passes them through), named in proto terms
+        (real_stub.Encode(pb.EncodeRequest(task=pb.POOLING_TASK_EMBED, inputs=[pb.EncodeInput(text="a")],
+                                           pooling=pb.PoolingParams(dimensions=0))), "pooling.dimensions: must be in 1.."),
+        (real_stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text="a"), pb.EncodeInput(token_ids=pb.TokenIds())])),
+         "inputs[1]: input is empty (0 tokens)"),
+        (real_stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text="a")],
+                                           truncation=pb.Truncation(truncate_prompt_tokens=0))),
+         f"truncation.truncate_prompt_tokens: must be -1 or in 1..{MAX_LEN}"),
+        (real_stub.ChatReward(pb.ChatRewardRequest(conversations=[chat(("user", "hi")), pb.Conversation()])),
+         "conversations[1]: conversation has no messages"),
+        (real_stub.ChatReward(pb.ChatRewardRequest(conversations=[chat(("user", "hi")), chat(("", "x"))])),
+         "conversations[1]: unknown role ''"),
+        (real_stub.ChatReward(pb.ChatRewardRequest(conversations=[pb.Conversation(
+            messages=[pb.ChatMessage(role="user", content="hi")], rendered=pb.PolicyText(text="x"))])),
+         "conversations[0]: rendered: excludes messages and response"),
+        (real_stub.ChatReward(pb.ChatRewardRequest(groups=[pb.ChatGroup(
+            prompt=[pb.ChatMessage(role="user", content="hi")], responses=[pb.PolicyText(text="a"), pb.PolicyText()])])),
+         "groups[0].responses[1]: response: set either text or token_ids"),
     ]
     outcomes = await asyncio.gather(*good, *(call for call, _ in bad), return_exceptions=True)
     encoded, rewarded, chatted = outcomes[:3]
@@ -73,27 +85,24 @@ async def test_real_server_refuses_overload_with_retry_info_and_stays_serving(de
 
     engine = EngineConfig(model=ModelConfig(model=str(demo_model_dir)), runner=RunnerConfig(device="cpu"),
                           scheduler=SchedulerConfig(max_queue_requests=2))
-    config = dataclasses.replace(local_config(), engine=engine)
-    async with RewardServer(config) as server:
-        await asyncio.wait_for(server.wait_ready(), 120)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = pb_grpc.RewardServiceStub(channel)
-            calls = [stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text=f"answer {i} " * 20)] * 4))
-                     for i in range(24)]
-            outcomes = await asyncio.gather(*calls, return_exceptions=True)
-            refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
-            served = [o for o in outcomes if isinstance(o, pb.EncodeResponse)]
-            assert refused and served and len(refused) + len(served) == 24
-            for error in refused:
-                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue full" in error.details()
-                status = status_pb2.Status.FromString(dict(error.trailing_metadata())["grpc-status-details-bin"])
-                retry = error_details_pb2.RetryInfo()
-                assert status.details[0].Unpack(retry) and retry.retry_delay.ToTimedelta().total_seconds() > 0
-            assert all(len(r.results) == 4 for r in served)
-            health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-            assert health.status == health_pb2.HealthCheckResponse.SERVING
-            again = await stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text="after the flood")]))
-            assert len(again.results) == 1
+    async with live_server(engine_config=engine) as live:
+        stub, channel = live.stub, live.channel
+        calls = [stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text=f"answer {i} " * 20)] * 4))
+                 for i in range(24)]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+        served = [o for o in outcomes if isinstance(o, pb.EncodeResponse)]
+        assert refused and served and len(refused) + len(served) == 24
+        for error in refused:
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue full" in error.details()
+            status = status_pb2.Status.FromString(dict(error.trailing_metadata())["grpc-status-details-bin"])
+            retry = error_details_pb2.RetryInfo()
+            assert status.details[0].Unpack(retry) and retry.retry_delay.ToTimedelta().total_seconds() > 0
+        assert all(len(r.results) == 4 for r in served)
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        again = await stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text="after the flood")]))
+        assert len(again.results) == 1
 
 
 async def test_a_task_the_model_cannot_do_is_named_beside_a_good_call(tmp_path):
@@ -108,15 +117,24 @@ async def test_a_task_the_model_cannot_do_is_named_beside_a_good_call(tmp_path):
     config.architectures = ["BertModel"]
     transformers.BertModel(config).save_pretrained(str(folder))
     engine = EngineConfig(model=ModelConfig(model=str(folder)), runner=RunnerConfig(device="cpu"))
-    async with RewardServer(dataclasses.replace(local_config(), engine=engine)) as server:
-        await asyncio.wait_for(server.wait_ready(), 120)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = pb_grpc.RewardServiceStub(channel)
-            tokens = pb.EncodeInput(token_ids=pb.TokenIds(ids=[5, 6, 7, 8]))
-            good, bad = await asyncio.gather(
-                stub.Encode(pb.EncodeRequest(task=pb.POOLING_TASK_EMBED, inputs=[tokens])),
-                stub.Encode(pb.EncodeRequest(task=pb.POOLING_TASK_CLASSIFY, inputs=[tokens])),
-                return_exceptions=True)
+    async with live_server(engine_config=engine) as live:
+        stub = live.stub
+        tokens = pb.EncodeInput(token_ids=pb.TokenIds(ids=[5, 6, 7, 8]))
+        good, bad = await asyncio.gather(
+            stub.Encode(pb.EncodeRequest(task=pb.POOLING_TASK_EMBED, inputs=[tokens])),
+            stub.Encode(pb.EncodeRequest(task=pb.POOLING_TASK_CLASSIFY, inputs=[tokens])),
+            return_exceptions=True)
     assert list(good.results[0].data.shape) == [32] and good.task == pb.POOLING_TASK_EMBED
     assert isinstance(bad, grpc.aio.AioRpcError) and bad.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad.details().startswith("task:") and "classify" in bad.details()
+
+
+async def test_encode_without_a_task_reports_the_task_the_engine_resolved(demo_model_dir):
+    # --pooler-config STEP pooling: an Encode without a task is token_classify, and the reply says so
+    pooler = '{"pooling_type": "STEP", "step_tag_id": 7}'
+    engine = EngineConfig(model=ModelConfig(model=str(demo_model_dir), dtype="float32", pooler_config=pooler),
+                          runner=RunnerConfig(device="cpu"))
+    async with live_server(engine_config=engine) as live:
+        reply = await live.stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(token_ids=pb.TokenIds(ids=[5, 7, 6, 7]))]))
+    assert reply.task == pb.POOLING_TASK_TOKEN_CLASSIFY
+    assert list(reply.results[0].pooled_positions) == [1, 3] and list(reply.results[0].data.shape) == [2, 1]

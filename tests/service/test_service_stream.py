@@ -13,9 +13,8 @@ from grpc_health.v1 import health_pb2
 from rewardserve_client.v1 import reward_service_pb2 as pb
 from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
-from rewardserve.service.config import ServerConfig
 from rewardserve.service.server import RewardServer
-from rewardserve.service.stream import MAX_IN_FLIGHT
+from rewardserve.service.config import ServerConfig
 from service_testlib import health_status, local_config
 
 
@@ -32,7 +31,7 @@ class GatedEngine(FakeEngine):
         for item_id in item_ids:
             self.gates[item_id].set()
 
-    async def _wait_for_turn(self, call) -> None:
+    async def wait_for_turn(self, call) -> None:
         self.queued_now += 1
         self.most_queued = max(self.most_queued, self.queued_now)
         try:
@@ -156,7 +155,7 @@ async def test_stream_options_reach_every_item_and_the_limit_is_reported(stub, f
     assert call.priority == 7 and call.params.step_tag_id == ord("x") and call.params.truncate_prompt_tokens == 5
     assert len(answers[0].result.step_scores) == 2
     info = await stub.GetModelInfo(pb.GetModelInfoRequest())
-    assert info.stream_max_in_flight == MAX_IN_FLIGHT
+    assert info.stream_max_in_flight == ServerConfig().stream_max_in_flight
 
 
 async def test_an_engine_not_ready_fails_items_not_the_stream(stub, fake):

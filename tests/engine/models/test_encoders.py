@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import transformers
 from transformers import AutoConfig, AutoTokenizer
 
-from rewardserve.engine.batch import pack_token_ids
+from engine_testlib import pack_token_ids
 from rewardserve.engine.config import ModelConfig
 from rewardserve.engine.errors import EngineError
 from rewardserve.engine.models.registry import LoadSpec, adapter_name, load_model

@@ -13,7 +13,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoTokenizer
 
-from rewardserve.engine.batch import pack_token_ids
+from engine_testlib import pack_token_ids
 from rewardserve.engine.config import ModelConfig
 from rewardserve.engine.demo import build_tokenizer
 from rewardserve.engine.models.padded import padded_groups

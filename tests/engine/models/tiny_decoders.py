@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from rewardserve.engine.batch import pack_token_ids
+from engine_testlib import pack_token_ids
 from rewardserve.engine.config import ModelConfig
 from rewardserve.engine.loader import speed_up_packed
 from rewardserve.engine.models.registry import LoadSpec, load_model
