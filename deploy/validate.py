@@ -18,7 +18,7 @@ import kubernetes_validate
 import yaml
 
 K8S_DIR = Path(__file__).resolve().parent / "k8s"
-KUBERNETES_VERSION = "1.33.0"  # oldest release with the native preStop sleep action as GA... and grpc probes
+KUBERNETES_VERSION = "1.33.0"  # its schema has gRPC probes and the preStop sleep action
 UNVENDORED_CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 
 

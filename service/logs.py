@@ -23,6 +23,7 @@ import grpc
 from rewardserve.service.handlers import wrap_handler
 
 TRACEPARENT_KEY = "traceparent"
+UNTRACED_PREFIX = "/grpc.health.v1.Health/"  # probes: many, and they log nothing
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(trace_suffix)s"
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 
@@ -95,7 +96,7 @@ class TraceInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
-        if handler is None:
+        if handler is None or handler_call_details.method.startswith(UNTRACED_PREFIX):
             return handler
         return wrap_handler(handler, self._enter if self._tracer is None else self._enter_span(handler_call_details))
 

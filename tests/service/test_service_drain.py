@@ -35,6 +35,7 @@ async def test_health_goes_not_serving_at_once_while_new_calls_are_served_until_
             reply = await stub.Encode(pb.EncodeRequest(inputs=[TEXT]), timeout=5)
             assert reply.results and not first.done() and fake.shutdown_grace is None
             fake.hold.clear()
+            fake.queued.clear()
             held = stub.Encode(pb.EncodeRequest(inputs=[TEXT], request_id="held"))  # keeps the port open
             await asyncio.wait_for(fake.queued.wait(), 5)
             second = asyncio.create_task(server.drain())  # a second signal cuts the delay short
@@ -67,6 +68,7 @@ async def test_an_idle_stream_ends_unavailable_when_refusing_starts_not_when_the
         await idle.write(pb.StreamRewardRequest(items=[chat_item("done-before")]))
         assert (await idle.read()).id == "done-before"  # the stream is open, and now idle
         fake.hold.clear()
+        fake.queued.clear()
         busy = stub.Encode(pb.EncodeRequest(inputs=[TEXT], request_id="busy"))  # holds the drain open
         await asyncio.wait_for(fake.queued.wait(), 5)
         drain = asyncio.create_task(server.drain())
