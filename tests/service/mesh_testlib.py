@@ -2,7 +2,6 @@
 on the same port, wait for SERVING, scrape metrics, and read their log."""
 from __future__ import annotations
 
-import resource
 import socket
 import subprocess
 import sys
@@ -14,6 +13,10 @@ from typing import Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+LIMIT_AND_EXEC = ("import os, resource, sys; n = int(sys.argv[1]); "
+                  "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); os.execv(sys.argv[2], sys.argv[2:])")
 
 
 def free_port() -> int:
@@ -47,14 +50,10 @@ class Replica:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> "Replica":
-        limit = self.open_files
-
-        def limit_open_files() -> None:  # in the child, before exec
-            if limit:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-        self.proc = subprocess.Popen([*serve_command(), *self.args], stderr=subprocess.PIPE, text=True,
-                                     preexec_fn=limit_open_files)
+        command = [*serve_command(), *self.args]
+        if self.open_files:  # lowered by a tiny launcher (no preexec_fn: forking a threaded process)
+            command = [sys.executable, "-c", LIMIT_AND_EXEC, str(self.open_files), *command]
+        self.proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
         self.generations += 1
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         return self

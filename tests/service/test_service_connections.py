@@ -3,8 +3,10 @@ red-team repro: idle sockets or a cancel storm from one client must not starve a
 from __future__ import annotations
 
 import asyncio
-import random
+import collections
 import socket
+import subprocess
+import sys
 
 import grpc
 import pytest
@@ -92,53 +94,64 @@ def _states_during_calls(port: int, calls: int) -> list:
 
 # ------------------------------------------------------------- the red-team repro, on a real server
 
+# Another process: start calls and cancel each within 0-3 ms, eight at a time, until killed.
+CANCEL_STORM = """
+import asyncio, random, sys
+import grpc
+from rewardserve_client.v1 import reward_service_pb2 as pb, reward_service_pb2_grpc as pb_grpc
+
+async def main(address):
+    rng = random.Random(0)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.RewardServiceStub(channel)
+        async def storm():
+            while True:
+                call = stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text="cancel me " * 20)]))
+                await asyncio.sleep(rng.random() * 0.003)
+                call.cancel()
+        print("storming", flush=True)
+        await asyncio.gather(*[storm() for _ in range(8)])
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
 @pytest.mark.slow
-async def test_idle_sockets_and_a_cancel_storm_from_one_client_do_not_starve_another(demo_model_dir):
+def test_idle_sockets_and_a_cancel_storm_from_one_client_do_not_starve_another(demo_model_dir):
     # A replica with few file descriptors (512), as a flood of ~20,000 would meet the default limit.
     replica = Replica(demo_model_dir, "--handshake-timeout-s", "1", open_files=512).start()
     sockets: list[socket.socket] = []
+    attacker = None
     try:
-        await asyncio.to_thread(replica.wait_serving)
+        replica.wait_serving()
         for _ in range(700):  # connect and say nothing: more than the process has descriptors for
-            sockets.append(socket.create_connection(("127.0.0.1", replica.port)))
-        async with grpc.aio.insecure_channel(replica.address) as victim:
-            stub = pb_grpc.RewardServiceStub(victim)
-            # Served although the flood is still connected (idle sockets are closed after the
-            # handshake timeout, and the ones over the limit at once).
-            reply = await stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text="still served")]),
-                                      timeout=60, wait_for_ready=True)
+            sockets.append(socket.create_connection(("127.0.0.1", replica.port), timeout=10))
+        with grpc.insecure_channel(replica.address) as channel:
+            victim = pb_grpc.RewardServiceStub(channel)
+            # Served although the flood stays connected: idle sockets are closed after the
+            # handshake timeout, the ones over the connection limit at once.
+            reply = victim.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text="still served")]),
+                                  timeout=60, wait_for_ready=True)
             assert len(reply.results) == 1
-            outcomes = await _victim_during_cancel_storm(replica.address, stub)
-        print(f"\nred-team repro: victim outcomes during the cancel storm {outcomes}")
-        assert outcomes.keys() == {"OK"}, outcomes
+            attacker = subprocess.Popen([sys.executable, "-c", CANCEL_STORM, replica.address],
+                                        stdout=subprocess.PIPE, text=True)
+            assert attacker.stdout.readline().strip() == "storming"
+            outcomes = collections.Counter()
+            for i in range(40):
+                request = pb.EncodeRequest(inputs=[pb.EncodeInput(token_ids=pb.TokenIds(ids=[1, 2, 3 + i]))])
+                try:
+                    victim.Encode(request, timeout=30)
+                    outcomes["OK"] += 1
+                except grpc.RpcError as error:
+                    outcomes[error.code().name] += 1
+            assert attacker.poll() is None  # the storm went on the whole time
+            cancelled = replica.count("grpc_server_handled_total", grpc_method="Encode", grpc_code="CANCELLED")
+        print(f"\nred-team repro: victim {dict(outcomes)}; storm calls the server saw cancelled: {cancelled:.0f}")
+        assert outcomes == {"OK": 40}, outcomes
     finally:
+        if attacker is not None:
+            attacker.kill()
+            attacker.wait(30)
         for s in sockets:
             s.close()
         stop_all([replica])
-
-
-async def _victim_during_cancel_storm(address: str, victim: pb_grpc.RewardServiceStub) -> dict:
-    """A storm of start-and-cancel calls on one channel while another channel calls steadily."""
-    rng, stop, outcomes = random.Random(0), asyncio.Event(), {}
-
-    async def storm(stub: pb_grpc.RewardServiceStub) -> None:
-        while not stop.is_set():
-            call = stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text="cancel me " * 20)]))
-            await asyncio.sleep(rng.random() * 0.003)
-            call.cancel()
-
-    async with grpc.aio.insecure_channel(address) as attacker:
-        storms = [asyncio.create_task(storm(pb_grpc.RewardServiceStub(attacker))) for _ in range(8)]
-        try:
-            for i in range(60):
-                request = pb.EncodeRequest(inputs=[pb.EncodeInput(token_ids=pb.TokenIds(ids=[1, 2, 3 + i]))])
-                try:
-                    await victim.Encode(request, timeout=30)
-                    code = "OK"
-                except grpc.aio.AioRpcError as error:
-                    code = error.code().name
-                outcomes[code] = outcomes.get(code, 0) + 1
-        finally:
-            stop.set()
-            await asyncio.gather(*storms, return_exceptions=True)
-    return outcomes
