@@ -3,9 +3,9 @@
 A caller (or its mesh sidecar) sends ``traceparent: 00-<trace id>-<parent span id>-<flags>``
 (W3C Trace Context). ``TraceInterceptor`` reads it at the start of each call into a context
 variable of the call's task, so every line logged while handling that call carries
-``trace_id`` and ``span_id`` (JSON fields, or a `` trace=<id>`` suffix in text). When the
-``otel`` extra (opentelemetry-api) is installed, the call also runs in an OpenTelemetry server
-span whose parent is the caller's span; the log line then names that span.
+``trace_id`` and ``span_id`` (JSON fields, or a `` trace=<id> span=<id>`` suffix in text): a
+log search for the trace finds the server's lines next to the caller's. (OpenTelemetry spans of
+our own are not made; see the README's Operations section.)
 """
 from __future__ import annotations
 
@@ -89,43 +89,18 @@ def configure_logging(level: str, log_format: str, stream: Any = None) -> None:
 
 
 class TraceInterceptor(grpc.aio.ServerInterceptor):
-    """Puts each call's ``traceparent`` into its task's context (and an OpenTelemetry span, with the extra)."""
-
-    def __init__(self) -> None:
-        self._tracer = _otel_tracer()
+    """Puts each call's ``traceparent`` into its task's context."""
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(UNTRACED_PREFIX):
             return handler
-        return wrap_handler(handler, self._enter if self._tracer is None else self._enter_span(handler_call_details))
-
-    async def _enter(self, context: grpc.aio.ServicerContext) -> None:
-        value = _metadata_value(context.invocation_metadata(), TRACEPARENT_KEY)
-        _current.set(parse_traceparent(value) if value else None)
-
-    def _enter_span(self, details: Any):
-        async def enter(context: grpc.aio.ServicerContext) -> None:
-            from opentelemetry import propagate, trace
-
-            carrier = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-            span = self._tracer.start_span(details.method.lstrip("/"), context=propagate.extract(carrier),
-                                           kind=trace.SpanKind.SERVER)
-            # Ended when the call's context is done (any outcome), read back for the log lines.
-            context.add_done_callback(lambda _call: span.end())
-            trace.context_api.attach(trace.set_span_in_context(span))
-            ids = span.get_span_context()
-            _current.set(TraceContext(f"{ids.trace_id:032x}", f"{ids.span_id:016x}") if ids.is_valid else None)
-        return enter
+        return wrap_handler(handler, _enter)
 
 
-def _otel_tracer() -> Any:
-    """An OpenTelemetry tracer when the optional ``otel`` extra is installed, else None."""
-    try:
-        from opentelemetry import trace
-    except ImportError:
-        return None
-    return trace.get_tracer("rewardserve.service")
+async def _enter(context: grpc.aio.ServicerContext) -> None:
+    value = _metadata_value(context.invocation_metadata(), TRACEPARENT_KEY)
+    _current.set(parse_traceparent(value) if value else None)
 
 
 def _metadata_value(metadata: Any, key: str) -> str:

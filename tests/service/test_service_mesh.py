@@ -21,6 +21,8 @@ from mesh_testlib import Replica, stop_all
 pytestmark = pytest.mark.slow
 
 TOKEN = "mesh-test-token-0123456789"
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
 # The server side of the stop timeline, short: 1 s of drain delay, 5 s of grace.
 DRAIN = ("--drain-delay-s", "1", "--grace-period-s", "5")
 
@@ -111,10 +113,11 @@ def test_rolling_restart_loses_no_call_and_a_killed_replica_fails_only_its_own_c
     assert all("drain" in r.log or "draining" in r.log for r in replicas)
 
 
-def test_sighup_reloads_the_token_file_and_tokens_never_reach_the_log(demo_model_dir, tmp_path):
+def test_sighup_reloads_the_token_file_and_tokens_never_reach_the_json_log(demo_model_dir, tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{TOKEN}\n")
-    replica = Replica(demo_model_dir, "--auth-token-file", str(tokens), "--log-level", "DEBUG", *DRAIN).start()
+    replica = Replica(demo_model_dir, "--auth-token-file", str(tokens), "--log-level", "DEBUG", "--log-format", "json",
+                      *DRAIN).start()
     try:
         replica.wait_serving()  # health needs no token
         with RewardClient(replica.address, auth_token=TOKEN, max_retries=0) as client:
@@ -126,7 +129,8 @@ def test_sighup_reloads_the_token_file_and_tokens_never_reach_the_log(demo_model
         new_token = "rotated-" + TOKEN
         tokens.write_text(f"# rotated\n{new_token}\n")
         replica.signal(signal.SIGHUP)
-        with RewardClient(replica.address, auth_token=new_token, max_retries=0) as rotated:
+        with RewardClient(replica.address, auth_token=new_token, max_retries=0,
+                          metadata={"traceparent": TRACEPARENT}) as rotated:
             _until(lambda: _succeeds(rotated))
         with RewardClient(replica.address, auth_token=TOKEN, max_retries=0) as old:
             with pytest.raises(RewardServeError) as info:
@@ -136,7 +140,11 @@ def test_sighup_reloads_the_token_file_and_tokens_never_reach_the_log(demo_model
         assert replica.wait_exit(60) == 0
     finally:
         stop_all([replica])
-    assert "1 bearer token(s) accepted" in replica.log and TOKEN not in replica.log
+    assert TOKEN not in replica.log
+    entries = [json.loads(line) for line in replica.lines if line.startswith("{")]
+    assert sum("1 bearer token(s) accepted" in e["message"] for e in entries) == 2  # at start, on SIGHUP
+    traced = [e for e in entries if e.get("trace_id") == TRACE_ID]
+    assert traced and all(e["message"].startswith("GetModelInfo request_id=") for e in traced)
 
 
 def test_a_busy_tokenizer_does_not_keep_a_drained_process_alive(demo_model_dir, tmp_path):
