@@ -15,6 +15,9 @@ venv="$1"; shift
 src="$(cd "$(dirname "$0")/.." && pwd)"
 extras="$(IFS=,; echo "$*")"
 "${PYTHON:-python3}" -m venv "$venv"
+# setuptools builds in the source tree: a stale build/ from an earlier install would put files
+# that no longer exist in the sources into the wheels.
+rm -rf "$src/build" "$src/clients/python/build"
 # The client first: the server distribution depends on it for the generated code (one copy).
 "$venv/bin/pip" install -q "$src/clients/python" "$src${extras:+[$extras]}"
 # Smoke test of the installed console script and imports (no model needed).

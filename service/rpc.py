@@ -103,8 +103,9 @@ def unary(method: Callable[[Any, Any, CallScope], Awaitable[Any]]) -> Callable[.
 
     The servicer provides ``open_calls: OpenCalls``; every call is counted there while it runs.
 
-    ``asyncio.CancelledError`` is not caught: when the client cancels (or its deadline fires),
+    ``asyncio.CancelledError`` is passed on: when the client cancels (or its deadline fires),
     grpc.aio cancels this task and the cancellation reaches the engine, which drops queued work.
+    Only a cancellation by the drain (``OpenCalls.expire``) is answered, as UNAVAILABLE.
     """
     @functools.wraps(method)
     async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
