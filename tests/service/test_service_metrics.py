@@ -28,7 +28,7 @@ def free_port() -> int:
 
 def sample(text: str, name: str, **labels: str) -> float:
     """The value of one sample in Prometheus text format (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))  # the exposition sorts labels
     pattern = rf"^{re.escape(name)}(\{{{re.escape(want)}\}})? ([0-9.e+-]+)$" if want else rf"^{re.escape(name)} ([0-9.e+-]+)$"
     match = re.search(pattern, text, re.MULTILINE)
     return float(match.groups()[-1]) if match else 0.0
