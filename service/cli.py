@@ -23,12 +23,13 @@ from typing import Callable, Sequence
 
 from rewardserve.engine.cli_args import OneLineParser, add_config_arguments, config_from_args
 from rewardserve.service.config import ServeConfig
+from rewardserve.service.logs import configure_logging
+from rewardserve.service.process import exit_now
 from rewardserve.service.startup import StartupError, check_ports, run
 
 logger = logging.getLogger("rewardserve.service")
 
 ENV_OPTIONS = {"REWARDSERVE_MODEL": "--model", "REWARDSERVE_HOST": "--host", "REWARDSERVE_PORT": "--port"}
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 ModelPreparer = Callable[[ServeConfig], ServeConfig]
 SERVE_DESCRIPTION = """\
 Run the gRPC server (rewardserve.v1.RewardService, grpc.health.v1, reflection).
@@ -77,11 +78,11 @@ def main(argv: Sequence[str] | None = None, *, prepare_model: ModelPreparer | No
 
         return main_encode(argv[1:]) or 0
     config = parse_serve_config(argv)
-    logging.basicConfig(level=config.server.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    configure_logging(config.server.log_level, config.server.log_format)
     try:
         check_ports(config.server)  # before torch and the demo model: a busy port fails at once
         config = (prepare_model or resolve_model)(config)
-        return run(serve(config), loop_factory(config.server.event_loop))
+        return run(_serve_then_exit(config), loop_factory(config.server.event_loop))
     except StartupError as exc:
         logger.debug("start-up failure", exc_info=exc)  # the traceback, with --log-level DEBUG
         print(f"rewardserve serve: error: {exc}", file=sys.stderr)
@@ -142,6 +143,12 @@ def resolve_model(config: ServeConfig) -> ServeConfig:
     return config if engine is config.engine else dataclasses.replace(config, engine=engine)
 
 
+async def _serve_then_exit(config: ServeConfig) -> int:
+    """Serve, then leave at once: the loop's clean-up would join tokenizer threads the drain
+    already gave up on (see service/process.py). Start-up failures raise before this exits."""
+    exit_now(await serve(config))
+
+
 async def serve(config: ServeConfig) -> int:
     """Run the server until SIGTERM/SIGINT, then drain; 0 on a clean stop. Raises StartupError
     when it cannot listen or the engine cannot come up."""
@@ -150,6 +157,7 @@ async def serve(config: ServeConfig) -> int:
     server = RewardServer(config)
     logger.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
     stop = _stop_on_signals()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_auth)
     try:
         await server.start()
     except (RuntimeError, OSError) as exc:  # gRPC or metrics could not bind (taken since check_ports)
