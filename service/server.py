@@ -20,10 +20,10 @@ from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
 from rewardserve.engine.config import EngineConfig
+from rewardserve.service import reflection
 from rewardserve.service.config import ServeConfig, ServerConfig
 from rewardserve.service.metrics import MetricsInterceptor, ServerMetrics
 from rewardserve.service.servicer import SERVICE_NAME, RewardServicer
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Health answers for the whole server ("") and for the RewardService by name (what meshes ask).
 HEALTH_CHECKED = ("", SERVICE_NAME)
-REFLECTED = (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
+REFLECTED = (SERVICE_NAME, HEALTH_SERVICE_NAME, *reflection.SERVICE_NAMES)
 
 _FLUSH_S = 1.0  # at most this long to let finished calls' replies and health checks go out
 EngineLoader = Callable[[EngineConfig], Any]
