@@ -42,7 +42,8 @@ def _v1_reflection_file() -> descriptor_pb2.FileDescriptorProto:
     v1.name, v1.package = alpha.name.replace("v1alpha", "v1"), "grpc.reflection.v1"
     for message in v1.message_type:
         for field in message.field:
-            field.type_name = field.type_name.replace(old, new)
+            if field.HasField("type_name"):  # proto2: assigning "" would set it on scalars
+                field.type_name = field.type_name.replace(old, new)
     for service in v1.service:
         for method in service.method:
             method.input_type = method.input_type.replace(old, new)
