@@ -152,15 +152,14 @@ type attemptFunc func(ctx context.Context, opts ...grpc.CallOption) error
 func (c *Client) unary(ctx context.Context, requestID string, call attemptFunc) error {
 	ctx, cancel := c.callContext(ctx, requestID)
 	defer cancel()
-	err := withRetries(ctx, c.opts.Retry, c.random, func(ctx context.Context) *Error {
+	if err := withRetries(ctx, c.opts.Retry, c.random, func(ctx context.Context) *Error {
 		var header, trailer metadata.MD
 		if err := call(ctx, grpc.Header(&header), grpc.Trailer(&trailer)); err != nil {
 			return toError(err, requestID, header, trailer)
 		}
 		return nil
-	})
-	if err != nil {
-		return err
+	}); err != nil {
+		return err // a typed nil *Error must not become a non-nil error
 	}
 	return nil
 }
@@ -178,7 +177,6 @@ type Stream struct {
 	stream    pb.RewardService_StreamRewardClient
 	cancel    context.CancelFunc
 	requestID string
-	sendErr   chan error
 }
 
 // StreamReward opens a StreamReward call, sends options and then each item of items (one per
@@ -192,27 +190,22 @@ func (c *Client) StreamReward(ctx context.Context, options *pb.StreamRewardOptio
 		cancel()
 		return nil, toError(err, requestID, nil, nil)
 	}
-	s := &Stream{stream: stream, cancel: cancel, requestID: requestID, sendErr: make(chan error, 1)}
+	s := &Stream{stream: stream, cancel: cancel, requestID: requestID}
 	go s.send(options, items)
 	return s, nil
 }
 
 func (s *Stream) send(options *pb.StreamRewardOptions, items <-chan *pb.StreamItem) {
-	first := &pb.StreamRewardRequest{Options: options}
-	sentFirst := options == nil
-	if !sentFirst {
-		if err := s.stream.Send(first); err != nil {
-			s.sendErr <- err
-			return
-		}
+	// A failed Send means the server ended the stream: Recv reports why.
+	if options != nil && s.stream.Send(&pb.StreamRewardRequest{Options: options}) != nil {
+		return
 	}
 	for item := range items {
-		if err := s.stream.Send(&pb.StreamRewardRequest{Items: []*pb.StreamItem{item}}); err != nil {
-			s.sendErr <- err // the server ended the stream: Recv reports why
+		if s.stream.Send(&pb.StreamRewardRequest{Items: []*pb.StreamItem{item}}) != nil {
 			return
 		}
 	}
-	s.sendErr <- s.stream.CloseSend()
+	_ = s.stream.CloseSend()
 }
 
 // Recv returns the next answer, io.EOF after the last one, or the stream's *Error.
