@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 50051
 
-.PHONY: venv test test-fast serve proto proto-check buf-lint buf-breaking buf-release gpu-test clean
+.PHONY: venv test test-fast serve proto proto-check buf-lint buf-breaking buf-release clients-deps clients-test cpp-smoke gpu-test clean
 
 venv: $(STAMP)
 
@@ -16,8 +16,8 @@ $(STAMP): requirements-dev.txt pyproject.toml clients/python/pyproject.toml
 	$(BIN)/pip install -q --no-deps -e clients/python -e .
 	touch $(STAMP)
 
-## test: everything CI runs (proto drift, buf lint, buf breaking, the CPU test suite)
-test: venv proto-check buf-lint buf-breaking
+## test: everything CI runs (proto drift, buf lint, buf breaking, the clients, the CPU test suite)
+test: venv proto-check buf-lint buf-breaking clients-test
 	$(BIN)/python -m pytest -q -m "not gpu"
 
 test-fast: venv
@@ -27,8 +27,10 @@ test-fast: venv
 serve: venv
 	$(BIN)/rewardserve serve --host $(HOST) --port $(PORT) $(if $(MODEL),--model $(MODEL),)
 
+## proto: regenerate the Python code (always) and the Node and Go code (after `make clients-deps`)
 proto: venv
 	$(BIN)/python clients/python/generate.py
+	$(BIN)/python clients/codegen.py
 
 proto-check: venv
 	$(BIN)/python clients/python/generate.py --check
@@ -44,6 +46,29 @@ buf-breaking: venv
 
 buf-release: venv
 	$(BIN)/buf build --exclude-source-info -o $(RELEASED_IMAGE)
+
+## clients-deps: what the Node, Go and Java clients need: Debian packages (apt-get, as root, only
+## when one is missing), node >= 20 from the machine, `npm ci` (pinned generators) and the Node build
+CLIENT_DEBS := golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev \
+	golang-google-protobuf-dev golang-google-genproto-dev golang-github-golang-protobuf-1-5-dev \
+	openjdk-17-jdk-headless libgrpc-java protobuf-compiler-grpc-java-plugin libprotobuf-java libnetty-java \
+	libperfmark-java libgoogle-gson-java libguava-java libgeronimo-annotation-1.3-spec-java
+clients-deps: venv
+	@missing=""; for deb in $(CLIENT_DEBS); do dpkg -s $$deb >/dev/null 2>&1 || missing="$$missing $$deb"; done; \
+	if [ -n "$$missing" ]; then echo "apt-get install$$missing"; apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; fi
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)' || { echo "clients-deps: node >= 20 is needed" >&2; exit 1; }
+	cd clients/node && npm ci --no-audit --no-fund && npm run build --silent
+
+## clients-test: generated Node/Go code drift, then the Node, Go and Java clients and the
+## conformance suite against one demo server (clients/test.sh)
+clients-test: clients-deps
+	$(BIN)/python clients/codegen.py --check
+	VENV=$(VENV) clients/test.sh
+
+## cpp-smoke: build the C++ smoke call (Debian libgrpc++) and call a running server: make cpp-smoke TARGET=host:port
+cpp-smoke:
+	clients/cpp/build.sh && clients/cpp/build/smoke $(TARGET)
 
 ## gpu-test: the parity suite on CUDA (run on the GPU machine)
 gpu-test:

@@ -71,7 +71,15 @@ class DescriptorIndex:
 
     def file_of_symbol(self, symbol: str) -> str:
         """The name of the file that defines ``symbol`` (a message, enum, service or method)."""
-        return self._pool.FindFileContainingSymbol(symbol).name
+        try:
+            return self._pool.FindFileContainingSymbol(symbol).name
+        except KeyError:
+            # The pool finds services but not their methods (``pkg.Service.Method``).
+            parent, _, method = symbol.rpartition(".")
+            service = self._pool.FindServiceByName(parent)  # KeyError when unknown too
+            if method not in service.methods_by_name:
+                raise
+            return service.file.name
 
     def with_dependencies(self, name: str) -> list[bytes]:
         """``name`` and every file it imports, transitively, serialized; KeyError when unknown."""

@@ -13,7 +13,7 @@ import { randomUUID } from "node:crypto";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { create } from "@bufbuild/protobuf";
 import { type Client, type Transport, createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import {
   type ChatRewardResponse, ChatRewardRequestSchema, type EncodeResponse, EncodeRequestSchema,
   type GetModelInfoResponse, RewardService, type StreamItemSchema, type StreamRewardOptionsSchema,
@@ -102,15 +102,17 @@ export class RewardClient {
   private readonly metadata: Record<string, string>;
   private readonly environment: RetryEnvironment;
   private readonly abort = new AbortController();
+  private readonly session: Http2SessionManager | undefined;
 
   constructor(options: RewardClientOptions = {}) {
     const tls = options.tls ?? false;
     const maxBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+    const url = baseUrl(options.target ?? "127.0.0.1:50051", tls !== false);
+    // Our own session manager, so close() can end the HTTP/2 connection (else it idles on).
+    this.session = options.transport ? undefined
+      : new Http2SessionManager(url, {}, typeof tls === "object" ? { ...tls } : {});
     const transport = options.transport ?? createGrpcTransport({
-      baseUrl: baseUrl(options.target ?? "127.0.0.1:50051", tls !== false),
-      nodeOptions: typeof tls === "object" ? { ...tls } : {},
-      readMaxBytes: maxBytes,
-      writeMaxBytes: maxBytes,
+      baseUrl: url, sessionManager: this.session, readMaxBytes: maxBytes, writeMaxBytes: maxBytes,
     });
     this.client = createClient(RewardService, transport);
     this.policy = { ...DEFAULT_RETRY_POLICY, ...options.retry };
@@ -156,9 +158,10 @@ export class RewardClient {
     }
   }
 
-  /** Cancel calls in flight on this client. */
+  /** Cancel calls in flight on this client and close its connection. */
   close(): void {
     this.abort.abort();
+    this.session?.abort();
   }
 
   private deadline(options: CallOptions): number | undefined {
