@@ -16,7 +16,7 @@ export GO111MODULE=off GOPATH="$gopath:/usr/share/gocode" GOFLAGS=
 export REWARDSERVE_BIN="${REWARDSERVE_BIN:-$here/../../.venv/bin/rewardserve}"
 args=()
 for arg in "$@"; do  # file arguments (cases, reference) stay valid after the cd below
-  if [[ -e "$arg" && "$arg" != ./* ]]; then args+=("$(realpath "$arg")"); else args+=("$arg"); fi
+  if [[ -f "$arg" ]]; then args+=("$(realpath "$arg")"); else args+=("$arg"); fi
 done
 cd "$pkg/go"
 go "${args[@]}"
