@@ -82,6 +82,7 @@ func Dial(target string, opts Options) (*Client, error) {
 func (c *Client) Close() error { return c.conn.Close() }
 
 // Encode runs a pooling task (classify, token_classify, embed, token_embed) on texts or token ids.
+// An empty req.RequestId is filled in (on req) and sent as x-request-id, the same on every retry.
 func (c *Client) Encode(ctx context.Context, req *pb.EncodeRequest) (*pb.EncodeResponse, error) {
 	if req.RequestId == "" {
 		req.RequestId = NewRequestID()
@@ -95,6 +96,7 @@ func (c *Client) Encode(ctx context.Context, req *pb.EncodeRequest) (*pb.EncodeR
 }
 
 // ChatReward scores conversations and/or groups rendered with the model's chat template.
+// An empty req.RequestId is filled in (on req), as in Encode.
 func (c *Client) ChatReward(ctx context.Context, req *pb.ChatRewardRequest) (*pb.ChatRewardResponse, error) {
 	if req.RequestId == "" {
 		req.RequestId = NewRequestID()

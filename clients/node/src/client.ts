@@ -121,7 +121,10 @@ export class RewardClient {
     this.environment = options.environment ?? REAL_ENVIRONMENT;
   }
 
-  /** Run a pooling task (classify, token_classify, embed, token_embed) on texts or token ids. */
+  /**
+   * Run a pooling task (classify, token_classify, embed, token_embed) on texts or token ids.
+   * An empty `requestId` is filled in (on a message given as such) and sent as `x-request-id`.
+   */
   async encode(request: EncodeRequestInit, options: CallOptions = {}): Promise<EncodeResponse> {
     const message = create(EncodeRequestSchema, request);
     message.requestId ||= randomUUID();
