@@ -23,7 +23,7 @@ from rewardserve_client.v1.reward_service_descriptor_set import DESCRIPTOR_SET
 
 V1ALPHA_SERVICE = rpb.DESCRIPTOR.services_by_name["ServerReflection"].full_name
 V1_SERVICE = V1ALPHA_SERVICE.replace(".v1alpha.", ".v1.")
-REFLECTION_SERVICES = (V1_SERVICE, V1ALPHA_SERVICE)
+SERVICE_NAMES = (V1_SERVICE, V1ALPHA_SERVICE)
 _METHOD = "ServerReflectionInfo"
 
 
@@ -154,10 +154,10 @@ def _error(code: grpc.StatusCode, message: str) -> rpb.ServerReflectionResponse:
 
 def enable_server_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
     """Serve reflection v1 and v1alpha on ``server``, listing ``service_names`` (which should
-    include ``REFLECTION_SERVICES``)."""
+    include ``SERVICE_NAMES``)."""
     servicer = ReflectionServicer(service_names)
     handler = grpc.stream_stream_rpc_method_handler(
         servicer.info, request_deserializer=rpb.ServerReflectionRequest.FromString,
         response_serializer=rpb.ServerReflectionResponse.SerializeToString)
     server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler(name, {_METHOD: handler}) for name in REFLECTION_SERVICES])
+        [grpc.method_handlers_generic_handler(name, {_METHOD: handler}) for name in SERVICE_NAMES])

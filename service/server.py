@@ -25,7 +25,7 @@ from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 from rewardserve.engine.config import EngineConfig
 from rewardserve.service.config import ServeConfig, ServerConfig
 from rewardserve.service.metrics import MetricsInterceptor, ServerMetrics
-from rewardserve.service.reflection import REFLECTION_SERVICES, enable_server_reflection
+from rewardserve.service import reflection  # v1 and v1alpha, serving the contract's comments
 from rewardserve.service.servicer import SERVICE_NAME, RewardServicer
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Health answers for the whole server ("") and for the RewardService by name (what meshes ask).
 HEALTH_CHECKED = ("", SERVICE_NAME)
-REFLECTED = (SERVICE_NAME, HEALTH_SERVICE_NAME, *REFLECTION_SERVICES)
+REFLECTED = (SERVICE_NAME, HEALTH_SERVICE_NAME, *reflection.SERVICE_NAMES)
 
 _FLUSH_S = 1.0  # at most this long to let finished calls' replies and health checks go out
 EngineLoader = Callable[[EngineConfig], Any]
@@ -83,7 +83,7 @@ class RewardServer:
         server = grpc.aio.server(options=self.config.server.channel_options(), interceptors=interceptors)
         pb_grpc.add_RewardServiceServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        enable_server_reflection(REFLECTED, server)
+        reflection.enable_server_reflection(REFLECTED, server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = _bind(server, self.config.server)
         await server.start()
