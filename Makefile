@@ -27,10 +27,9 @@ test-fast: venv
 serve: venv
 	$(BIN)/rewardserve serve --host $(HOST) --port $(PORT) $(if $(MODEL),--model $(MODEL),)
 
-## proto: regenerate the Python code (always) and the Node and Go code (after `make clients-deps`)
 proto: venv
 	$(BIN)/python clients/python/generate.py
-	$(BIN)/python clients/codegen.py
+	$(BIN)/python clients/codegen.py  # Node and Go: after `make clients-deps`
 
 proto-check: venv
 	$(BIN)/python clients/python/generate.py --check
