@@ -15,7 +15,7 @@ import { create } from "@bufbuild/protobuf";
 import { type Client, type Transport, createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import {
-  type ChatRewardResponse, ChatRewardRequestSchema, type EncodeResponse, EncodeRequestSchema,
+  type ChatRewardResponse, type ChatRewardResult, ChatRewardRequestSchema, type EncodeResponse, EncodeRequestSchema,
   type GetModelInfoResponse, RewardService, type StreamItemSchema, type StreamRewardOptionsSchema,
   type StreamRewardRequest, StreamRewardRequestSchema, type StreamRewardResponse,
 } from "./gen/rewardserve/v1/reward_service_pb.js";
@@ -83,7 +83,7 @@ export interface StreamOptions extends CallOptions {
 /** One StreamReward answer: `result` on success, else `error` (the stream goes on). */
 export interface StreamResult {
   id: string;
-  result?: NonNullable<Extract<StreamRewardResponse["outcome"], { case: "result" }>["value"]>;
+  result?: ChatRewardResult;
   error?: RewardServeError;
   /** This item's queue, compute and total seconds on the server. */
   timing: StreamRewardResponse["timing"];
