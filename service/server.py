@@ -26,7 +26,6 @@ from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
 from rewardserve.engine.api import EngineAPI
@@ -35,6 +34,7 @@ from rewardserve.service.auth import AuthInterceptor, TokenFile
 from rewardserve.service.config import ServeConfig, ServerConfig
 from rewardserve.service.logs import TraceInterceptor
 from rewardserve.service.metrics import MetricsInterceptor, ServerMetrics
+from rewardserve.service import reflection  # v1 and v1alpha, serving the contract's comments
 from rewardserve.service.servicer import SERVICE_NAME, RewardServicer
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Health answers for the whole server ("") and for the RewardService by name (what meshes ask).
 HEALTH_CHECKED = ("", SERVICE_NAME)
-REFLECTED = (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
+REFLECTED = (SERVICE_NAME, HEALTH_SERVICE_NAME, *reflection.SERVICE_NAMES)
 
 _FLUSH_S = 0.3  # at most this long to let the last replies and UNAVAILABLE endings go out
 _ENGINE_STOP_S = 0.3  # past the grace period, what the engine may still take to stop

@@ -20,6 +20,7 @@ import asyncio
 import time
 from typing import AsyncIterator, Callable
 
+import grpc
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
 from rewardserve.engine.api import ChatInput, EngineAPI, EngineOverloadedError, InvalidInputError
@@ -117,6 +118,13 @@ class ItemStream:
 
     def _accept(self, item: pb.StreamItem) -> None:
         index, self._count = self._count, self._count + 1
+        if item.id and item.id in self._ids:
+            # Not INVALID_ARGUMENT: the item may be fine, its id is taken. The code tells the
+            # caller this answer is not the in-flight item's result for the same id.
+            self._answers.put_nowait(pb.StreamRewardResponse(id=item.id, error=pb.ItemError(
+                code=grpc.StatusCode.ALREADY_EXISTS.value[0],
+                message=f"id: {item.id!r} is already in flight in this stream")))
+            return
         try:
             chat = self._check(item)
         except InvalidInputError as exc:
@@ -130,8 +138,6 @@ class ItemStream:
     def _check(self, item: pb.StreamItem) -> ChatInput:
         if not item.id:
             raise InvalidInputError("id", "must not be empty (answers are matched by it)")
-        if item.id in self._ids:
-            raise InvalidInputError("id", f"{item.id!r} is already in flight in this stream")
         if not item.HasField("conversation"):
             raise InvalidInputError(ITEM_FIELD, "must be set")
         return chat_convert.conversation(item.conversation, self._options)

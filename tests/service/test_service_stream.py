@@ -96,6 +96,7 @@ async def test_a_duplicate_id_in_flight_is_refused_alone(stub, fake):
     await call.write(pb.StreamRewardRequest(items=[item("same"), item("same")]))
     refused = await call.read()
     assert refused.id == "same" and "already in flight" in refused.error.message
+    assert refused.error.code == grpc.StatusCode.ALREADY_EXISTS.value[0]
     fake.release("same")
     assert (await call.read()).HasField("result")
     await call.done_writing()

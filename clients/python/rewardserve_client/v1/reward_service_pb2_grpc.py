@@ -93,6 +93,7 @@ class RewardServiceServicer(object):
 
     def GetModelInfo(self, request, context):
         """GetModelInfo describes the served model, so a trainer can pin the reward model it trains against.
+        It has no side effects (so Connect clients may send it as an HTTP GET).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +106,10 @@ class RewardServiceServicer(object):
         `max_in_flight` items are read and not yet answered: the server stops reading until results
         are sent, so gRPC flow control holds the client back. Cancelling the stream drops its queued
         work. A draining server answers the items it already read, then ends the stream UNAVAILABLE.
+        Item ids: every item needs a non-empty `id`, unique among the stream's items in flight (read
+        and not yet answered); an id may be reused once its answer has arrived. An item with an empty
+        id is answered INVALID_ARGUMENT and one whose id is already in flight ALREADY_EXISTS, both as
+        item errors carrying that id, so the first item's answer stays the only result for its id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
