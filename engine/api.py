@@ -38,6 +38,8 @@ class EngineStats:
     num_cancelled: int
     num_oom_splits: int
     num_failed_items: int
+    replicas_alive: int = 1   # data-parallel replicas still serving (0: NOT_SERVING)
+    replicas_total: int = 1
 
 
 class BatchItem(Protocol):
