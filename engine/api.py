@@ -71,7 +71,7 @@ class EngineAPI(Protocol):
 
     @property
     def is_ready(self) -> bool:
-        """True once started and warm, False again while draining."""
+        """True once started and warm, False again while draining or once no replica is left."""
 
     async def start(self) -> None:
         """Warm up; serve from then on."""
