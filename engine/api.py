@@ -38,6 +38,8 @@ class EngineStats:
     num_cancelled: int
     num_oom_splits: int
     num_failed_items: int
+    replicas_alive: int = 1   # data-parallel replicas still serving (0: NOT_SERVING)
+    replicas_total: int = 1
 
 
 class BatchItem(Protocol):
@@ -69,7 +71,7 @@ class EngineAPI(Protocol):
 
     @property
     def is_ready(self) -> bool:
-        """True once started and warm, False again while draining."""
+        """True once started and warm, False again while draining or once no replica is left."""
 
     async def start(self) -> None:
         """Warm up; serve from then on."""

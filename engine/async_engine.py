@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +19,8 @@ from rewardserve.engine.api import BatchObserver, EngineStats
 from rewardserve.engine.config import EngineConfig
 from rewardserve.engine.core import EngineCore
 from rewardserve.engine.errors import DeadlineExceededError, EngineUnavailableError
-from rewardserve.engine.pipeline import BatchLoop
 from rewardserve.engine.prepare import WorkItem
+from rewardserve.engine.replicas import ReplicaSet
 from rewardserve.engine.reward import RewardResult
 from rewardserve.engine.scheduler import Request, Scheduler
 from rewardserve.engine.types import (ChatInput, EncodeInput, EncodeResult, ModelInfo, PoolingParams, PoolingTask,
@@ -31,14 +30,17 @@ log = logging.getLogger(__name__)
 
 
 class AsyncEngine:
-    """Asynchronous engine over one EngineCore; create with ``from_config`` then ``await start()``."""
+    """Asynchronous engine over one EngineCore; create with ``from_config`` then ``await start()``.
+
+    With ``--data-parallel-size N`` the core holds N runners; each replica runs the batch pipeline
+    on its own thread against the one scheduler (``replicas.ReplicaSet``)."""
 
     def __init__(self, core: EngineCore, observers: Sequence[BatchObserver] = ()):
         self.core = core
         self.scheduler = Scheduler(core.config.scheduler)
-        self.loop = BatchLoop(self.scheduler, core.runner, observers)  # observers run on the GPU thread
+        self.replicas = ReplicaSet(self.scheduler, core.runners, observers)  # observers run on GPU threads
         self._pool = ThreadPoolExecutor(core.config.scheduler.tokenizer_workers, thread_name_prefix="tokenize")
-        self._thread: threading.Thread | None = None
+        self._started = False
         self._ready = False
         self._draining = False
         self._num_preparing = 0  # requests handed to the tokenizer pool, not yet queued
@@ -53,29 +55,32 @@ class AsyncEngine:
         return self.core.info
 
     def add_observer(self, observer: BatchObserver) -> None:
-        """Call ``observer(items, compute_seconds)`` after every batch (on the GPU thread)."""
-        self.loop.observers.append(observer)
+        """Call ``observer(items, compute_seconds)`` after every batch (on the GPU thread of the
+        replica that computed it: with data parallelism, observers are called from several threads)."""
+        self.replicas.observers.append(observer)
 
     def stats(self) -> EngineStats:
         """A snapshot of queue depth and fault counters (cheap; safe from any thread)."""
         s = self.scheduler.stats
         return EngineStats(s.queued_requests, s.queued_tokens, s.num_rejected, s.num_expired, s.num_cancelled,
-                           self.loop.num_oom_splits, self.loop.num_failed_items)
+                           self.replicas.num_oom_splits, self.replicas.num_failed_items,
+                           replicas_alive=self.replicas.num_alive, replicas_total=len(self.replicas.replicas))
 
     @property
     def is_ready(self) -> bool:
-        """True once started and warm, False again while draining."""
-        return self._ready and not self._draining
+        """True once started and every replica warm, False again while draining or once no
+        replica is left."""
+        return self._ready and not self._draining and self.replicas.num_alive > 0
 
     async def start(self) -> None:
-        """Warm up on the GPU thread, then start serving."""
-        if self._thread is not None:
+        """Warm up every replica, then start serving."""
+        if self._started:
             return
+        self._started = True
         seconds = await asyncio.get_running_loop().run_in_executor(
-            None, self.core.runner.warm_up, self.core.config.scheduler.max_num_batched_tokens)
-        log.info("warm-up done in %.2fs", seconds)
-        self._thread = threading.Thread(target=self.loop.run, kwargs={"block": True}, name="gpu", daemon=True)
-        self._thread.start()
+            None, self.replicas.warm_up, self.core.config.scheduler.max_num_batched_tokens)
+        log.info("warm-up done in %.2fs (%d replica(s))", seconds, len(self.replicas.replicas))
+        self.replicas.start()
         self._ready = True
 
     async def encode(self, inputs: Sequence[EncodeInput], task: PoolingTask | None = None,
@@ -101,7 +106,8 @@ class AsyncEngine:
 
     def _check_ready(self) -> None:
         if not self.is_ready:
-            raise EngineUnavailableError("draining" if self._draining else "engine is not ready yet")
+            reason = "no replica left" if self._ready and not self.replicas.num_alive else "engine is not ready yet"
+            raise EngineUnavailableError("draining" if self._draining else reason)
 
     async def _prepare(self, fn: Callable[..., list[WorkItem]], *args: Any) -> list[WorkItem]:
         # Requests waiting for the tokenizer pool count against the queue limit too: a flood of
@@ -132,7 +138,8 @@ class AsyncEngine:
             raise
 
     async def shutdown(self, grace_s: float = 30.0) -> None:
-        """Refuse new work, finish what is queued (up to ``grace_s``), stop the GPU thread."""
+        """Refuse new work, finish what is queued (up to ``grace_s``), stop the GPU threads; what
+        is still queued then fails (EngineUnavailableError) rather than waiting forever."""
         self._draining = True
         end = time.monotonic() + grace_s
         while not self.scheduler.is_idle() and time.monotonic() < end:
@@ -140,8 +147,8 @@ class AsyncEngine:
         self.scheduler.close()
         # Before the join (which a server may stop waiting for): tokenization not started is dropped.
         self._pool.shutdown(wait=False, cancel_futures=True)
-        if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, max(0.0, end - time.monotonic()) + 5)
+        await asyncio.get_running_loop().run_in_executor(None, self.replicas.join, max(0.0, end - time.monotonic()) + 5)
+        self.scheduler.abort(EngineUnavailableError("the engine stopped before this request was computed"))
         self._ready = False
 
 

@@ -99,12 +99,26 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    """How many devices serve the model."""
+
+    data_parallel_size: int = option(
+        1, "Model replicas behind this one endpoint, each on its own device (cuda:0..N-1 under --device auto "
+           "or cuda; replicas on cuda:K start at K); each packed batch goes to the least-loaded replica.")
+
+    def __post_init__(self) -> None:
+        if self.data_parallel_size < 1:
+            raise ValueError(f"--data-parallel-size must be at least 1, not {self.data_parallel_size}")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything the engine needs; built from the CLI or from a dict."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
 
 def from_dict(cls: type, values: dict[str, Any]) -> Any:

@@ -14,6 +14,7 @@ from rewardserve.engine.loader import load, model_info
 from rewardserve.engine.policy import PolicyTokenizers
 from rewardserve.engine.prepare import Limits, WorkItem, prepare
 from rewardserve.engine.retemplate import Retemplater
+from rewardserve.engine.replicas import replica_devices, replicate
 from rewardserve.engine.reward import RewardResult, to_reward_result
 from rewardserve.engine.runner import ModelRunner
 from rewardserve.engine.types import (ChatInput, EncodeInput, EncodeResult, PoolingParams, PoolingTask,
@@ -37,14 +38,21 @@ class EngineCore:
         self.retemplater = Retemplater(self.policies)
         self.info = dataclasses.replace(model_info(config.model.model, self.loaded),
                                         policy_tokenizers=self.policies.infos())
+        devices = replica_devices(self.loaded.device, config.parallel.data_parallel_size)
+        # One runner per data-parallel replica (one without data parallelism); runners[0] is ``runner``.
+        self.runners = replicate(self.loaded.model, devices, self._make_runner)
+        self.runner = self.runners[0]
+
+    def _make_runner(self, model, device: torch.device) -> ModelRunner:
+        config = self.config
         head_dtype = None if config.model.head_dtype == "model" else torch.float32
-        speed = config.runner.for_device(self.loaded.device.type)  # compile and graphs: on for CUDA
-        self.runner = ModelRunner(self.loaded.model, self.loaded.device, self.loaded.backend, head_dtype,
-                                  compile=speed.compile, cuda_graphs=speed.cuda_graphs,
-                                  max_tokens=config.scheduler.max_num_batched_tokens,
-                                  max_seq_len=self.loaded.max_model_len,
-                                  graph_max_tokens=config.runner.cuda_graph_max_tokens,
-                                  graph_max_seqs=config.runner.cuda_graph_max_seqs)
+        speed = config.runner.for_device(device.type)  # compile and graphs: on for CUDA
+        return ModelRunner(model, device, self.loaded.backend, head_dtype,
+                           compile=speed.compile, cuda_graphs=speed.cuda_graphs,
+                           max_tokens=config.scheduler.max_num_batched_tokens,
+                           max_seq_len=self.loaded.max_model_len,
+                           graph_max_tokens=config.runner.cuda_graph_max_tokens,
+                           graph_max_seqs=config.runner.cuda_graph_max_seqs)
 
     def plan(self, task: PoolingTask | None, params: PoolingParams | None) -> tuple[pooling.ResolvedPooling, PoolingParams]:
         """Resolve pooling: request > server --pooler-config > model traits (sentence-transformers
@@ -91,9 +99,12 @@ class EngineCore:
     def to_reward(self, item: WorkItem) -> RewardResult:
         return to_reward_result(item, self.labels_for(item))
 
-    def wrap_forward(self, wrapper) -> None:
-        """See ``ModelRunner.wrap_forward``."""
-        self.runner.wrap_forward(wrapper)
+    def wrap_forward(self, wrapper, replica: int | None = None) -> None:
+        """See ``ModelRunner.wrap_forward``: every replica's runner, or replica ``replica``'s only
+        (a test seam, e.g. a forward that fails like a lost device)."""
+        for index, runner in enumerate(self.runners):
+            if replica is None or index == replica:
+                runner.wrap_forward(wrapper)
 
     def labels_for(self, item: WorkItem) -> tuple[str, ...]:
         """Label names of the columns a result holds (token strings for LM-head columns)."""

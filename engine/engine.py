@@ -7,6 +7,7 @@ from typing import Any, Sequence
 from rewardserve.engine.api import BatchObserver
 from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig, SchedulerConfig
 from rewardserve.engine.core import EngineCore
+from rewardserve.engine.errors import EngineError
 from rewardserve.engine.pipeline import BatchLoop
 from rewardserve.engine.prepare import WorkItem
 from rewardserve.engine.scheduler import Request, Scheduler
@@ -23,6 +24,9 @@ class Engine:
 
     def __init__(self, config: EngineConfig | None = None, **model_options: Any):
         config = config or EngineConfig(model=ModelConfig(**model_options))
+        if config.parallel.data_parallel_size > 1:
+            raise EngineError("--data-parallel-size is for `rewardserve serve` (one endpoint over several "
+                              "devices); the offline Engine runs one replica")
         self.config = config
         self.core = EngineCore(config)
         # The same pipeline as the server's, on the caller's thread; the input list is the queue.

@@ -9,13 +9,18 @@ Failure isolation (one path): when a batch fails (CUDA out of memory, say) nothi
 kept; it is split in two and each half runs on its own, recursively. A half that succeeds keeps
 its results and is never computed again; an item that fails alone fails only its request
 (``ItemFailedError`` for out of memory, the error itself otherwise).
+
+Replicas (data parallel, ``replicas.ReplicaSet``): each replica runs its own BatchLoop on the
+shared scheduler. Before a failure is isolated, ``on_lost`` being set, the runner is probed:
+a device that cannot run one token is lost, and every batch the loop holds goes back to the
+queue through ``on_lost`` (another replica computes it) instead of failing its items.
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -36,6 +41,14 @@ class _Launched:
     start: float
 
 
+class ReplicaLost(Exception):
+    """The runner's device stopped working (its probe failed after ``cause``)."""
+
+    def __init__(self, cause: Exception):
+        super().__init__(f"device lost: {cause}")
+        self.cause = cause
+
+
 class BatchLoop:
     """Drives batches from ``scheduler`` through ``runner``; reports items back to the scheduler."""
 
@@ -45,12 +58,28 @@ class BatchLoop:
         self.observers = list(observers)  # called after every batch, before its replies go out
         self.num_oom_splits = 0
         self.num_failed_items = 0
+        self.held: list[PackedBatch] = []  # batches taken from the queue and not yet reported
+        # Set by a ReplicaSet: may this loop take a second batch while one is in flight (least-loaded)?
+        self.may_take: Callable[[], bool] = lambda: True
+        # Set by a ReplicaSet: called with the held batches when the device is lost (None: no probing).
+        self.on_lost: Callable[[list[PackedBatch], ReplicaLost], None] | None = None
 
     def run(self, *, block: bool) -> None:
         """Run batches until the queue is empty (``block=False``) or the scheduler is closed
-        (``block=True``: with nothing in flight, wait for work)."""
+        (``block=True``: with nothing in flight, wait for work). Returns early when the device is lost."""
+        try:
+            self._run(block)
+        except ReplicaLost as lost:
+            held, self.held = self.held, []
+            self.on_lost(held, lost)
+
+    def _run(self, block: bool) -> None:
         inflight: _Launched | None = None
         while True:
+            if inflight is not None and not self.may_take():  # a less-loaded replica takes the next batch
+                self._finish(inflight)
+                inflight = None
+                continue
             batch = self.scheduler.next_batch(None if block and inflight is None else 0.0)
             if batch is None and inflight is None:
                 return  # closed (block) or drained
@@ -61,9 +90,11 @@ class BatchLoop:
 
     def _launch(self, batch: PackedBatch) -> _Launched:
         start = time.monotonic()
+        self.held.append(batch)
         try:
             return _Launched(batch, self.runner.launch(batch), start)
         except Exception as exc:  # noqa: BLE001 - isolated below, synchronously
+            self._check_device(exc)
             self._isolate(batch, exc)
             return _Launched(batch, None, start)
 
@@ -73,7 +104,9 @@ class BatchLoop:
             try:
                 self._store(batch, self.runner.collect(launched.pending))
             except Exception as exc:  # noqa: BLE001
+                self._check_device(exc)
                 self._isolate(batch, exc)
+        self.held = [b for b in self.held if b is not batch]
         seconds = time.monotonic() - launched.start
         self.scheduler.record_throughput(batch.num_tokens, seconds)
         for item in batch:
@@ -103,7 +136,19 @@ class BatchLoop:
             try:
                 self._store(half, self.runner.execute(half))
             except Exception as half_exc:  # noqa: BLE001 - any failure must stay inside its items
+                self._check_device(half_exc)
                 self._isolate(half, half_exc)
+
+    def _check_device(self, exc: Exception) -> None:
+        """Raise ReplicaLost when ``exc`` came from a dead device (probed; never for out of memory
+        or an engine error, which belong to their items)."""
+        if self.on_lost is None or isinstance(exc, (torch.OutOfMemoryError, EngineError)):
+            return
+        try:
+            self.runner.probe()
+        except Exception as probe_exc:  # noqa: BLE001 - any failure of one token means the device is gone
+            log.error("replica on %s failed a one-token probe after %r: %r", self.runner.device, exc, probe_exc)
+            raise ReplicaLost(exc) from exc
 
     def _fail(self, item: WorkItem, exc: Exception) -> None:
         self.num_failed_items += 1

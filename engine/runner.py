@@ -121,6 +121,14 @@ class ModelRunner:
         warm-up: compiling replaces the forward."""
         self.forward = wrapper(self.forward)
 
+    @torch.inference_mode()
+    def probe(self) -> None:
+        """Run a two-token forward to the end; raises when the device can no longer compute (a
+        replica's health check after a failure that was not out of memory)."""
+        self._dummy_forward(self.forward, [2])
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
     def release_memory(self) -> None:
         """Give cached device memory back (after an out-of-memory failure, before a retry)."""
         if self.cuda:

@@ -34,6 +34,7 @@ class Request:
     cancelled: bool = False
     field_name: str = "inputs"                    # the request field its items came from (errors name it)
     remaining: int = field(default=0, init=False)
+    order: int = field(default=0, init=False)     # arrival rank among equal priorities (set by submit)
 
     def __post_init__(self) -> None:
         self.remaining = len(self.items)
@@ -74,14 +75,17 @@ class Scheduler:
         self._seq = itertools.count()
         self._cond = threading.Condition()
         self._closed = False
+        self._aborted: Exception | None = None  # set by abort: no device is left to compute anything
         self.throughput_tok_s = config.initial_throughput_tok_s  # refined from measured batches
 
     def submit(self, request: Request) -> None:
         """Queue a request's items, or refuse it (EngineOverloadedError) when the queue is full."""
         with self._cond:
+            if self._aborted is not None:
+                raise self._aborted
             self._admit(request)
             request.arrival = self.clock()
-            order = next(self._seq)
+            request.order = order = next(self._seq)
             for item in request.items:
                 heapq.heappush(self._heap, (request.priority, order, item.index, item))
             self.stats.queued_requests += 1
@@ -200,6 +204,28 @@ class Scheduler:
         for entry in skipped:
             heapq.heappush(self._heap, entry)
         return batch, expired
+
+    def requeue(self, items: list[WorkItem]) -> None:
+        """Put items of a batch that was not computed (its replica died) back in their queue places."""
+        with self._cond:
+            aborted = self._aborted
+            for item in items if aborted is None else ():
+                if not item.is_complete:
+                    owner: Request = item.owner
+                    heapq.heappush(self._heap, (owner.priority, owner.order, item.index, item))
+            self._cond.notify_all()
+        for owner in {id(it.owner): it.owner for it in items}.values() if aborted is not None else ():
+            self.fail(owner, aborted)
+
+    def abort(self, error: Exception) -> None:
+        """No device is left: fail every queued request with ``error``, refuse new ones, close."""
+        with self._cond:
+            self._aborted, self._closed = error, True
+            requests = {id(entry[-1].owner): entry[-1].owner for entry in self._heap}
+            self._heap.clear()
+            self._cond.notify_all()
+        for request in requests.values():
+            self.fail(request, error)
 
     def close(self) -> None:
         """Wake the GPU thread so it can exit."""

@@ -94,6 +94,8 @@ class _EngineCollector:
         stats = engine.stats()
         yield GaugeMetricFamily("rewardserve_queue_requests", "Requests waiting or running", value=stats.queued_requests)
         yield GaugeMetricFamily("rewardserve_queue_tokens", "Tokens waiting or running", value=stats.queued_tokens)
+        yield GaugeMetricFamily("rewardserve_replicas_alive", "Data-parallel replicas serving (0: none, NOT_SERVING)",
+                                value=stats.replicas_alive)
         dropped = CounterMetricFamily("rewardserve_dropped_requests", "Requests dropped before compute",
                                       labels=["reason"])
         for reason in ("rejected", "expired", "cancelled"):

@@ -47,6 +47,7 @@ REFLECTED = (SERVICE_NAME, HEALTH_SERVICE_NAME, *reflection.SERVICE_NAMES)
 _FLUSH_S = 0.3  # at most this long to let the last replies and UNAVAILABLE endings go out
 _ENGINE_STOP_S = 0.3  # past the grace period, what the engine may still take to stop
 _FD_RESERVE = 256  # open files kept for the model, tokenizer, compile cache and metrics
+_HEALTH_POLL_S = 0.5  # how often health re-reads engine.is_ready (data-parallel replicas can all be lost)
 EngineLoader = Callable[[EngineConfig], EngineAPI]
 
 
@@ -207,6 +208,16 @@ class RewardServer:
             raise
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         logger.info("rewardserve ready: serving %s", self._engine.info.model)
+        self._watch = asyncio.create_task(self._watch_engine(), name="rewardserve-health-watch")
+
+    async def _watch_engine(self) -> None:
+        """Health follows the engine once serving: NOT_SERVING when it stops being ready outside a
+        drain (every data-parallel replica lost; one replica left keeps it SERVING)."""
+        while self._engine.is_ready:
+            await asyncio.sleep(_HEALTH_POLL_S)
+        if self._drained is None:
+            logger.error("rewardserve engine is no longer ready (no replica left): health NOT_SERVING")
+            await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def _cancel_bring_up(self) -> None:
         if self._bring_up is not None and not self._bring_up.done():

@@ -164,3 +164,29 @@ def test_a_cut_looks_past_at_most_max_skips_items_that_do_not_fit():
         scheduler.submit(request("a", [90, 50, 50, 50, 5]))
         assert names(scheduler.next_batch(0)) == expected
         assert scheduler.stats.queued_tokens == 245  # nothing was dropped, skipped items stay queued
+
+
+def test_requeued_items_take_back_their_queue_places():
+    """A lost replica's batch goes back ahead of later arrivals (priority, then arrival)."""
+    scheduler, _ = make()
+    scheduler.submit(request("a", [10, 10]))
+    lost = scheduler.next_batch(0)
+    scheduler.submit(request("b", [10]))
+    scheduler.requeue(list(lost))
+    assert names(scheduler.next_batch(0)) == [("a", 0), ("a", 1), ("b", 0)]
+
+
+def test_abort_fails_queued_work_and_refuses_new_work():
+    scheduler, _ = make()
+    queued, held = request("q", [10]), request("h", [10])
+    scheduler.submit(held)
+    batch = scheduler.next_batch(0)  # held by a replica that then dies, after the abort
+    scheduler.submit(queued)
+    error = RuntimeError("no replica left")
+    scheduler.abort(error)
+    assert queued.error is error and scheduler.next_batch(0) is None
+    scheduler.requeue(list(batch))
+    assert held.error is error
+    with pytest.raises(RuntimeError, match="no replica left"):
+        scheduler.submit(request("late", [10]))
+    assert scheduler.is_idle()
