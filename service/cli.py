@@ -23,7 +23,6 @@ from typing import Callable, Sequence
 
 from rewardserve.engine.cli_args import OneLineParser, add_config_arguments, config_from_args
 from rewardserve.service.config import ServeConfig
-from rewardserve.service.logs import configure_logging
 from rewardserve.service.process import exit_now
 from rewardserve.service.startup import StartupError, check_ports, run
 
@@ -78,6 +77,8 @@ def main(argv: Sequence[str] | None = None, *, prepare_model: ModelPreparer | No
 
         return main_encode(argv[1:]) or 0
     config = parse_serve_config(argv)
+    from rewardserve.service.logs import configure_logging  # imports grpc: not for --help
+
     configure_logging(config.server.log_level, config.server.log_format)
     try:
         check_ports(config.server)  # before torch and the demo model: a busy port fails at once
