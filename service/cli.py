@@ -176,7 +176,7 @@ async def serve(config: ServeConfig) -> int:
 
 def _load_failure(exc: BaseException) -> StartupError:
     """The engine's own errors name the cause and the fix; anything else gets a pointer to DEBUG."""
-    from rewardserve.engine.errors import EngineError
+    from rewardserve.engine.api import EngineError
 
     first = (str(exc).strip().splitlines() or [""])[0]
     if isinstance(exc, (EngineError, ValueError, OSError)):
