@@ -47,6 +47,8 @@ TILES_256 = {
 MAX_ERR_256 = 3e-2  # bf16 kernel vs float32 SDPA (outputs are averages of N(0, 1) values)
 
 
+GQA_NATIVE = [True]  # the torch kernel's GQA verdict, probed once in main()
+
 def batches(budget: int = 16384, num_seqs: int = 1024) -> dict[str, list[int]]:
     """name → sequence lengths of one batch (the last entry of a bucket layout is its padding)."""
     lengths = bench_workloads.lognormal_lengths(num_seqs)
@@ -138,9 +140,9 @@ def bench_case(name: str, lengths: list[int], heads: int, kv_heads: int, calls: 
     scale = 128 ** -0.5
     real = lengths[:-1] if name.startswith("single") else lengths  # a bucket's padding is not work
     flops = attention_flops(real, heads)
-    ref = attention._torch_flash(q, k, v, meta, True, scale, None)
+    ref = attention._torch_flash(q, k, v, meta, True, scale, None, GQA_NATIVE[0])
     row = {"lengths": len(lengths), "tokens": sum(lengths), "max_seqlen": meta.max_seqlen}
-    runs = {"torch_fa2": lambda: attention._torch_flash(q, k, v, meta, True, scale, None)}
+    runs = {"torch_fa2": lambda: attention._torch_flash(q, k, v, meta, True, scale, None, GQA_NATIVE[0])}
     runs["triton_default"] = lambda: triton_attention.launch(q, k, v, meta.cu_seqlens, meta.max_seqlen,
                                                           is_causal=True, scale=scale)
     for name, tiles in TILES.items():
@@ -163,7 +165,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="bench_attention.json")
     p.add_argument("--pick", default="", help="write the fastest 256-wide tile candidate here (gemma2 models)")
     args = p.parse_args(argv)
-    attention.probe_torch_flash(torch.device("cuda"))
+    GQA_NATIVE[0] = attention.probe_torch_flash(torch.device("cuda"))
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cases": {}}
     for model in args.models.split(","):
         heads, kv_heads = HEADS[model]

@@ -17,13 +17,7 @@ import torch.nn.functional as F
 from rewardserve.engine import triton_attention
 
 ATTN_IMPLEMENTATION = "rewardserve_varlen"
-# backend: the kernel in use; gqa_native: the torch kernel takes Hkv < H as is (probed on CUDA);
-# cuda_fallback: a CUDA forward took the SDPA loop (host syncs: no CUDA-graph capture then).
-_state = {"backend": "sdpa", "gqa_native": True, "cuda_fallback": False}
-# The packed call in progress. Some transformers decoder layers (StableLM's, for one) do not pass
-# their **kwargs on to attention; the hook then reads the packing from here. Forwards run on one
-# thread at a time (the runner's), so a module-level slot is enough.
-_active: dict[str, "VarlenMeta | None"] = {"meta": None}
+CONTEXT_ATTR = "attn_ctx"  # the attribute every module of a varlen model carries (see ``attach``)
 
 
 @dataclass(frozen=True)
@@ -37,6 +31,42 @@ class VarlenMeta:
         """The keyword names transformers forwards untouched to the attention function."""
         return {"cu_seq_lens_q": self.cu_seqlens, "cu_seq_lens_k": self.cu_seqlens,
                 "max_length_q": self.max_seqlen, "max_length_k": self.max_seqlen}
+
+
+class AttentionContext:
+    """One model's attention state, owned by its runner and read by the attention hook.
+
+    ``attach`` stores it on every module of the model, so the per-layer hook finds it with one
+    plain attribute read (``module.attn_ctx``): no lookup table, no process-wide state.
+    """
+
+    def __init__(self, backend: str = "sdpa", gqa_native: bool = True):
+        self.backend = backend          # the kernel in use (``resolve_backend``)
+        self.gqa_native = gqa_native    # the torch kernel takes Hkv < H as is (``probe_torch_flash``)
+        self.cuda_fallback = False      # a CUDA forward took the SDPA loop (host syncs: no graphs then)
+        # The packed call in progress. Some transformers decoder layers (StableLM's, for one) do
+        # not pass their **kwargs on to attention; the hook then reads the packing from here.
+        # A model runs on one thread at a time (its runner's), so one slot is enough.
+        self.meta: VarlenMeta | None = None
+
+    def cuda_fallback_used(self, reset: bool = False) -> bool:
+        """Whether a CUDA forward went through the SDPA loop since the last reset."""
+        used = self.cuda_fallback
+        if reset:
+            self.cuda_fallback = False
+        return used
+
+
+def attach(model: torch.nn.Module, ctx: AttentionContext) -> AttentionContext:
+    """Register ``ctx`` as the attention state of every module of ``model``; returns it."""
+    for sub in model.modules():
+        object.__setattr__(sub, CONTEXT_ATTR, ctx)  # a plain attribute: not a parameter or submodule
+    return ctx
+
+
+def context_of(model: torch.nn.Module) -> AttentionContext:
+    """The context attached to ``model`` (``use_varlen_attention`` attaches an SDPA one)."""
+    return getattr(model, CONTEXT_ATTR)
 
 
 def has_flash_attn() -> bool:
@@ -61,17 +91,13 @@ def resolve_backend(requested: str, device: torch.device) -> str:
     return requested
 
 
-def set_backend(name: str) -> None:
-    """Select the kernel used by every model that runs with ``ATTN_IMPLEMENTATION``."""
-    _state["backend"] = name
-
-
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: VarlenMeta, *,
                      is_causal: bool, scale: float, window: int | None = None,
-                     softcap: float | None = None) -> torch.Tensor:
-    """q [T, H, D], k/v [T, Hkv, D] → [T, H, D]. ``window`` keeps keys with |q - k| < window (and
-    k <= q when causal); ``softcap``: scores become softcap * tanh(score / softcap) (Gemma2)."""
-    backend = _state["backend"]
+                     softcap: float | None = None, ctx: AttentionContext) -> torch.Tensor:
+    """q [T, H, D], k/v [T, Hkv, D] → [T, H, D] with ``ctx``'s kernel. ``window`` keeps keys with
+    |q - k| < window (and k <= q when causal); ``softcap``: scores become softcap * tanh(score /
+    softcap) (Gemma2)."""
+    backend = ctx.backend
     if softcap and backend == "torch":  # torch's bundled kernel does not soft-cap; ours and flash_attn do
         backend = "sdpa"
     if q.dtype == torch.float32 and backend != "sdpa":  # FlashAttention kernels are 16-bit only
@@ -82,7 +108,9 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: Va
         return torch.ops.rewardserve.triton_varlen_attention(q, k, v, meta.cu_seqlens, meta.max_seqlen,
                                                              is_causal, scale, window or 0, float(softcap or 0.0))
     if backend in ("triton", "torch") and not softcap:  # torch's kernel takes the other head sizes
-        return _torch_flash(q, k, v, meta, is_causal, scale, window)
+        return _torch_flash(q, k, v, meta, is_causal, scale, window, ctx.gqa_native)
+    if q.is_cuda:
+        ctx.cuda_fallback = True
     return _sdpa_masked(q, k, v, meta, is_causal, scale, window, softcap)
 
 
@@ -96,10 +124,10 @@ def _flash_attn(q, k, v, meta, is_causal, scale, window, softcap):
                                   softcap=softcap or 0.0)
 
 
-def _torch_flash(q, k, v, meta, is_causal, scale, window):
+def _torch_flash(q, k, v, meta, is_causal, scale, window, gqa_native=True):
     # aten's FA2 entry point takes GQA directly (Hq % Hkv == 0) and a left window; torch's
-    # public varlen_attn wraps this same op. probe_torch_flash() checks GQA once per process.
-    if k.shape[1] != q.shape[1] and not _state["gqa_native"]:
+    # public varlen_attn wraps this same op. probe_torch_flash() checks GQA once per runner.
+    if k.shape[1] != q.shape[1] and not gqa_native:
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
     left = window - 1 if window else None
@@ -113,7 +141,8 @@ def _torch_flash(q, k, v, meta, is_causal, scale, window):
 def probe_torch_flash(device: torch.device) -> bool:
     """Check once that the torch kernel takes GQA (Hkv < H) natively; else repeat kv heads.
 
-    Runs a tiny packed batch both ways and compares; returns (and records) the verdict.
+    Runs a tiny packed batch both ways and compares; returns the verdict (the runner keeps it in
+    its ``AttentionContext.gqa_native``).
     """
     gen = torch.Generator(device=device).manual_seed(0)
     q = torch.randn(40, 4, 64, device=device, dtype=torch.bfloat16, generator=gen)   # [T, H, D]
@@ -125,16 +154,7 @@ def probe_torch_flash(device: torch.device) -> bool:
         native = bool((got.float() - want.float()).abs().max().item() < 1e-2)
     except RuntimeError:
         native = False
-    _state["gqa_native"] = native
     return native
-
-
-def cuda_fallback_used(reset: bool = False) -> bool:
-    """Whether a CUDA forward went through the SDPA loop since the last reset."""
-    used = _state["cuda_fallback"]
-    if reset:
-        _state["cuda_fallback"] = False
-    return used
 
 
 def sequence_mask(length: int, is_causal: bool, window: int | None, device: torch.device) -> torch.Tensor | None:
@@ -155,8 +175,6 @@ def _sdpa_masked(q, k, v, meta, is_causal, scale, window, softcap):
     A dense [T, T] mask over a packed batch costs O(T^2) memory and time; the blocks cost
     O(sum n_i^2) and give the same result.
     """
-    if q.is_cuda:
-        _state["cuda_fallback"] = True
     num_heads = q.shape[1]
     if k.shape[1] != num_heads:  # GQA: repeat kv heads
         rep = num_heads // k.shape[1]
@@ -183,23 +201,23 @@ def _attend(qh, kh, vh, mask, scale, softcap):
 
 
 class packed_call:
-    """``with packed_call(meta):`` around a backbone forward makes ``meta`` the active packing."""
+    """``with packed_call(ctx, meta):`` around a backbone forward makes ``meta`` ``ctx``'s active packing."""
 
-    def __init__(self, meta: VarlenMeta):
-        self.meta = meta
+    def __init__(self, ctx: AttentionContext, meta: VarlenMeta):
+        self.ctx, self.meta = ctx, meta
 
     def __enter__(self) -> VarlenMeta:
-        _active["meta"] = self.meta
+        self.ctx.meta = self.meta
         return self.meta
 
     def __exit__(self, *exc) -> None:
-        _active["meta"] = None
+        self.ctx.meta = None
 
 
-def _packing_of(module, kwargs: dict) -> VarlenMeta:
+def _packing_of(module, ctx: AttentionContext, kwargs: dict) -> VarlenMeta:
     if "cu_seq_lens_q" in kwargs:
         return VarlenMeta(kwargs["cu_seq_lens_q"], kwargs["max_length_q"])
-    meta = _active["meta"]
+    meta = ctx.meta
     if meta is None:  # called outside the engine's packed forward: refuse rather than mix sequences
         raise RuntimeError(f"{type(module).__name__}: packed attention called without cu_seqlens")
     return meta
@@ -207,14 +225,17 @@ def _packing_of(module, kwargs: dict) -> VarlenMeta:
 
 def hf_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
                          sliding_window=None, softcap=None, **kwargs):
-    """transformers attention hook: query [1, H, T, D], key/value [1, Hkv, T, D] → [1, T, H, D]."""
-    meta = _packing_of(module, kwargs)
+    """transformers attention hook: query [1, H, T, D], key/value [1, Hkv, T, D] → [1, T, H, D].
+
+    The kernel and packing come from the module's ``AttentionContext`` (one attribute read)."""
+    ctx = module.attn_ctx
+    meta = _packing_of(module, ctx, kwargs)
     is_causal = kwargs.get("is_causal")
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     out = varlen_attention(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), meta,
-                           is_causal=is_causal, scale=scale, window=sliding_window, softcap=softcap)
+                           is_causal=is_causal, scale=scale, window=sliding_window, softcap=softcap, ctx=ctx)
     return out.unsqueeze(0), None
 
 

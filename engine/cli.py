@@ -88,6 +88,7 @@ def main_encode(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from rewardserve.engine.demo import with_demo_model
+    from rewardserve.engine import torch_setup
     from rewardserve.engine.engine import Engine  # torch loads here, after the options are checked
 
     try:
@@ -95,6 +96,7 @@ def main_encode(argv: list[str] | None = None) -> int:
                                  "rewardserve encode", logging.getLogger("rewardserve.encode"))
         with _open(args.input, "r", sys.stdin) as src:
             inputs = read_inputs(src)
+        torch_setup.configure(torch_setup.cache_dir_from(os.environ))
         engine = Engine(config)
         progress = args.progress if args.progress is not None else len(inputs) > 64
         results = engine.encode(inputs, task=args.task, progress=progress)

@@ -2,6 +2,7 @@
 
 Each leaf field becomes ``--field-name`` (help, default and choices from the field), so the
 CLI and the config cannot drift. Nested dataclasses are flattened; leaf names must be unique.
+Fields marked ``option(..., advanced=True)`` are left out of ``--help`` and listed by ``--help-all``.
 """
 from __future__ import annotations
 
@@ -16,6 +17,28 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _HelpAll(argparse.Action):
+    """``--help-all``: the help with the advanced options too, then exit."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for action, text in getattr(parser, "advanced_help", {}).items():
+            action.help = text
+        parser.print_help()
+        parser.exit()
+
+
+def _add_help_all(parser: argparse.ArgumentParser) -> dict:
+    """The parser's {advanced action: its help}; adds ``--help-all`` on first use."""
+    if not hasattr(parser, "advanced_help"):
+        parser.advanced_help = {}
+        parser.add_argument("--help-all", action=_HelpAll,
+                            help="show this help with the advanced tuning options too, and exit")
+    return parser.advanced_help
 
 
 def _leaves(cls: type) -> list[tuple[tuple[str, ...], Any, Any]]:
@@ -46,6 +69,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: Co
 
     The help is plain text: the field's help, then its choices and default, so ``--help`` lists
     every allowed value. An unset default (None, "") is not printed: the help text says what it means.
+    Advanced fields are hidden from ``--help`` and shown by ``--help-all`` (added when there are any).
     """
     names = set()
     for path, f, tp in _leaves(cls):
@@ -67,8 +91,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: Co
             kwargs["metavar"] = f.name.upper()
             if f.metadata.get("choices"):
                 kwargs["choices"] = f.metadata["choices"]
-        kwargs["help"] = _help(f, repeated=_is_repeated(tp))
-        parser.add_argument(flag, **kwargs)
+        text = _help(f, repeated=_is_repeated(tp))
+        if f.metadata.get("advanced"):
+            advanced = _add_help_all(parser)
+            advanced[parser.add_argument(flag, **kwargs, help=argparse.SUPPRESS)] = text
+        else:
+            parser.add_argument(flag, **kwargs, help=text)
 
 
 def _help(f: Any, repeated: bool) -> str:

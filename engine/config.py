@@ -70,6 +70,30 @@ class RunnerConfig:
               "(and up to --max-num-batched-tokens).", advanced=True)
     cuda_graph_max_seqs: int = option(
         64, "CUDA graphs: the largest sequence bucket; buckets are 1 and the powers of 4 up to it.", advanced=True)
+    compile_warmup_batches: str = option(
+        "budget 3001 300,400 7,5,3 1,1",
+        "torch.compile: the warm-up batches run before serving, space-separated; each is comma-separated "
+        "sequence lengths (capped at the token budget), or 'budget': the whole token budget in three "
+        "sequences. Shapes serving will see, so the first requests do not wait for a recompile.", advanced=True)
+
+    def warmup_batches(self, max_tokens: int) -> list[list[int]]:
+        """``compile_warmup_batches`` read for a ``max_tokens`` budget: [[sequence lengths], ...].
+        Raises ValueError naming the option and the bad batch."""
+        batches = []
+        for word in self.compile_warmup_batches.split():
+            if word == "budget":
+                third = max(1, max_tokens // 3)
+                batches.append([third, third + 1, max(1, max_tokens - 2 * third - 1)])
+                continue
+            try:
+                lengths = [int(x) for x in word.split(",")]
+            except ValueError:
+                lengths = []
+            if not lengths or min(lengths) < 1:
+                raise ValueError(f"--compile-warmup-batches: {word!r} is not 'budget' or comma-separated "
+                                 "positive sequence lengths")
+            batches.append([min(n, max_tokens) for n in lengths])
+        return batches
 
     def for_device(self, device_type: str) -> "RunnerConfig":
         """This config with ``compile`` and ``cuda_graphs`` decided for ``device_type`` ("cuda",

@@ -52,7 +52,8 @@ class EngineCore:
                            max_tokens=config.scheduler.max_num_batched_tokens,
                            max_seq_len=self.loaded.max_model_len,
                            graph_max_tokens=config.runner.cuda_graph_max_tokens,
-                           graph_max_seqs=config.runner.cuda_graph_max_seqs)
+                           graph_max_seqs=config.runner.cuda_graph_max_seqs,
+                           compile_warmup=config.runner.warmup_batches(config.scheduler.max_num_batched_tokens))
 
     def plan(self, task: PoolingTask | None, params: PoolingParams | None) -> tuple[pooling.ResolvedPooling, PoolingParams]:
         """Resolve pooling: request > server --pooler-config > model traits (sentence-transformers

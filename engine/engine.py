@@ -35,7 +35,14 @@ class Engine:
 
     @classmethod
     def from_model(cls, model: str, *, device: str = "auto", **model_options: Any) -> "Engine":
-        """Shortcut: ``Engine.from_model("dir", dtype="float32")``."""
+        """Shortcut: ``Engine.from_model("dir", dtype="float32")``. As an entry point for library
+        users it applies the process-wide torch settings (``torch_setup``; the compile cache under
+        TORCHINDUCTOR_CACHE_DIR or $XDG_CACHE_HOME/rewardserve/inductor)."""
+        import os
+
+        from rewardserve.engine import torch_setup
+
+        torch_setup.configure(torch_setup.cache_dir_from(os.environ))
         return cls(EngineConfig(model=ModelConfig(model=model, **model_options), runner=RunnerConfig(device=device),
                                 scheduler=SchedulerConfig()))
 

@@ -58,7 +58,8 @@ class ModelRunner:
     """Runs packed batches of WorkItems on one device."""
 
     def __init__(self, model: PoolingModel, device: torch.device, backend: str, head_dtype: torch.dtype | None,
-                 *, max_tokens: int, graph_max_tokens: int, graph_max_seqs: int, compile: bool = False,
+                 *, max_tokens: int, graph_max_tokens: int, graph_max_seqs: int,
+                 compile_warmup: list[list[int]] | None = None, compile: bool = False,
                  cuda_graphs: bool = False, max_seq_len: int | None = None):
         self.model = model.to(device)
         self.device = device
@@ -67,10 +68,14 @@ class ModelRunner:
         for module in model.head_modules():
             if head_dtype is not None:
                 module.to(head_dtype)  # fp32 head keeps rewards exact under a bf16 backbone
-        attention.set_backend(backend)
         self.cuda = device.type == "cuda"
+        gqa_native = True
         if self.cuda and backend in ("torch", "triton") and not attention.probe_torch_flash(device):
             log.warning("torch FlashAttention kernel refused GQA: repeating kv heads")
+            gqa_native = False
+        # This model's kernel choice, GQA verdict, fallback flag and active packing: owned here,
+        # read by the attention hook of each of its layers.
+        self.attention = attention.attach(self.model, attention.AttentionContext(backend, gqa_native))
         if (compile or cuda_graphs) and not self.cuda:
             log.info("compile / CUDA graphs are CUDA-only: running eagerly on %s", device)
         packs = getattr(getattr(model, "traits", None), "supports_packing", True)
@@ -79,6 +84,11 @@ class ModelRunner:
         self.max_tokens = max_tokens
         self.max_seq_len = max_seq_len or max_tokens  # warm-up sequences stay within the position table
         self.graph_max_tokens, self.graph_max_seqs = graph_max_tokens, graph_max_seqs  # RunnerConfig.cuda_graph_*
+        # RunnerConfig.warmup_batches(): the batches (sequence lengths) compiled before serving.
+        # Required when compiling (no default here: the config tree holds it).
+        if self.want_compile and not compile_warmup:
+            raise ValueError("compile needs its warm-up batches (RunnerConfig.warmup_batches)")
+        self.compile_warmup = compile_warmup or []
         self.forward = eager_forward(self.model)  # (ids, positions, cu_seqlens, max_seqlen) → [T, H]
         self.min_tokens = 1                       # 2 once compiled: T=1 would specialise the graph
         self.graphs: CudaGraphs | None = None
@@ -206,7 +216,7 @@ class ModelRunner:
         log.info("warming up on %s (torch.compile %s, CUDA graphs %s)", self.device,
                  "on" if self.want_compile else "off", "on" if self.want_graphs else "off")
         with torch.inference_mode():
-            attention.cuda_fallback_used(reset=True)
+            self.attention.cuda_fallback_used(reset=True)
             self._dummy_forward(self.forward, [max(1, min(max_tokens, 256))])
             if self.want_compile and self.stats["compile"] is False:
                 self._compile(max_tokens)
@@ -230,8 +240,9 @@ class ModelRunner:
         forward(ids, positions, cu_seqlens.to(torch.int32), max(plan.max_seqlen, 2))
 
     def _compile(self, max_tokens: int) -> None:
-        """Compile, then run the shapes serving will see (many sequences, one long, a few)."""
-        if attention.cuda_fallback_used():
+        """Compile, then run the shapes serving will see (``compile_warmup``: by default many
+        sequences, one long, a few)."""
+        if self.attention.cuda_fallback_used():
             # The SDPA loop reads cu_seqlens on the host: dynamo would break the graph at every
             # layer and recompile for each new sequence count, which costs minutes and buys nothing.
             log.warning("torch.compile off: this model's attention needs the SDPA fallback (host syncs)")
@@ -240,9 +251,7 @@ class ModelRunner:
         start = time.monotonic()
         try:
             compiled = compile_forward(self.model)
-            third = max(1, max_tokens // 3)
-            for lengths in ([third, third + 1, max(1, max_tokens - 2 * third - 1)],
-                            [min(max_tokens, 3001)], [300, 400], [7, 5, 3], [1, 1]):
+            for lengths in self.compile_warmup:
                 self._dummy_forward(compiled, lengths)
         except Exception:  # noqa: BLE001 - a compiler failure must not take the server down
             log.exception("torch.compile failed: running the packed backbone eagerly")
@@ -254,7 +263,7 @@ class ModelRunner:
         log.info("torch.compile done in %.1fs (later starts read the on-disk cache)", self.stats["compile_s"])
 
     def _capture(self, max_tokens: int) -> None:
-        if attention.cuda_fallback_used():
+        if self.attention.cuda_fallback_used():
             log.warning("CUDA graphs off: this model's attention needs the SDPA fallback (host syncs)")
             self.stats["cuda_graphs"] = "fallback attention"
             return

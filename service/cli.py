@@ -83,6 +83,9 @@ def main(argv: Sequence[str] | None = None, *, prepare_model: ModelPreparer | No
     try:
         check_ports(config.server)  # before torch and the demo model: a busy port fails at once
         config = (prepare_model or resolve_model)(config)
+        from rewardserve.engine.torch_setup import cache_dir_from, configure  # torch loads here, after the checks
+
+        configure(cache_dir_from(os.environ))
         return run(_serve_then_exit(config), loop_factory(config.server.event_loop))
     except StartupError as exc:
         logger.debug("start-up failure", exc_info=exc)  # the traceback, with --log-level DEBUG

@@ -82,17 +82,22 @@ def run_hf_packed(backbone: nn.Module, input_ids: torch.Tensor, positions: torch
 
     The backbone must have ``config._attn_implementation == ATTN_IMPLEMENTATION``.
     """
-    with packed_call(meta):  # for decoder layers that drop the packing kwargs on the way down
+    with packed_call(backbone.attn_ctx, meta):  # for decoder layers that drop the packing kwargs on the way down
         out = backbone(input_ids=input_ids[None], position_ids=positions[None], use_cache=False,
                        **meta.as_kwargs(), **extra)
     return out.last_hidden_state[0]
 
 
 def use_varlen_attention(module: nn.Module) -> None:
-    """Switch a transformers model (and every sub-config) to packed varlen attention."""
-    from rewardserve.engine.attention import ATTN_IMPLEMENTATION, register_with_transformers
+    """Switch a transformers model (and every sub-config) to packed varlen attention.
+
+    Attaches a CPU (SDPA) ``AttentionContext``; the runner attaches its own when it takes the model.
+    """
+    from rewardserve.engine.attention import (ATTN_IMPLEMENTATION, AttentionContext, attach,
+                                              register_with_transformers)
 
     register_with_transformers()
+    attach(module, AttentionContext())
     for sub in module.modules():
         cfg = getattr(sub, "config", None)
         if cfg is not None and hasattr(cfg, "_attn_implementation"):

@@ -167,13 +167,12 @@ def test_attention_kernels_gqa_window_and_causality(backend):
     cases = [(True, None, None), (True, 16, None), (False, None, None), (False, 16, None)]
     if backend == "triton":
         cases += [(True, None, 2.0), (True, 16, 2.0)]
+    kernel, sdpa = attention.AttentionContext(backend), attention.AttentionContext("sdpa")
     for causal, window, softcap in cases:
-        attention.set_backend(backend)
         got = attention.varlen_attention(q, k, v, meta, is_causal=causal, scale=128 ** -0.5, window=window,
-                                         softcap=softcap)
-        attention.set_backend("sdpa")
+                                         softcap=softcap, ctx=kernel)
         want = attention.varlen_attention(q.float(), k.float(), v.float(), meta, is_causal=causal,
-                                          scale=128 ** -0.5, window=window, softcap=softcap)
+                                          scale=128 ** -0.5, window=window, softcap=softcap, ctx=sdpa)
         diffs[f"causal={causal},window={window},softcap={softcap}"] = float((got.float() - want).abs().max())
     RESULTS[f"attention_kernel_max_abs_vs_fp32_sdpa/{backend}"] = diffs
     RESULTS["gqa_native"] = attention.probe_torch_flash(torch.device("cuda"))

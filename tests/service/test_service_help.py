@@ -54,6 +54,8 @@ def test_top_level_help_lists_the_commands_and_the_environment():
 def test_serve_help_is_plain_text_with_every_choice(serve_help):
     assert "``" not in serve_help and ":class:" not in serve_help
     for _path, f, _tp in _leaves(ServeConfig):
+        if f.metadata.get("advanced"):
+            continue  # --help-all lists these (next test)
         flag = "--" + f.name.replace("_", "-")
         assert flag in serve_help
         for choice in f.metadata.get("choices") or ():
@@ -62,6 +64,33 @@ def test_serve_help_is_plain_text_with_every_choice(serve_help):
     assert "one of: auto, bfloat16, float16, float32; default: auto" in flat
     assert "one of: auto, asyncio, uvloop; default: auto" in flat
     assert "(default: None)" not in serve_help and "(default: )" not in serve_help
+
+
+def _help_in_process(capsys, *argv: str) -> str:
+    from rewardserve.service.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_advanced_options_are_only_in_help_all(capsys):
+    """Options marked ``advanced=True`` stay out of ``--help``; ``--help-all`` lists every option."""
+    short, full = _help_in_process(capsys, "serve", "--help"), _help_in_process(capsys, "serve", "--help-all")
+    advanced = ["--" + f.name.replace("_", "-") for _p, f, _t in _leaves(ServeConfig) if f.metadata.get("advanced")]
+    assert "--compile-warmup-batches" in advanced and "--max-skips" in advanced
+    assert "--help-all" in short
+    for flag in advanced:
+        assert flag not in short, flag
+        assert flag in full, flag
+    for _path, f, _tp in _leaves(ServeConfig):
+        assert "--" + f.name.replace("_", "-") in full
+    assert "default: budget 3001 300,400 7,5,3 1,1" in " ".join(full.split())
+    encode_short = _help_in_process(capsys, "encode", "--help")
+    encode_full = _help_in_process(capsys, "encode", "--help-all")
+    assert "--compile-warmup-batches" not in encode_short and "--compile-warmup-batches" in encode_full
+    assert "--task" in encode_full
 
 
 def test_serve_help_explains_the_demo_model_the_gpu_defaults_and_the_environment(serve_help):

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from rewardserve.engine.attention import set_backend
 from rewardserve.engine.demo import build_tokenizer
 from tiny_decoders import copy_tokenizer
 
@@ -29,7 +28,6 @@ def ckpt(tmp_path, tokenizer_src) -> Path:
 
 @pytest.fixture(autouse=True)
 def _cpu_sdpa_and_seed():
-    """CPU attention backend and deterministic weights for every test."""
-    set_backend("sdpa")
+    """Deterministic weights for every test (models get a CPU SDPA attention context at build)."""
     torch.manual_seed(0)
     yield
