@@ -23,6 +23,7 @@ from rewardserve.engine.prepare import WorkItem
 from rewardserve.engine.reward import RewardResult
 from rewardserve.engine.runner import ItemFailed
 from rewardserve.engine.scheduler import Request, Scheduler
+from rewardserve.engine.score import ScoreOutput, ScoreParams
 from rewardserve.engine.types import (ChatInput, EncodeInput, EncodeResult, ModelInfo, PoolingParams, PoolingTask,
                                       TokensInput)
 
@@ -118,6 +119,18 @@ class AsyncEngine:
         except ItemFailedError as exc:  # name the caller's field, not the engine's generic one
             raise exc.at("conversations", exc.index) from None
         return [self.core.to_reward(it) for it in items]
+
+    async def score(self, query: Any, documents: Sequence[Any], params: ScoreParams | None = None, *,
+                    priority: int = 0, deadline: float | None = None, request_id: str = "") -> ScoreOutput:
+        """Score ``query`` against each document (see engine/score.py); queued like ``encode``."""
+        self._check_ready()
+        plan = await self._prepare(self.core.prepare_score, query, documents, params or ScoreParams())
+        try:
+            await self._run(plan.items, priority, deadline, request_id)
+        except ItemFailedError as exc:  # the query's own item (embedding models) is named "query"
+            raise (exc.at("query") if plan.query is not None and exc.index == plan.query.index
+                   else exc.at("documents", exc.index)) from None
+        return self.core.to_score(plan)
 
     def _check_ready(self) -> None:
         if not self.is_ready:

@@ -8,6 +8,7 @@ from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig, S
 from rewardserve.engine.core import EngineCore
 from rewardserve.engine.prepare import WorkItem
 from rewardserve.engine.reward import RewardResult
+from rewardserve.engine.score import ScoreOutput, ScoreParams
 from rewardserve.engine.types import ChatInput, EncodeResult, ModelInfo, PoolingParams, PoolingTask
 
 
@@ -50,6 +51,16 @@ class Engine:
         items = self.core.prepare_chat(chats, params)
         self._run_all(items, False)
         return [self.core.to_reward(it) for it in items]
+
+    def score(self, query: Any, documents: Sequence[Any], params: ScoreParams | None = None) -> ScoreOutput:
+        """Score ``query`` against each document: a cross-encoder or reranker reads each pair,
+        an embedding model gives cosine similarities (see engine/score.py).
+
+        >>> engine.score("what is packing?", ["no padding", "a recipe"]).results[0].score
+        """
+        plan = self.core.prepare_score(query, list(documents), params or ScoreParams())
+        self._run_all(plan.items, False)
+        return self.core.to_score(plan)
 
     def _run_all(self, items: list[WorkItem], progress: bool) -> None:
         """Run every batch; batch i+1 is launched before batch i is collected, so the host's
