@@ -55,11 +55,14 @@ class ScoreParams:
 
     ``top_n``: 0 keeps every result in input order; N > 0 keeps the best N, best first.
     ``truncate_prompt_tokens``: as for encode (-1: the model's maximum); for pairs only the
-    document is cut. ``instruction``: a reranker prompt's instruction (None: its default).
+    document is cut (its end). ``truncation_side``: embedding models only, where each text is
+    truncated alone as encode does. ``instruction``: a reranker prompt's instruction (None: its
+    default).
     """
 
     top_n: int = 0
     truncate_prompt_tokens: int | None = None
+    truncation_side: str | None = None
     instruction: str | None = None
 
 
@@ -276,7 +279,8 @@ class PairBuilder:
 
 def _cosine_plan(core: "EngineCore", query: Any, documents: Sequence[Any], params: ScoreParams) -> ScorePlan:
     """The query and every document embedded (normalised), each truncated alone as Encode does."""
-    embed = PoolingParams(normalize=True, truncate_prompt_tokens=params.truncate_prompt_tokens)
+    embed = PoolingParams(normalize=True, truncate_prompt_tokens=params.truncate_prompt_tokens,
+                          truncation_side=params.truncation_side)
     try:
         (q_item,) = core.prepare([_read(query, None, "query")], PoolingTask.EMBED, embed, field="query")
     except InvalidInputError as exc:

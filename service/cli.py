@@ -28,11 +28,13 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def build_parser() -> argparse.ArgumentParser:
     """``rewardserve {serve,encode}``; unknown options are errors."""
     parser = argparse.ArgumentParser(prog="rewardserve", description="Serve reward models over gRPC.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,encode}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,encode,score}")
     serve = commands.add_parser("serve", help="run the gRPC server (the built-in demo model without --model)")
     add_config_arguments(serve, ServeConfig)
     # Listed for --help only: main() hands `encode ...` to the engine's CLI before parsing.
     commands.add_parser("encode", help="score inputs offline, without a server (see `rewardserve encode --help`)",
+                        add_help=False)
+    commands.add_parser("score", help="score queries against documents offline (see `rewardserve score --help`)",
                         add_help=False)
     return parser
 
@@ -44,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from rewardserve.engine.cli import main_encode  # the engine's CLI: torch loads only here
 
         return main_encode(argv[1:]) or 0
+    if argv[:1] == ["score"]:
+        from rewardserve.engine.score_cli import main_score  # offline Score: torch loads only here
+
+        return main_score(argv[1:]) or 0
     config = parse_serve_config(argv)
     logging.basicConfig(level=config.server.log_level, format=LOG_FORMAT, stream=sys.stderr)
     with asyncio.Runner(loop_factory=loop_factory(config.server.event_loop)) as runner:

@@ -9,10 +9,11 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional, Sequen
 
 import grpc
 
-from rewardserve_client import _requests, _results
+from rewardserve_client import _requests, _results, _score
 from rewardserve_client._base import (DEFAULT_TIMEOUT, ClientCore, MetadataLike, merge_options,
                                       resolve_credentials)
 from rewardserve_client._requests import Conversation, Group, Input
+from rewardserve_client._score import ScoreInput, ScoreResponse
 from rewardserve_client.client import REWARD_DEPRECATION
 from rewardserve_client.stream import DEFAULT_MAX_IN_FLIGHT, AsyncRewardStream
 from rewardserve_client.types import ChatRewardResponse, EncodeResponse, ModelInfo
@@ -104,6 +105,17 @@ class AsyncRewardClient:
         return AsyncRewardStream(self._stub, request_options, max_in_flight=max_in_flight,
                                  timeout=timeout, metadata=self._core._call_metadata(rid),
                                  request_id=rid)
+
+    async def score(self, query: ScoreInput, documents: Iterable[ScoreInput], *, top_n: int = 0,
+                    truncate_prompt_tokens: Optional[int] = None, truncation_side: Optional[str] = None,
+                    instruction: Optional[str] = None, priority: int = 0, request_id: Optional[str] = None,
+                    timeout: Optional[float] = None) -> ScoreResponse:
+        """Score ``query`` against each document (Score RPC); see :meth:`RewardClient.score`."""
+        rid = self._core._request_id(request_id)
+        request = _score.score_request(query, documents, top_n=top_n, truncate_prompt_tokens=truncate_prompt_tokens,
+                                       truncation_side=truncation_side, instruction=instruction,
+                                       priority=priority, request_id=rid)
+        return _score.to_score_response(await self._unary("Score", request, rid, timeout))
 
     async def model_info(self, *, timeout: Optional[float] = None) -> ModelInfo:
         """Describe the served model (GetModelInfo RPC)."""

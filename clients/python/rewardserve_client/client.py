@@ -8,10 +8,11 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequenc
 
 import grpc
 
-from rewardserve_client import _requests, _results
+from rewardserve_client import _requests, _results, _score
 from rewardserve_client._base import (DEFAULT_TIMEOUT, ClientCore, MetadataLike, merge_options,
                                       resolve_credentials)
 from rewardserve_client._requests import Conversation, Group, Input
+from rewardserve_client._score import ScoreInput, ScoreResponse
 from rewardserve_client.stream import ItemLike, stream_items
 from rewardserve_client.types import ChatRewardResponse, EncodeResponse, ModelInfo, StreamResult
 from rewardserve_client.v1 import reward_service_pb2 as pb
@@ -137,6 +138,27 @@ class RewardClient:
             step_tag_id=step_tag_id, returned_token_ids=returned_token_ids, priority=priority,
             request_id=rid, groups=groups)
         return _results.to_chat_reward_response(self._unary("ChatReward", request, rid, timeout))
+
+    def score(self, query: ScoreInput, documents: Iterable[ScoreInput], *, top_n: int = 0,
+              truncate_prompt_tokens: Optional[int] = None, truncation_side: Optional[str] = None,
+              instruction: Optional[str] = None, priority: int = 0, request_id: Optional[str] = None,
+              timeout: Optional[float] = None) -> ScoreResponse:
+        """Score ``query`` against each document (Score RPC): cross-encoders and rerankers read
+        each pair, embedding models give cosine similarities.
+
+        Args:
+            query, documents: text or token ids (without special tokens) each.
+            top_n: keep the best N results, best first (0: all, in document order).
+            truncate_prompt_tokens: cut over-long pairs to this many tokens (-1: the model's
+                maximum); only the document is cut. Unset refuses over-long pairs.
+            instruction: a decoder reranker's instruction (e.g. Qwen3-Reranker's ``<Instruct>``).
+            Other arguments: as in :meth:`encode`.
+        """
+        rid = self._core._request_id(request_id)
+        request = _score.score_request(query, documents, top_n=top_n, truncate_prompt_tokens=truncate_prompt_tokens,
+                                       truncation_side=truncation_side, instruction=instruction,
+                                       priority=priority, request_id=rid)
+        return _score.to_score_response(self._unary("Score", request, rid, timeout))
 
     def stream(self, items: Iterable[ItemLike], *, max_in_flight: int = 0,
                request_id: Optional[str] = None, timeout: Optional[float] = None,
