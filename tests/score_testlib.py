@@ -60,19 +60,20 @@ def wordpiece_tokenizer(folder: Path) -> transformers.PreTrainedTokenizerBase:
     return fast
 
 
-def _bert(folder: Path, cls: type, seed: int) -> Path:
+def _bert(folder: Path, cls: type, seed: int, num_labels: int = 1) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     tok = wordpiece_tokenizer(folder)
-    config = transformers.BertConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, num_labels=1, **BERT_SIZES)
+    config = transformers.BertConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, num_labels=num_labels,
+                                     **BERT_SIZES)
     config.architectures = [cls.__name__]
     torch.manual_seed(seed)
     cls(config).save_pretrained(str(folder))
     return folder
 
 
-def bert_cross_encoder(folder: Path, seed: int = 0) -> Path:
+def bert_cross_encoder(folder: Path, seed: int = 0, num_labels: int = 1) -> Path:
     """A one-label BERT cross-encoder checkpoint (token types used: type_vocab_size 2)."""
-    return _bert(folder, transformers.BertForSequenceClassification, seed)
+    return _bert(folder, transformers.BertForSequenceClassification, seed, num_labels)
 
 
 def bert_embedder(folder: Path, seed: int = 1) -> Path:
