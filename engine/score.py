@@ -136,8 +136,8 @@ def prepare_score(core: "EngineCore", query: Any, documents: Sequence[Any], para
                                             params.truncate_prompt_tokens is not None)
         check_tokens(ids, i, core.limits, "documents")
         item = WorkItem(i, ids, truncated, resolved, pooled_positions(ids, resolved))
-        # Segment ids only reach bidirectional encoders (decoders number positions plainly).
-        item.token_type_ids = types if not core.traits.is_causal and any(types) else None
+        # Segment ids only reach encoders with token types (RoBERTa's single type reads zeros).
+        item.token_type_ids = types if core.traits.segment_ids and any(types) else None
         items.append(item)
     return ScorePlan(method, items, params.top_n, documents=items)
 

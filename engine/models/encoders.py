@@ -177,7 +177,8 @@ def _traits(spec: LoadSpec, cfg, num_labels: int, causal: bool, st: dict | None,
         vocab_size=cfg.vocab_size, max_position_embeddings=max_len, is_causal=causal,
         num_labels=num_labels, labels=labels,
         activation=default_activation(num_labels, getattr(cfg, "problem_type", None)) if num_labels else "identity",
-        default_pooling=pooling, normalize=st["normalize"] if st else True)
+        default_pooling=pooling, normalize=st["normalize"] if st else True,
+        segment_ids=not causal and getattr(cfg, "type_vocab_size", 0) > 1)
 
 
 def load(spec: LoadSpec) -> EncoderModel:
