@@ -237,3 +237,25 @@ def test_cli_refuses_a_line_without_documents(tmp_path, capsys):
         from rewardserve.engine.score_cli import read_requests
 
         read_requests(src.open())
+
+
+def test_segment_ids_ride_in_the_staging_positions_and_split_back():
+    import numpy as np
+
+    from rewardserve.engine import staging
+
+    class Item:
+        def __init__(self, ids, types=None):
+            self.token_ids, self.positions, self.token_type_ids = ids, [0], types
+
+    items = [Item([5, 6, 7, 8], [0, 0, 1, 1]), Item([9, 10]), Item([11, 12, 13], [0, 1, 1])]
+    plan = staging.plan(items)
+    layout = staging.Layout(plan.num_tokens, plan.num_seqs, plan.num_rows)
+    row = np.zeros(layout.total, dtype=np.int64)
+    staging.fill(row, items, plan, layout)
+    _, positions, _, _ = layout.views(torch.from_numpy(row))
+    plain, segments = staging.split_segments(positions)
+    assert plain.tolist() == [0, 1, 2, 3, 0, 1, 0, 1, 2]
+    assert segments.tolist() == [0, 0, 1, 1, 0, 0, 0, 1, 1]
+    staging.fill(row, items[1:2], staging.plan(items[1:2]), staging.Layout(2, 1, 1))  # no types: plain positions
+    assert row[staging.Layout(2, 1, 1).pos_start:][:2].tolist() == [0, 1]
