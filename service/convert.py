@@ -88,7 +88,7 @@ def _encode_input(item: pb.EncodeInput, index: int, chat: pb.ChatOptions | None 
         if not ids:
             raise InvalidInputError("inputs", "token_ids.ids must not be empty", index)
         return TokensInput(tuple(ids))
-    raise InvalidInputError("inputs", "set one of text, token_ids or conversation", index)
+    raise InvalidInputError("inputs", "set either text or token_ids, or a conversation", index)
 
 
 def pooling_params(pooling: pb.PoolingParams, truncation: pb.Truncation, *,
