@@ -31,6 +31,7 @@ import bench_engine  # noqa: E402
 import bench_grpc  # noqa: E402
 import bench_hf  # noqa: E402
 import bench_models  # noqa: E402
+import bench_score  # noqa: E402
 import bench_workloads  # noqa: E402
 from bench_report import print_table, targets  # noqa: E402
 
@@ -41,7 +42,7 @@ DEFAULTS = {  # sequences per workload: engine / transformers subset; GRPO group
     "gemma2-9b": dict(num_seqs=192, hf_seqs=32, grpo_groups=10),
     "tiny": dict(num_seqs=64, hf_seqs=32, grpo_groups=2),
 }
-SECTIONS = ("hf", "engine", "latency", "profile", "grpc")
+SECTIONS = ("hf", "engine", "latency", "profile", "grpc")  # "score" runs only when named (--sections score)
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -68,6 +69,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--workdir", default="/tmp/rewardserve-bench", help="where checkpoints are written")
     p.add_argument("--logdir", default="", help="server logs (default: next to --out)")
     p.add_argument("--out", default="gpu_bench.json")
+    p.add_argument("--score-model", default="bge-reranker-v2-m3", help="Score section's reranker shape: "
+                   + ", ".join(bench_score.SHAPES))
     return p.parse_args(argv)
 
 
@@ -234,8 +237,11 @@ def main(argv=None) -> int:
     if args.device == "cuda":
         run.data["peak_matmul"] = bench_engine.peak_matmul_tflops()
         run.save()
-    for name in args.models.split(","):
+    for name in (args.models.split(",") if set(args.sections.split(",")) - {"score"} else []):
         bench_model(run, name)
+    if "score" in args.sections.split(","):  # Score on a reranker shape vs transformers (bench_score.py)
+        run.section(args.score_model, "score", bench_score.run, args.score_model, Path(args.workdir), args.device,
+                    args.max_num_batched_tokens, args.grpc_mode == "compile")
     run.data["targets"] = targets(run.data)
     run.save()
     print_table(run.data)

@@ -25,6 +25,9 @@ _EXPORTS = {
     "EncodeResult": "rewardserve.engine.types",
     "ModelInfo": "rewardserve.engine.types",
     "RewardResult": "rewardserve.engine.reward",
+    "ScoreParams": "rewardserve.engine.score",
+    "ScoreResult": "rewardserve.engine.score",
+    "ScoreOutput": "rewardserve.engine.score",
     "EngineError": "rewardserve.engine.errors",
     "InvalidInputError": "rewardserve.engine.errors",
 }

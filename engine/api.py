@@ -14,6 +14,7 @@ from rewardserve.engine.errors import (DeadlineExceededError, EngineError, Engin
                                        EngineUnavailableError, InvalidInputError, ItemError, ItemFailedError,
                                        RequestCancelledError, UnsupportedTaskError)
 from rewardserve.engine.reward import RewardResult, StepResult
+from rewardserve.engine.score_types import ScoreMethod, ScoreOutput, ScoreParams, ScoreResult
 from rewardserve.engine.types import (ChatInput, EncodeInput, EncodeResult, ModelInfo, PolicyChat, PolicyText,
                                       PolicyTokenizerInfo, PoolingParams, PoolingTask, PoolingType, TextInput,
                                       TokensInput)
@@ -22,6 +23,7 @@ __all__ = [
     "EngineAPI", "EngineStats", "BatchItem", "BatchObserver",
     "ChatInput", "EncodeInput", "EncodeResult", "ModelInfo", "PolicyChat", "PolicyText", "PolicyTokenizerInfo",
     "PoolingParams", "PoolingTask", "PoolingType", "TextInput", "TokensInput", "RewardResult", "StepResult",
+    "ScoreMethod", "ScoreOutput", "ScoreParams", "ScoreResult",
     "DeadlineExceededError", "EngineError", "EngineOverloadedError", "EngineUnavailableError",
     "InvalidInputError", "ItemError", "ItemFailedError", "RequestCancelledError", "UnsupportedTaskError",
 ]
@@ -88,6 +90,12 @@ class EngineAPI(Protocol):
                           priority: int = 0, deadline: float | None = None,
                           request_id: str = "") -> list[RewardResult]:
         """Render each conversation with the chat template and score it."""
+
+    async def score(self, query: TextInput | TokensInput, documents: Sequence[TextInput | TokensInput],
+                    params: ScoreParams | None = None, *, priority: int = 0, deadline: float | None = None,
+                    request_id: str = "") -> ScoreOutput:
+        """Score ``query`` against each document (cross-encoder, decoder reranker or embedding
+        cosine, as the served model allows); errors name ``query`` or ``documents[i]``."""
 
     def stats(self) -> EngineStats:
         """Queue depth and fault counters (cheap; safe from any thread)."""

@@ -18,11 +18,12 @@ from typing import Any, Callable, Sequence
 from rewardserve.engine.api import BatchObserver, EngineStats
 from rewardserve.engine.config import EngineConfig
 from rewardserve.engine.core import EngineCore
-from rewardserve.engine.errors import DeadlineExceededError, EngineUnavailableError
+from rewardserve.engine.errors import DeadlineExceededError, EngineUnavailableError, ItemFailedError
 from rewardserve.engine.prepare import WorkItem
 from rewardserve.engine.replicas import ReplicaSet
 from rewardserve.engine.reward import RewardResult
 from rewardserve.engine.scheduler import Request, Scheduler
+from rewardserve.engine.score import ScoreOutput, ScoreParams, name_failure
 from rewardserve.engine.types import (ChatInput, EncodeInput, EncodeResult, ModelInfo, PoolingParams, PoolingTask,
                                       TokensInput)
 
@@ -103,6 +104,17 @@ class AsyncEngine:
         items = await self._prepare(self.core.prepare_chat, conversations, params)
         await self._run(items, "conversations", priority, deadline, request_id)
         return [self.core.to_reward(it) for it in items]
+
+    async def score(self, query: Any, documents: Sequence[Any], params: ScoreParams | None = None, *,
+                    priority: int = 0, deadline: float | None = None, request_id: str = "") -> ScoreOutput:
+        """Score ``query`` against each document (see engine/score.py); queued like ``encode``."""
+        self._check_ready()
+        plan = await self._prepare(self.core.prepare_score, query, documents, params or ScoreParams())
+        try:
+            await self._run(plan.items, "documents", priority, deadline, request_id)
+        except ItemFailedError as exc:
+            raise name_failure(plan, exc) from None
+        return self.core.to_score(plan)
 
     def _check_ready(self) -> None:
         if not self.is_ready:

@@ -3,11 +3,11 @@ the rules that turn requests into WorkItems and computed items into results."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
-from rewardserve.engine import pooling
+from rewardserve.engine import pooling, score
 from rewardserve.engine.config import EngineConfig
 from rewardserve.engine.errors import InvalidInputError
 from rewardserve.engine.loader import load, model_info
@@ -17,6 +17,7 @@ from rewardserve.engine.retemplate import Retemplater
 from rewardserve.engine.replicas import replica_devices, replicate
 from rewardserve.engine.reward import RewardResult, to_reward_result
 from rewardserve.engine.runner import ModelRunner
+from rewardserve.engine.score import ScoreOutput, ScoreParams, ScorePlan
 from rewardserve.engine.types import (ChatInput, EncodeInput, EncodeResult, PoolingParams, PoolingTask,
                                       PoolingType)
 
@@ -67,10 +68,22 @@ class EngineCore:
         return resolved, merged
 
     def prepare(self, inputs: Sequence[EncodeInput], task: PoolingTask | None,
-                params: PoolingParams | None) -> list[WorkItem]:
-        """Validate and tokenize (CPU work; the async engine runs it on a thread pool)."""
+                params: PoolingParams | None, field: str = "inputs") -> list[WorkItem]:
+        """Validate and tokenize (CPU work; the async engine runs it on a thread pool).
+
+        Conversations with a policy ``response`` or ``rendered`` form are re-templated first."""
         resolved, merged = self.plan(task, params)
-        return prepare(inputs, resolved, merged, self.tokenizer, self.limits, "inputs")
+        inputs = self.retemplater.resolve_all(inputs, field)  # other inputs pass unchanged
+        return prepare(inputs, resolved, merged, self.tokenizer, self.limits, field)
+
+    def prepare_score(self, query: Any, documents: Sequence[Any], params: ScoreParams) -> ScorePlan:
+        """Score: one WorkItem per (query, document) pair, or per text for embedding models."""
+        return score.prepare_score(self, query, documents, params)
+
+    @staticmethod
+    def to_score(plan: ScorePlan) -> ScoreOutput:
+        """Computed Score items → scores (input order, or the best ``top_n`` first)."""
+        return score.to_score_output(plan)
 
     def prepare_chat(self, conversations: Sequence[ChatInput], params: PoolingParams | None) -> list[WorkItem]:
         """ChatReward: classify at the last token, plus every step tag for process RMs.

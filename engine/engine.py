@@ -7,11 +7,12 @@ from typing import Any, Sequence
 from rewardserve.engine.api import BatchObserver
 from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig, SchedulerConfig
 from rewardserve.engine.core import EngineCore
-from rewardserve.engine.errors import EngineError
+from rewardserve.engine.errors import EngineError, ItemFailedError
 from rewardserve.engine.pipeline import BatchLoop
 from rewardserve.engine.prepare import WorkItem
 from rewardserve.engine.scheduler import Request, Scheduler
 from rewardserve.engine.reward import RewardResult
+from rewardserve.engine.score import ScoreOutput, ScoreParams, name_failure
 from rewardserve.engine.types import ChatInput, EncodeResult, ModelInfo, PoolingParams, PoolingTask
 
 
@@ -71,6 +72,19 @@ class Engine:
         items = self.core.prepare_chat(chats, params)
         self._run(items, "conversations", False)
         return [self.core.to_reward(it) for it in items]
+
+    def score(self, query: Any, documents: Sequence[Any], params: ScoreParams | None = None) -> ScoreOutput:
+        """Score ``query`` against each document: a cross-encoder or reranker reads each pair,
+        an embedding model gives cosine similarities (see engine/score.py).
+
+        >>> engine.score("what is packing?", ["no padding", "a recipe"]).results[0].score
+        """
+        plan = self.core.prepare_score(query, list(documents), params or ScoreParams())
+        try:
+            self._run(plan.items, "documents", False)
+        except ItemFailedError as exc:
+            raise name_failure(plan, exc) from None
+        return self.core.to_score(plan)
 
     def _run(self, items: list[WorkItem], field: str, progress: bool) -> None:
         """Queue the items as one request and run the batch pipeline until they are computed;

@@ -26,6 +26,7 @@ class WorkItem:
     queue_time_s: float = 0.0
     compute_time_s: float = 0.0
     is_complete: bool = False       # reported to the scheduler (its tokens left the queue count)
+    token_type_ids: list[int] | None = None  # segment ids of a pair (BERT-family Score), per token
 
     @property
     def num_tokens(self) -> int:

@@ -24,6 +24,9 @@ import torch
 from rewardserve.engine.batch import PackedBatch
 
 ALIGN = 8  # 64-byte aligned regions: compiled kernels assume aligned inputs
+# Segment ids (BERT pairs, Score) ride in the positions region above this bit: the row, the
+# compiled forward and the CUDA graphs keep one layout; encoders split them (``split_segments``).
+SEGMENT_SHIFT = 32
 
 
 def _up(n: int) -> int:
@@ -74,6 +77,9 @@ def fill(row: np.ndarray, p: PackedBatch, layout: Layout) -> None:
     pos = row[layout.pos_start:layout.pos_start + cap]
     pos[:t] = np.arange(t, dtype=np.int64) - np.repeat(starts, p.lengths)
     pos[t:] = 0  # the dummy padding sequence
+    if any(getattr(it, "token_type_ids", None) for it in items):
+        segments = chain.from_iterable(it.token_type_ids or [0] * len(it.token_ids) for it in items)
+        pos[:t] |= np.fromiter(segments, dtype=np.int64, count=t) << SEGMENT_SHIFT
     cu = row[layout.cu_start:layout.cu_start + layout.seq_cap + 1]
     cu[0] = 0
     np.cumsum(p.lengths, out=cu[1:p.num_seqs + 1])
@@ -81,3 +87,8 @@ def fill(row: np.ndarray, p: PackedBatch, layout: Layout) -> None:
     rows = np.fromiter(chain.from_iterable(it.positions for it in items), dtype=np.int64, count=p.num_rows)
     rows += np.repeat(starts, p.row_counts)
     row[layout.gather_start:layout.gather_start + p.num_rows] = rows
+
+
+def split_segments(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed positions [T] (int64) → (positions [T], segment ids [T]); see ``SEGMENT_SHIFT``."""
+    return positions & ((1 << SEGMENT_SHIFT) - 1), positions >> SEGMENT_SHIFT

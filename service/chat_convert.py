@@ -65,11 +65,24 @@ def proto_error(exc: BaseException, origins: Sequence[Origin]) -> BaseException:
 
 def chat_options(message: Any) -> ChatOptions:
     """The shared options of a ChatRewardRequest or StreamRewardOptions (same field names)."""
+    return ChatOptions(template_options(message), pooling_params(message.pooling, message.truncation),
+                       message.priority)
+
+
+def template_options(message: Any) -> dict[str, Any]:
+    """ChatInput's template fields from a message with the chat option names (ChatRewardRequest,
+    StreamRewardOptions, ChatOptions); None gives the defaults."""
+    if message is None:
+        return {}
     kwargs = struct_to_dict(message.chat_template_kwargs) if message.HasField("chat_template_kwargs") else {}
-    template = {"chat_template": message.chat_template or None, "chat_template_kwargs": kwargs,
-                "add_generation_prompt": message.add_generation_prompt,
-                "continue_final_message": message.continue_final_message}
-    return ChatOptions(template, pooling_params(message.pooling, message.truncation), message.priority)
+    return {"chat_template": message.chat_template or None, "chat_template_kwargs": kwargs,
+            "add_generation_prompt": message.add_generation_prompt,
+            "continue_final_message": message.continue_final_message}
+
+
+def encode_conversation(conv: pb.Conversation, chat: pb.ChatOptions | None) -> ChatInput:
+    """An Encode input's conversation (any form), rendered with the request's chat options."""
+    return conversation(conv, ChatOptions(template_options(chat), PoolingParams(), 0))
 
 
 def chat_call(request: pb.ChatRewardRequest) -> ChatCall:

@@ -1,4 +1,4 @@
-"""The ``rewardserve`` console script: ``serve`` (the gRPC server) and ``encode`` (offline).
+"""The ``rewardserve`` console script: ``serve`` (the gRPC server), ``encode`` and ``score`` (offline).
 
 ``serve``'s options are generated from ``ServeConfig`` (one default, one help text per field).
 Environment variables are read here and nowhere else: ``REWARDSERVE_MODEL``, ``REWARDSERVE_HOST``
@@ -52,16 +52,18 @@ def environment_help() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """``rewardserve {serve,encode}``; unknown options are errors."""
+    """``rewardserve {serve,encode,score}``; unknown options are errors."""
     parser = OneLineParser(prog="rewardserve", description="Serve reward models over gRPC, or score inputs offline.",
                            epilog=environment_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,encode}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,encode,score}")
     serve = commands.add_parser("serve", help="run the gRPC server (the built-in demo model without --model)",
                                 description=SERVE_DESCRIPTION, epilog=environment_help(), usage="%(prog)s [options]",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(serve, ServeConfig)
     # Listed for --help only: main() hands `encode ...` to the engine's CLI before parsing.
     commands.add_parser("encode", help="score JSONL inputs offline, without a server (see rewardserve encode --help)",
+                        add_help=False)
+    commands.add_parser("score", help="score queries against documents offline (see `rewardserve score --help`)",
                         add_help=False)
     return parser
 
@@ -76,6 +78,10 @@ def main(argv: Sequence[str] | None = None, *, prepare_model: ModelPreparer | No
         from rewardserve.engine.cli import main_encode  # the engine's CLI: torch loads only there
 
         return main_encode(argv[1:]) or 0
+    if argv[:1] == ["score"]:
+        from rewardserve.engine.score_cli import main_score  # offline Score: torch loads only here
+
+        return main_score(argv[1:]) or 0
     config = parse_serve_config(argv)
     from rewardserve.service.logs import configure_logging  # imports grpc: not for --help
 

@@ -54,7 +54,8 @@ def encode_call(request: pb.EncodeRequest) -> EncodeCall:
     task = _enum(request.task, TASKS, "task")
     add_special = request.add_special_tokens if request.HasField("add_special_tokens") else None
     params = pooling_params(request.pooling, request.truncation, add_special_tokens=add_special)
-    return EncodeCall(encode_inputs(request.inputs), task, params, request.priority)
+    chat = request.chat_options if request.HasField("chat_options") else None
+    return EncodeCall(encode_inputs(request.inputs, chat), task, params, request.priority)
 
 
 def reward_call(request: pb.RewardRequest) -> EncodeCall:
@@ -63,20 +64,26 @@ def reward_call(request: pb.RewardRequest) -> EncodeCall:
     return EncodeCall(encode_inputs(request.inputs), PoolingTask.TOKEN_CLASSIFY, params, request.priority)
 
 
-def encode_inputs(inputs: Sequence[pb.EncodeInput]) -> tuple[EncodeInput, ...]:
-    """Text or token ids per input; an empty list or an unset input is refused."""
+def encode_inputs(inputs: Sequence[pb.EncodeInput], chat: pb.ChatOptions | None = None) -> tuple[EncodeInput, ...]:
+    """Text, token ids or a conversation per input; an empty list or an unset input is refused.
+    ``chat`` says how conversations are rendered (EncodeRequest.chat_options)."""
     if not inputs:
         raise InvalidInputError("inputs", "must not be empty")
-    return tuple(_encode_input(item, i) for i, item in enumerate(inputs))
+    return tuple(_encode_input(item, i, chat) for i, item in enumerate(inputs))
 
 
-def _encode_input(item: pb.EncodeInput, index: int) -> EncodeInput:
+def _encode_input(item: pb.EncodeInput, index: int, chat: pb.ChatOptions | None = None) -> EncodeInput:
     kind = item.WhichOneof("input")
+    if kind == "conversation":
+        # chat_convert reads conversations (it imports this module, hence the late import)
+        from rewardserve.service import chat_convert
+
+        return chat_convert.encode_conversation(item.conversation, chat)  # the engine names bad turns
     if kind == "text":
         return TextInput(item.text)
     if kind == "token_ids":  # empty ids are the engine's to refuse, as every empty input
         return TokensInput(tuple(item.token_ids.ids[:]))  # a list in one C call; iterating the field is slower
-    raise InvalidInputError("inputs", "set either text or token_ids", index)
+    raise InvalidInputError("inputs", "set either text or token_ids, or a conversation", index)
 
 
 def pooling_params(pooling: pb.PoolingParams, truncation: pb.Truncation, *,

@@ -10,7 +10,7 @@ from rewardserve_client.v1 import reward_service_pb2 as pb
 from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
 from rewardserve.engine.api import EncodeResult, EngineAPI, EngineUnavailableError, ItemError, PoolingTask
-from rewardserve.service import chat_convert, convert
+from rewardserve.service import chat_convert, convert, score
 from rewardserve.service.rpc import CallScope, OpenCalls, stream, unary
 from rewardserve.service.stream import ItemStream
 
@@ -98,6 +98,11 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
             request_id=call.request_id, model=engine.info.model,
             results=[chat_convert.result(r, origin) for r, origin in zip(results, req.origins)],
             usage=convert.usage(results), timing=convert.timing(results, call.elapsed()))
+
+    @unary
+    async def Score(self, request: pb.ScoreRequest, call: CallScope) -> pb.ScoreResponse:
+        """A query against documents (cross-encoders, rerankers, embedding models); see service/score.py."""
+        return await score.score(request, call, lambda: self.engine)
 
     @stream
     async def StreamReward(self, requests: AsyncIterator[pb.StreamRewardRequest],

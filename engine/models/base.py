@@ -33,6 +33,7 @@ class ModelTraits:
     step_tag_id: int | None = None  # STEP default (e.g. Qwen2.5-Math-PRM's <extra_0>)
     returned_token_ids: tuple[int, ...] | None = None  # token_classify default on LM logits
     append_token_id: int | None = None  # appended to text/chat inputs (InternLM2's reward token)
+    segment_ids: bool = False       # reads a pair's segment ids (BERT token types; Score pairs)
 
     def tasks(self) -> tuple[PoolingTask, ...]:
         """Tasks this model can serve: classify tasks need a score head."""

@@ -61,11 +61,14 @@ def load(spec: LoadSpec) -> PoolingModel:
         convert = "classify" if score_weight is not None or any(k in spec.pooler_overrides for k in hints) else "embed"
     if convert not in ("classify", "embed"):
         raise EngineError(f"{spec.architecture} is a generative model: serve it with --convert classify or embed")
-    hf = AutoModelForCausalLM.from_pretrained(str(spec.folder), dtype=spec.dtype, trust_remote_code=False)
+    hf, loading = AutoModelForCausalLM.from_pretrained(str(spec.folder), dtype=spec.dtype, trust_remote_code=False,
+                                                       output_loading_info=True)
     backbone = getattr(hf, hf.base_model_prefix, None) or hf.base_model
     if convert == "embed":
         return PackedDecoder(backbone, None, decoder_traits(spec, num_labels=0, activation="identity", normalize=True))
     lm_head = hf.get_output_embeddings()
+    if score_weight is None:
+        _refuse_made_up_lm_head(spec, hf, lm_head, loading["missing_keys"])
     if score_weight is not None:
         bias = read_tensor(spec.folder, "score.bias")  # [L] or None
         head = _linear(score_weight.to(spec.dtype), None if bias is None else bias.to(spec.dtype))
@@ -75,6 +78,19 @@ def load(spec: LoadSpec) -> PoolingModel:
     if spec.pooler_overrides.get("classifier_from_token"):
         return _from_tokens(spec, backbone, lm_head)
     return _full_lm_head(spec, backbone, lm_head)
+
+
+def _refuse_made_up_lm_head(spec: LoadSpec, hf: nn.Module, lm_head: nn.Module, missing: set[str]) -> None:
+    """A head built from LM-head rows needs LM-head weights in the checkpoint: transformers
+    fills a missing one with random values (a ``*Model`` backbone has none), which would be
+    served as a score head. Tied embeddings are the LM head, so they pass."""
+    names = {f"{name}.weight" for name, module in hf.named_modules() if module is lm_head}
+    if names & set(missing):
+        raise EngineError(f"{spec.architecture} checkpoint {spec.folder} has no score head weights (score.weight) "
+                          f"and no LM head ({', '.join(sorted(names))}) to build one from, so --convert classify would "
+                          "serve a randomly initialised head; serve a checkpoint with its classification head "
+                          "(*ForSequenceClassification, or score.weight) or its LM head (*ForCausalLM), "
+                          "or use --convert embed for embeddings")
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:

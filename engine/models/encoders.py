@@ -2,7 +2,7 @@
 
 One packed row goes through the transformers encoder: bidirectional attention stays inside
 each sequence (``cu_seqlens``), absolute position ids restart per sequence and token types
-are explicit zeros. Heads run on pooled rows only:
+are explicit (zeros, or a Score pair's segment ids). Heads run on pooled rows only:
 
 - ``BertForSequenceClassification``: BERT pooler (dense + tanh) on the CLS row, then classifier.
 - RoBERTa / XLM-R / ELECTRA style heads (``dense → act → out_proj`` reading ``features[:, 0]``)
@@ -26,6 +26,7 @@ from rewardserve.engine.errors import EngineError
 from rewardserve.engine.models.base import (ModelTraits, PoolingModel, default_activation, run_hf_packed,
                                             use_varlen_attention)
 from rewardserve.engine.models.registry import ENCODER_TYPES, LoadSpec
+from rewardserve.engine.staging import split_segments
 from rewardserve.engine.types import PoolingTask, PoolingType
 
 # RoBERTa-style embeddings number positions from pad_token_id + 1 (padding_idx is reserved).
@@ -65,11 +66,14 @@ class EncoderModel(PoolingModel):
         self.seq_head = seq_head      # classifier reads features[:, 0] itself
 
     def forward_hidden(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: VarlenMeta) -> torch.Tensor:
-        """input_ids, positions [T] → hidden [T, H]; attention never crosses ``cu_seqlens``."""
+        """input_ids, positions [T] → hidden [T, H]; attention never crosses ``cu_seqlens``.
+
+        ``positions`` may carry segment ids (Score pairs, ``staging.SEGMENT_SHIFT``): they become
+        the token types (explicit: the buffered default is only max_position long)."""
+        positions, segments = split_segments(positions)
         extra = {}
         if self.token_types:
-            # The buffered default is only max_position long; packed rows are longer.
-            extra["token_type_ids"] = torch.zeros_like(input_ids)[None]  # [1, T]
+            extra["token_type_ids"] = segments[None]  # [1, T]
         return run_hf_packed(self.backbone, input_ids, positions + self.position_offset, meta, **extra)
 
     def score(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -173,7 +177,8 @@ def _traits(spec: LoadSpec, cfg, num_labels: int, causal: bool, st: dict | None,
         vocab_size=cfg.vocab_size, max_position_embeddings=max_len, is_causal=causal,
         num_labels=num_labels, labels=labels,
         activation=default_activation(num_labels, getattr(cfg, "problem_type", None)) if num_labels else "identity",
-        default_pooling=pooling, normalize=st["normalize"] if st else True)
+        default_pooling=pooling, normalize=st["normalize"] if st else True,
+        segment_ids=not causal and getattr(cfg, "type_vocab_size", 0) > 1)
 
 
 def load(spec: LoadSpec) -> EncoderModel:

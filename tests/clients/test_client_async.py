@@ -20,7 +20,7 @@ async def client(server, fake_time):
         yield c
 
 
-UNARY = ["encode", "chat_reward", "model_info", "reward"]
+UNARY = ["encode", "chat_reward", "model_info", "reward", "score"]
 
 
 @pytest.mark.parametrize("name", ["__init__", *UNARY])

@@ -21,7 +21,11 @@ REFUSALS = [
     ("encode", ([],), {}, "encode: inputs is empty"),
     ("encode", ([1, 2, 3],), {}, "encode: inputs is a flat list of ints"),
     ("encode", (5,), {}, "encode: inputs must be a list of texts or token id lists, got int"),
-    ("encode", (["a", {"text": "x"}],), {}, "inputs[1]: expected str or a sequence of token ids, got dict"),
+    ("encode", (["a", 5],), {}, "inputs[1]: expected str, a sequence of token ids or a conversation, got int"),
+    ("encode", (["a", {"text": "x"}],), {}, "inputs[1]: unknown keys ['text']; expected 'messages'"),
+    ("encode", (["a", [USER, {"role": "assistant"}]],), {}, "inputs[1].messages[1]: missing 'content'"),
+    ("encode", ([GOOD],), {"chat_template_kwargs": ["x"]}, "chat_template_kwargs: expected a dict, got list"),
+    ("encode", ([GOOD],), {"chat_template": 5}, "chat_template: expected a str, got int"),
     ("encode", ([[1, -1]],), {}, "inputs[0].token_ids[1]: token ids are integers in [0, 2**32), got -1"),
     ("encode", ([[1, "2"]],), {}, "inputs[0].token_ids[1]: token ids are integers in [0, 2**32), got '2'"),
     ("encode", (["x"],), {"pooling_type": "max"}, "pooling_type: unknown value 'max'; expected one of: "),
@@ -67,11 +71,21 @@ REFUSALS = [
     ("chat_reward", ([GOOD],), {"chat_template_kwargs": ["x"]}, "chat_template_kwargs: expected a dict, got list"),
     ("chat_reward", ([GOOD],), {"add_generation_prompt": "yes"}, "add_generation_prompt: invalid value 'yes'"),
     ("chat_reward", ([GOOD],), {"chat_template": 5}, "chat_template: invalid value 5 (int)"),
+    ("score", ("q", ["d"]), {"top_n": -1}, "top_n: must be a non-negative integer, got -1"),
+    ("score", ("q", ["d"]), {"top_n": True}, "top_n: must be a non-negative integer, got True"),
+    ("score", ("q", []), {}, "documents: must not be empty"),
+    ("score", ("q", 5), {}, "documents: expected a list of texts or token id lists, got int"),
+    ("score", ({"text": "q"}, ["d"]), {}, "query: expected str or a sequence of token ids, got dict"),
+    ("score", ("q", ["d", [1, -2]]), {}, "documents[1].token_ids[1]: token ids are integers in [0, 2**32)"),
+    ("score", ("q", ["d"]), {"instruction": 3}, "instruction: expected a str, got int"),
+    ("score", ("q", ["d"]), {"truncation_side": "middle"}, "truncation_side: unknown value 'middle'"),
+    ("score", ("q", ["d"]), {"priority": "high"}, "priority: invalid value 'high' (str)"),
+    ("score", ("q", ["d"]), {"timeout": 0}, "timeout: must be a positive number of seconds or None, got 0"),
     ("model_info", (), {"timeout": -1}, "timeout: must be a positive number of seconds or None, got -1"),
 ]
 IDS = [f"{method}-{expected.split(':')[0]}-{n}" for n, (method, _, _, expected) in enumerate(REFUSALS)]
 
-SENT = ("Encode", "Reward", "ChatReward", "GetModelInfo")
+SENT = ("Encode", "Reward", "ChatReward", "GetModelInfo", "Score")
 
 
 def check(error: BaseException, expected: str) -> None:

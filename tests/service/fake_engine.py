@@ -22,8 +22,8 @@ import torch
 
 from rewardserve.engine.api import (BatchObserver, ChatInput, DeadlineExceededError, EncodeResult, EngineStats,
                                     EngineUnavailableError, InvalidInputError, ModelInfo, PoolingParams, PoolingTask,
-                                    PoolingType, RewardResult, StepResult, TextInput, TokensInput,
-                                    UnsupportedTaskError)
+                                    PoolingType, RewardResult, ScoreMethod, ScoreOutput, ScoreParams, ScoreResult,
+                                    StepResult, TextInput, TokensInput, UnsupportedTaskError)
 
 ROLES = ("system", "user", "assistant")
 HIDDEN = 4
@@ -44,7 +44,7 @@ def fake_info(**overrides: Any) -> ModelInfo:
 
 @dataclass
 class Call:
-    """One encode / chat_reward call as the engine received it."""
+    """One encode / chat_reward / score call as the engine received it."""
 
     method: str
     inputs: tuple
@@ -115,7 +115,31 @@ class FakeEngine:
         step_tag = params.step_tag_id if params else None
         return [_reward_result(i, conv, step_tag) for i, conv in enumerate(conversations)]
 
+    async def score(self, query: Any, documents: Sequence[Any], params: ScoreParams | None = None, *,
+                    priority: int = 0, deadline: float | None = None, request_id: str = "") -> ScoreOutput:
+        """A cross-encoder: score = 1 / (1 + |len(query) - len(document)|) in token ids."""
+        self._admit(PoolingTask.CLASSIFY, None)
+        params = params or ScoreParams()
+        q = self._score_tokens(query, "query", None)
+        docs = [self._score_tokens(d, "documents", i) for i, d in enumerate(documents)]
+        call = Call("score", (query, *documents), None, None, priority, deadline, request_id)
+        await self._queue(call)
+        results = [ScoreResult(i, 1.0 / (1 + abs(len(q) - len(d))), None, len(q) + len(d), False)
+                   for i, d in enumerate(docs)]
+        if params.top_n:
+            results = sorted(results, key=lambda r: (-r.score, r.index))[:params.top_n]
+        return ScoreOutput(ScoreMethod.CROSS_ENCODER, results, sum(len(q) + len(d) for d in docs), len(docs))
+
     # ------------------------------------------------------------ the engine's contract
+
+    def _score_tokens(self, item: Any, field_name: str, index: int | None) -> list[int]:
+        ids = _token_ids(item)
+        if not ids:
+            raise InvalidInputError(field_name, "is empty (0 tokens)", index)
+        bad = next((t for t in ids if t >= self.info.vocab_size), None)
+        if bad is not None:
+            raise InvalidInputError(field_name, f"token id {bad} is outside the vocabulary", index)
+        return ids
 
     def _admit(self, task: PoolingTask, params: PoolingParams | None) -> None:
         if not self.is_ready:

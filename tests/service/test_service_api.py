@@ -25,7 +25,7 @@ def test_the_fake_engine_implements_the_engine_api():
 
 def test_the_service_imports_the_engine_through_its_api_only():
     allowed = ("rewardserve.engine.api", "rewardserve.engine.config", "rewardserve.engine.cli_args",
-               "rewardserve.engine.cli", "rewardserve.engine.demo", "rewardserve.engine.async_engine",
+               "rewardserve.engine.cli", "rewardserve.engine.score_cli", "rewardserve.engine.demo", "rewardserve.engine.async_engine",
                "rewardserve.engine.torch_setup")
     for path in SERVICE.glob("*.py"):
         for line in path.read_text().splitlines():

@@ -46,7 +46,7 @@ def encode_help() -> str:
 
 def test_top_level_help_lists_the_commands_and_the_environment():
     text = help_text()
-    assert "serve" in text and "encode" in text
+    assert "serve" in text and "encode" in text and "score queries against documents" in text
     for name in ENV_OPTIONS:
         assert name in text
 

@@ -42,6 +42,10 @@ type RewardServiceClient interface {
 	// id is answered INVALID_ARGUMENT and one whose id is already in flight ALREADY_EXISTS, both as
 	// item errors carrying that id, so the first item's answer stays the only result for its id.
 	StreamReward(ctx context.Context, opts ...grpc.CallOption) (RewardService_StreamRewardClient, error)
+	// Score scores a query against each of a list of documents (rerankers, cross-encoders and
+	// embedding models), batched and prioritised like every other call; see ScoreRequest for
+	// its errors and limits.
+	Score(ctx context.Context, in *ScoreRequest, opts ...grpc.CallOption) (*ScoreResponse, error)
 }
 
 type rewardServiceClient struct {
@@ -120,6 +124,15 @@ func (x *rewardServiceStreamRewardClient) Recv() (*StreamRewardResponse, error) 
 	return m, nil
 }
 
+func (c *rewardServiceClient) Score(ctx context.Context, in *ScoreRequest, opts ...grpc.CallOption) (*ScoreResponse, error) {
+	out := new(ScoreResponse)
+	err := c.cc.Invoke(ctx, "/rewardserve.v1.RewardService/Score", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RewardServiceServer is the server API for RewardService service.
 // All implementations must embed UnimplementedRewardServiceServer
 // for forward compatibility
@@ -149,6 +162,10 @@ type RewardServiceServer interface {
 	// id is answered INVALID_ARGUMENT and one whose id is already in flight ALREADY_EXISTS, both as
 	// item errors carrying that id, so the first item's answer stays the only result for its id.
 	StreamReward(RewardService_StreamRewardServer) error
+	// Score scores a query against each of a list of documents (rerankers, cross-encoders and
+	// embedding models), batched and prioritised like every other call; see ScoreRequest for
+	// its errors and limits.
+	Score(context.Context, *ScoreRequest) (*ScoreResponse, error)
 	mustEmbedUnimplementedRewardServiceServer()
 }
 
@@ -170,6 +187,9 @@ func (UnimplementedRewardServiceServer) GetModelInfo(context.Context, *GetModelI
 }
 func (UnimplementedRewardServiceServer) StreamReward(RewardService_StreamRewardServer) error {
 	return status.Errorf(codes.Unimplemented, "method StreamReward not implemented")
+}
+func (UnimplementedRewardServiceServer) Score(context.Context, *ScoreRequest) (*ScoreResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Score not implemented")
 }
 func (UnimplementedRewardServiceServer) mustEmbedUnimplementedRewardServiceServer() {}
 
@@ -282,6 +302,24 @@ func (x *rewardServiceStreamRewardServer) Recv() (*StreamRewardRequest, error) {
 	return m, nil
 }
 
+func _RewardService_Score_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ScoreRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RewardServiceServer).Score(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/rewardserve.v1.RewardService/Score",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RewardServiceServer).Score(ctx, req.(*ScoreRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _RewardService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "rewardserve.v1.RewardService",
 	HandlerType: (*RewardServiceServer)(nil),
@@ -301,6 +339,10 @@ var _RewardService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetModelInfo",
 			Handler:    _RewardService_GetModelInfo_Handler,
+		},
+		{
+			MethodName: "Score",
+			Handler:    _RewardService_Score_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -10,6 +10,7 @@
 Generated stubs: ``rewardserve_client.v1.reward_service_pb2`` and ``..._pb2_grpc``.
 """
 from rewardserve_client._retry import RetryPolicy
+from rewardserve_client._score import ScoreResponse, ScoreResult
 from rewardserve_client.aio import AsyncRewardClient
 from rewardserve_client.client import RewardClient
 from rewardserve_client.errors import (CallCancelledError, DeadlineExceededError, InternalError,
@@ -26,5 +27,5 @@ __all__ = [
     "DeadlineExceededError", "UnavailableError", "InternalError", "CallCancelledError",
     "EncodeResponse", "EncodeResult", "ChatRewardResponse", "ChatRewardResult", "StepScore",
     "ModelInfo", "Usage", "Timing", "PolicyText", "PolicyTokenizerInfo", "StreamResult",
-    "AsyncRewardStream",
+    "AsyncRewardStream", "ScoreResponse", "ScoreResult",
 ]

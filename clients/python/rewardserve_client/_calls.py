@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import (Any, Awaitable, Callable, Concatenate, Generic, Iterable, Mapping, Optional,
                     ParamSpec, Sequence, TypeVar)
 
-from rewardserve_client import _requests, _results
+from rewardserve_client import _requests, _results, _score
 from rewardserve_client._requests import Conversation, Group, Input
+from rewardserve_client._score import ScoreInput, ScoreResponse
 from rewardserve_client.errors import invalid_argument
 from rewardserve_client.types import ChatRewardResponse, EncodeResponse, ModelInfo
 from rewardserve_client.v1 import reward_service_pb2 as pb
@@ -72,12 +73,17 @@ def encode(inputs: Iterable[Input], task: Optional[str] = None, *,
            truncate_prompt_tokens: Optional[int] = None, truncation_side: Optional[str] = None,
            add_special_tokens: Optional[bool] = None, priority: int = 0,
            request_id: Optional[str] = None,
-           timeout: Optional[float] = None) -> UnaryCall[EncodeResponse]:
-    """Run a pooling task on texts and/or token id lists (the Encode RPC).
+           timeout: Optional[float] = None, chat_template: Optional[str] = None,
+           chat_template_kwargs: Optional[Mapping[str, Any]] = None,
+           add_generation_prompt: bool = False,
+           continue_final_message: bool = False) -> UnaryCall[EncodeResponse]:
+    """Run a pooling task on texts, token id lists and/or conversations (the Encode RPC).
 
     Args:
-        inputs: items that are each a ``str`` or a sequence of token ids (lists, NumPy or
-            torch integer tensors); a lone ``str`` is one input.
+        inputs: items that are each a ``str``, a sequence of token ids (lists, NumPy or
+            torch integer tensors), or a conversation in any form ``chat_reward`` takes (a
+            message list, ``{"messages": [...], "response": R}`` or ``{"rendered": R}``),
+            rendered with the served model's chat template; a lone ``str`` is one input.
         task: ``"classify"``, ``"token_classify"``, ``"embed"``, ``"token_embed"``, or None
             (default) for the served model's default task.
         pooling_type: ``"last"``, ``"all"``, ``"cls"``, ``"mean"`` or ``"step"``.
@@ -89,6 +95,8 @@ def encode(inputs: Iterable[Input], task: Optional[str] = None, *,
         add_special_tokens: add BOS/EOS to text inputs (server default: True).
         priority: lower runs first. request_id: echoed in the reply (generated when None).
         timeout: this call's deadline in seconds (default: the client's).
+        chat_template, chat_template_kwargs, add_generation_prompt, continue_final_message:
+            how conversation inputs are rendered, as in ``chat_reward``.
 
     Returns:
         EncodeResponse whose results hold float32 ``data`` arrays, in input order; its
@@ -100,7 +108,9 @@ def encode(inputs: Iterable[Input], task: Optional[str] = None, *,
         normalize=normalize, dimensions=dimensions, step_tag_id=step_tag_id,
         returned_token_ids=returned_token_ids, truncate_prompt_tokens=truncate_prompt_tokens,
         truncation_side=truncation_side, add_special_tokens=add_special_tokens,
-        priority=priority, request_id=rid)
+        priority=priority, request_id=rid, chat_template=chat_template,
+        chat_template_kwargs=chat_template_kwargs, add_generation_prompt=add_generation_prompt,
+        continue_final_message=continue_final_message)
     return UnaryCall("Encode", request, rid, _requests.check_timeout(timeout), _results.to_encode_response)
 
 
@@ -143,6 +153,31 @@ def chat_reward(conversations: Iterable[Conversation] = (), *, groups: Iterable[
         step_tag_id=step_tag_id, returned_token_ids=returned_token_ids, priority=priority,
         request_id=rid, groups=groups)
     return UnaryCall("ChatReward", request, rid, _requests.check_timeout(timeout), _results.to_chat_reward_response)
+
+
+def score(query: ScoreInput, documents: Iterable[ScoreInput], *, top_n: int = 0,
+          truncate_prompt_tokens: Optional[int] = None, truncation_side: Optional[str] = None,
+          instruction: Optional[str] = None, priority: int = 0, request_id: Optional[str] = None,
+          timeout: Optional[float] = None) -> UnaryCall[ScoreResponse]:
+    """Score ``query`` against each document (Score RPC): cross-encoders and rerankers read
+    each pair, embedding models give cosine similarities.
+
+    Args:
+        query, documents: text or token ids (without special tokens) each.
+        top_n: keep the best N results, best first (0: all, in document order).
+        truncate_prompt_tokens: cut over-long pairs to this many tokens (-1: the model's
+            maximum); only the document is cut. Unset refuses over-long pairs.
+        instruction: a decoder reranker's instruction (e.g. Qwen3-Reranker's ``<Instruct>``).
+        Other arguments: as in ``encode``.
+
+    Returns:
+        ScoreResponse; ``.scores`` lists the scores in the order of its results.
+    """
+    rid = new_request_id(request_id)
+    request = _score.score_request(query, documents, top_n=top_n, truncate_prompt_tokens=truncate_prompt_tokens,
+                                   truncation_side=truncation_side, instruction=instruction,
+                                   priority=priority, request_id=rid)
+    return UnaryCall("Score", request, rid, _requests.check_timeout(timeout), _score.to_score_response)
 
 
 def model_info(*, timeout: Optional[float] = None) -> UnaryCall[ModelInfo]:

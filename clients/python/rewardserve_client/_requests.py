@@ -96,15 +96,26 @@ def with_token_ids(build: Callable[[list], Any], item: Any, where: str) -> Any:
         raise _bad_token_id(ids, where) from None
 
 
-def _add_input(add: Callable[..., Any], item: Any, where: str) -> Any:
-    """``add(**fields)`` of one input: ``pb.EncodeInput`` itself or a repeated field's ``add``."""
+def _add_input(add: Callable[..., Any], item: Any, where: str, conversations: bool = False) -> Any:
+    """``add(**fields)`` of one input: ``pb.EncodeInput`` itself or a repeated field's ``add``.
+    With ``conversations`` (Encode), a message list or a ``{"messages" | "rendered"}`` dict is
+    a conversation, rendered by the server with the request's chat options."""
     if isinstance(item, str):
         return add(text=item)
+    if conversations and _is_conversation(item):
+        return add(conversation=build_conversation(item, where))
     if isinstance(item, (bytes, Mapping)) or not hasattr(item, "__iter__"):
-        raise invalid_argument(f"{where}: expected str or a sequence of token ids, "
-                               f"got {type(item).__name__}")
+        expected = "str, a sequence of token ids or a conversation" if conversations else \
+            "str or a sequence of token ids"
+        raise invalid_argument(f"{where}: expected {expected}, got {type(item).__name__}")
     # A plain dict, not a built TokenIds: assigning a message copies its ids once more.
     return with_token_ids(lambda ids: add(token_ids={"ids": ids}), item, f"{where}.token_ids")
+
+
+def _is_conversation(item: Any) -> bool:
+    """A dict, or a non-empty list/tuple of message dicts (token id lists hold ints)."""
+    return isinstance(item, Mapping) or (isinstance(item, (list, tuple)) and bool(item)
+                                         and isinstance(item[0], Mapping))
 
 
 def _input_items(inputs: Union[Input, Iterable[Input]], call: str) -> list:
@@ -125,11 +136,13 @@ def _input_items(inputs: Union[Input, Iterable[Input]], call: str) -> list:
     return items
 
 
-def add_inputs(field: Any, inputs: Union[Input, Iterable[Input]], call: str) -> None:
+def add_inputs(field: Any, inputs: Union[Input, Iterable[Input]], call: str,
+               conversations: bool = False) -> None:
     """Append the inputs to a request's repeated ``inputs`` field, built in place: a request
-    made from built messages copies every token id list once more (tens of µs per call)."""
+    made from built messages copies every token id list once more (tens of µs per call).
+    ``conversations``: conversation inputs are allowed (Encode)."""
     for i, item in enumerate(_input_items(inputs, call)):
-        _add_input(field.add, item, f"inputs[{i}]")
+        _add_input(field.add, item, f"inputs[{i}]", conversations)
 
 
 def build_pooling(pooling_type=None, use_activation=None, normalize=None, dimensions=None,
@@ -279,17 +292,33 @@ def build_struct(values: Optional[Mapping[str, Any]], param: str) -> Optional[st
 
 def encode_request(inputs, task, *, pooling_type, use_activation, normalize, dimensions,
                    step_tag_id, returned_token_ids, truncate_prompt_tokens, truncation_side,
-                   add_special_tokens, priority, request_id) -> pb.EncodeRequest:
+                   add_special_tokens, priority, request_id, chat_template=None,
+                   chat_template_kwargs=None, add_generation_prompt=False,
+                   continue_final_message=False) -> pb.EncodeRequest:
     """The EncodeRequest for ``encode``'s arguments."""
     request = pb.EncodeRequest(task=enum_value(pb.PoolingTask, "POOLING_TASK_", task, "task"))
-    add_inputs(request.inputs, inputs, "encode")
+    add_inputs(request.inputs, inputs, "encode", conversations=True)
     request.MergeFrom(build_message(
         pb.EncodeRequest,
         pooling=build_pooling(pooling_type, use_activation, normalize, dimensions,
                               step_tag_id, returned_token_ids),
         truncation=build_truncation(truncate_prompt_tokens, truncation_side),
-        add_special_tokens=add_special_tokens, priority=priority, request_id=request_id))
+        add_special_tokens=add_special_tokens, priority=priority, request_id=request_id,
+        chat_options=build_chat_options(chat_template, chat_template_kwargs,
+                                        add_generation_prompt, continue_final_message)))
     return request
+
+
+def build_chat_options(chat_template=None, chat_template_kwargs=None, add_generation_prompt=False,
+                       continue_final_message=False) -> Optional[pb.ChatOptions]:
+    """ChatOptions (how Encode renders conversation inputs), or None when all are defaults."""
+    if not (chat_template or chat_template_kwargs or add_generation_prompt or continue_final_message):
+        return None
+    return build_message(
+        pb.ChatOptions, "chat_options.",
+        chat_template=_text(chat_template or "", "chat_template"),
+        chat_template_kwargs=build_struct(chat_template_kwargs, "chat_template_kwargs"),
+        add_generation_prompt=add_generation_prompt, continue_final_message=continue_final_message)
 
 
 def reward_request(inputs, *, pooling_type, use_activation, step_tag_id, returned_token_ids,

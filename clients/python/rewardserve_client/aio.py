@@ -28,6 +28,7 @@ class AsyncRewardClient(ClientBase):
     chat_reward = _calls.awaitable(_calls.chat_reward)
     model_info = _calls.awaitable(_calls.model_info)
     reward = _calls.awaitable(_calls.reward)
+    score = _calls.awaitable(_calls.score)
 
     def stream(self, **options: Any) -> AsyncRewardStream:
         """Open a StreamReward call: ``async with client.stream() as s: fut = await s.submit(conv)``.

@@ -49,6 +49,7 @@ class RewardClient(ClientBase):
     chat_reward = _calls.blocking(_calls.chat_reward)
     model_info = _calls.blocking(_calls.model_info)
     reward = _calls.blocking(_calls.reward)
+    score = _calls.blocking(_calls.score)
 
     def stream(self, items: Iterable[ItemLike], **options: Any) -> Iterator[StreamResult]:
         """Score ``(id, conversation[, group_id])`` items over one StreamReward call.

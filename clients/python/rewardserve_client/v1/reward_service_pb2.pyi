@@ -30,6 +30,13 @@ class TruncationSide(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRUNCATION_SIDE_UNSPECIFIED: _ClassVar[TruncationSide]
     TRUNCATION_SIDE_LEFT: _ClassVar[TruncationSide]
     TRUNCATION_SIDE_RIGHT: _ClassVar[TruncationSide]
+
+class ScoreMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCORE_METHOD_UNSPECIFIED: _ClassVar[ScoreMethod]
+    SCORE_METHOD_CROSS_ENCODER: _ClassVar[ScoreMethod]
+    SCORE_METHOD_DECODER_RERANKER: _ClassVar[ScoreMethod]
+    SCORE_METHOD_EMBEDDING_COSINE: _ClassVar[ScoreMethod]
 POOLING_TASK_UNSPECIFIED: PoolingTask
 POOLING_TASK_CLASSIFY: PoolingTask
 POOLING_TASK_TOKEN_CLASSIFY: PoolingTask
@@ -44,6 +51,10 @@ POOLING_TYPE_STEP: PoolingType
 TRUNCATION_SIDE_UNSPECIFIED: TruncationSide
 TRUNCATION_SIDE_LEFT: TruncationSide
 TRUNCATION_SIDE_RIGHT: TruncationSide
+SCORE_METHOD_UNSPECIFIED: ScoreMethod
+SCORE_METHOD_CROSS_ENCODER: ScoreMethod
+SCORE_METHOD_DECODER_RERANKER: ScoreMethod
+SCORE_METHOD_EMBEDDING_COSINE: ScoreMethod
 
 class TokenIds(_message.Message):
     __slots__ = ("ids",)
@@ -52,12 +63,14 @@ class TokenIds(_message.Message):
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class EncodeInput(_message.Message):
-    __slots__ = ("text", "token_ids")
+    __slots__ = ("text", "token_ids", "conversation")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_FIELD_NUMBER: _ClassVar[int]
     text: str
     token_ids: TokenIds
-    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ...) -> None: ...
+    conversation: Conversation
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ..., conversation: _Optional[_Union[Conversation, _Mapping]] = ...) -> None: ...
 
 class PoolingParams(_message.Message):
     __slots__ = ("pooling_type", "use_activation", "normalize", "dimensions", "step_tag_id", "returned_token_ids")
@@ -110,7 +123,7 @@ class Timing(_message.Message):
     def __init__(self, queue_seconds: _Optional[float] = ..., compute_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
 
 class EncodeRequest(_message.Message):
-    __slots__ = ("task", "inputs", "pooling", "truncation", "add_special_tokens", "priority", "request_id")
+    __slots__ = ("task", "inputs", "pooling", "truncation", "add_special_tokens", "priority", "request_id", "chat_options")
     TASK_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     POOLING_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +131,7 @@ class EncodeRequest(_message.Message):
     ADD_SPECIAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CHAT_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     task: PoolingTask
     inputs: _containers.RepeatedCompositeFieldContainer[EncodeInput]
     pooling: PoolingParams
@@ -125,7 +139,8 @@ class EncodeRequest(_message.Message):
     add_special_tokens: bool
     priority: int
     request_id: str
-    def __init__(self, task: _Optional[_Union[PoolingTask, str]] = ..., inputs: _Optional[_Iterable[_Union[EncodeInput, _Mapping]]] = ..., pooling: _Optional[_Union[PoolingParams, _Mapping]] = ..., truncation: _Optional[_Union[Truncation, _Mapping]] = ..., add_special_tokens: bool = ..., priority: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    chat_options: ChatOptions
+    def __init__(self, task: _Optional[_Union[PoolingTask, str]] = ..., inputs: _Optional[_Iterable[_Union[EncodeInput, _Mapping]]] = ..., pooling: _Optional[_Union[PoolingParams, _Mapping]] = ..., truncation: _Optional[_Union[Truncation, _Mapping]] = ..., add_special_tokens: bool = ..., priority: _Optional[int] = ..., request_id: _Optional[str] = ..., chat_options: _Optional[_Union[ChatOptions, _Mapping]] = ...) -> None: ...
 
 class EncodeResult(_message.Message):
     __slots__ = ("index", "data", "num_tokens", "truncated", "pooled_positions")
@@ -424,3 +439,71 @@ class StreamRewardResponse(_message.Message):
     error: ItemError
     timing: Timing
     def __init__(self, id: _Optional[str] = ..., result: _Optional[_Union[ChatRewardResult, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...
+
+class ChatOptions(_message.Message):
+    __slots__ = ("chat_template", "chat_template_kwargs", "add_generation_prompt", "continue_final_message")
+    CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    CHAT_TEMPLATE_KWARGS_FIELD_NUMBER: _ClassVar[int]
+    ADD_GENERATION_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    CONTINUE_FINAL_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    chat_template: str
+    chat_template_kwargs: _struct_pb2.Struct
+    add_generation_prompt: bool
+    continue_final_message: bool
+    def __init__(self, chat_template: _Optional[str] = ..., chat_template_kwargs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., add_generation_prompt: bool = ..., continue_final_message: bool = ...) -> None: ...
+
+class ScoreInput(_message.Message):
+    __slots__ = ("text", "token_ids")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    token_ids: TokenIds
+    def __init__(self, text: _Optional[str] = ..., token_ids: _Optional[_Union[TokenIds, _Mapping]] = ...) -> None: ...
+
+class ScoreRequest(_message.Message):
+    __slots__ = ("query", "documents", "top_n", "truncation", "instruction", "priority", "request_id")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    TOP_N_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    query: ScoreInput
+    documents: _containers.RepeatedCompositeFieldContainer[ScoreInput]
+    top_n: int
+    truncation: Truncation
+    instruction: str
+    priority: int
+    request_id: str
+    def __init__(self, query: _Optional[_Union[ScoreInput, _Mapping]] = ..., documents: _Optional[_Iterable[_Union[ScoreInput, _Mapping]]] = ..., top_n: _Optional[int] = ..., truncation: _Optional[_Union[Truncation, _Mapping]] = ..., instruction: _Optional[str] = ..., priority: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ScoreResult(_message.Message):
+    __slots__ = ("index", "score", "logit", "num_tokens", "truncated")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    LOGIT_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    score: float
+    logit: float
+    num_tokens: int
+    truncated: bool
+    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., logit: _Optional[float] = ..., num_tokens: _Optional[int] = ..., truncated: bool = ...) -> None: ...
+
+class ScoreResponse(_message.Message):
+    __slots__ = ("request_id", "model", "method", "results", "usage", "timing")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    model: str
+    method: ScoreMethod
+    results: _containers.RepeatedCompositeFieldContainer[ScoreResult]
+    usage: Usage
+    timing: Timing
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., method: _Optional[_Union[ScoreMethod, str]] = ..., results: _Optional[_Iterable[_Union[ScoreResult, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ...) -> None: ...

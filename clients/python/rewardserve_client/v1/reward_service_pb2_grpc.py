@@ -60,6 +60,11 @@ class RewardServiceStub(object):
                 request_serializer=rewardserve_dot_v1_dot_reward__service__pb2.StreamRewardRequest.SerializeToString,
                 response_deserializer=rewardserve_dot_v1_dot_reward__service__pb2.StreamRewardResponse.FromString,
                 _registered_method=True)
+        self.Score = channel.unary_unary(
+                '/rewardserve.v1.RewardService/Score',
+                request_serializer=rewardserve_dot_v1_dot_reward__service__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=rewardserve_dot_v1_dot_reward__service__pb2.ScoreResponse.FromString,
+                _registered_method=True)
 
 
 class RewardServiceServicer(object):
@@ -115,6 +120,15 @@ class RewardServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Score(self, request, context):
+        """Score scores a query against each of a list of documents (rerankers, cross-encoders and
+        embedding models), batched and prioritised like every other call; see ScoreRequest for
+        its errors and limits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RewardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +156,11 @@ def add_RewardServiceServicer_to_server(servicer, server):
                     servicer.StreamReward,
                     request_deserializer=rewardserve_dot_v1_dot_reward__service__pb2.StreamRewardRequest.FromString,
                     response_serializer=rewardserve_dot_v1_dot_reward__service__pb2.StreamRewardResponse.SerializeToString,
+            ),
+            'Score': grpc.unary_unary_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=rewardserve_dot_v1_dot_reward__service__pb2.ScoreRequest.FromString,
+                    response_serializer=rewardserve_dot_v1_dot_reward__service__pb2.ScoreResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -280,6 +299,33 @@ class RewardService(object):
             '/rewardserve.v1.RewardService/StreamReward',
             rewardserve_dot_v1_dot_reward__service__pb2.StreamRewardRequest.SerializeToString,
             rewardserve_dot_v1_dot_reward__service__pb2.StreamRewardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rewardserve.v1.RewardService/Score',
+            rewardserve_dot_v1_dot_reward__service__pb2.ScoreRequest.SerializeToString,
+            rewardserve_dot_v1_dot_reward__service__pb2.ScoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,7 +34,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file rewardserve/v1/reward_service.proto.
  */
 export const file_rewardserve_v1_reward_service: GenFile = /*@__PURE__*/
-  fileDesc("CiNyZXdhcmRzZXJ2ZS92MS9yZXdhcmRfc2VydmljZS5wcm90bxIOcmV3YXJkc2VydmUudjEiFwoIVG9rZW5JZHMSCwoDaWRzGAEgAygNIlUKC0VuY29kZUlucHV0Eg4KBHRleHQYASABKAlIABItCgl0b2tlbl9pZHMYAiABKAsyGC5yZXdhcmRzZXJ2ZS52MS5Ub2tlbklkc0gAQgcKBWlucHV0IoYCCg1Qb29saW5nUGFyYW1zEjEKDHBvb2xpbmdfdHlwZRgBIAEoDjIbLnJld2FyZHNlcnZlLnYxLlBvb2xpbmdUeXBlEhsKDnVzZV9hY3RpdmF0aW9uGAIgASgISACIAQESFgoJbm9ybWFsaXplGAMgASgISAGIAQESFwoKZGltZW5zaW9ucxgEIAEoDUgCiAEBEhgKC3N0ZXBfdGFnX2lkGAUgASgNSAOIAQESGgoScmV0dXJuZWRfdG9rZW5faWRzGAYgAygNQhEKD191c2VfYWN0aXZhdGlvbkIMCgpfbm9ybWFsaXplQg0KC19kaW1lbnNpb25zQg4KDF9zdGVwX3RhZ19pZCJ6CgpUcnVuY2F0aW9uEiMKFnRydW5jYXRlX3Byb21wdF90b2tlbnMYASABKAVIAIgBARIsCgRzaWRlGAIgASgOMh4ucmV3YXJkc2VydmUudjEuVHJ1bmNhdGlvblNpZGVCGQoXX3RydW5jYXRlX3Byb21wdF90b2tlbnMiLAoLRmxvYXRUZW5zb3ISDQoFc2hhcGUYASADKA0SDgoGdmFsdWVzGAIgAygCIjUKBVVzYWdlEhUKDXByb21wdF90b2tlbnMYASABKA0SFQoNbnVtX3NlcXVlbmNlcxgCIAEoDSJPCgZUaW1pbmcSFQoNcXVldWVfc2Vjb25kcxgBIAEoARIXCg9jb21wdXRlX3NlY29uZHMYAiABKAESFQoNdG90YWxfc2Vjb25kcxgDIAEoASKlAgoNRW5jb2RlUmVxdWVzdBIpCgR0YXNrGAEgASgOMhsucmV3YXJkc2VydmUudjEuUG9vbGluZ1Rhc2sSKwoGaW5wdXRzGAIgAygLMhsucmV3YXJkc2VydmUudjEuRW5jb2RlSW5wdXQSLgoHcG9vbGluZxgDIAEoCzIdLnJld2FyZHNlcnZlLnYxLlBvb2xpbmdQYXJhbXMSLgoKdHJ1bmNhdGlvbhgEIAEoCzIaLnJld2FyZHNlcnZlLnYxLlRydW5jYXRpb24SHwoSYWRkX3NwZWNpYWxfdG9rZW5zGAUgASgISACIAQESEAoIcHJpb3JpdHkYBiABKAUSEgoKcmVxdWVzdF9pZBgHIAEoCUIVChNfYWRkX3NwZWNpYWxfdG9rZW5zIokBCgxFbmNvZGVSZXN1bHQSDQoFaW5kZXgYASABKA0SKQoEZGF0YRgCIAEoCzIbLnJld2FyZHNlcnZlLnYxLkZsb2F0VGVuc29yEhIKCm51bV90b2tlbnMYAyABKA0SEQoJdHJ1bmNhdGVkGAQgASgIEhgKEHBvb2xlZF9wb3NpdGlvbnMYBSADKA0i2wEKDkVuY29kZVJlc3BvbnNlEhIKCnJlcXVlc3RfaWQYASABKAkSDQoFbW9kZWwYAiABKAkSKQoEdGFzaxgDIAEoDjIbLnJld2FyZHNlcnZlLnYxLlBvb2xpbmdUYXNrEi0KB3Jlc3VsdHMYBCADKAsyHC5yZXdhcmRzZXJ2ZS52MS5FbmNvZGVSZXN1bHQSJAoFdXNhZ2UYBSABKAsyFS5yZXdhcmRzZXJ2ZS52MS5Vc2FnZRImCgZ0aW1pbmcYBiABKAsyFi5yZXdhcmRzZXJ2ZS52MS5UaW1pbmciwgEKDVJld2FyZFJlcXVlc3QSKwoGaW5wdXRzGAEgAygLMhsucmV3YXJkc2VydmUudjEuRW5jb2RlSW5wdXQSLgoHcG9vbGluZxgCIAEoCzIdLnJld2FyZHNlcnZlLnYxLlBvb2xpbmdQYXJhbXMSLgoKdHJ1bmNhdGlvbhgDIAEoCzIaLnJld2FyZHNlcnZlLnYxLlRydW5jYXRpb24SEAoIcHJpb3JpdHkYBCABKAUSEgoKcmVxdWVzdF9pZBgFIAEoCSKwAQoOUmV3YXJkUmVzcG9uc2USEgoKcmVxdWVzdF9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRItCgdyZXN1bHRzGAMgAygLMhwucmV3YXJkc2VydmUudjEuRW5jb2RlUmVzdWx0EiQKBXVzYWdlGAQgASgLMhUucmV3YXJkc2VydmUudjEuVXNhZ2USJgoGdGltaW5nGAUgASgLMhYucmV3YXJkc2VydmUudjEuVGltaW5nIiwKC0NoYXRNZXNzYWdlEgwKBHJvbGUYASABKAkSDwoHY29udGVudBgCIAEoCSJpCgpQb2xpY3lUZXh0EhEKCXRva2VuaXplchgBIAEoCRIOCgR0ZXh0GAIgASgJSAASLQoJdG9rZW5faWRzGAMgASgLMhgucmV3YXJkc2VydmUudjEuVG9rZW5JZHNIAEIJCgdjb250ZW50IpkBCgxDb252ZXJzYXRpb24SLQoIbWVzc2FnZXMYASADKAsyGy5yZXdhcmRzZXJ2ZS52MS5DaGF0TWVzc2FnZRIsCghyZXNwb25zZRgCIAEoCzIaLnJld2FyZHNlcnZlLnYxLlBvbGljeVRleHQSLAoIcmVuZGVyZWQYAyABKAsyGi5yZXdhcmRzZXJ2ZS52MS5Qb2xpY3lUZXh0InkKCUNoYXRHcm91cBIrCgZwcm9tcHQYASADKAsyGy5yZXdhcmRzZXJ2ZS52MS5DaGF0TWVzc2FnZRItCglyZXNwb25zZXMYAiADKAsyGi5yZXdhcmRzZXJ2ZS52MS5Qb2xpY3lUZXh0EhAKCGdyb3VwX2lkGAMgASgJIoYDChFDaGF0UmV3YXJkUmVxdWVzdBIzCg1jb252ZXJzYXRpb25zGAEgAygLMhwucmV3YXJkc2VydmUudjEuQ29udmVyc2F0aW9uEhUKDWNoYXRfdGVtcGxhdGUYAiABKAkSNQoUY2hhdF90ZW1wbGF0ZV9rd2FyZ3MYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eh0KFWFkZF9nZW5lcmF0aW9uX3Byb21wdBgEIAEoCBIeChZjb250aW51ZV9maW5hbF9tZXNzYWdlGAUgASgIEi4KCnRydW5jYXRpb24YBiABKAsyGi5yZXdhcmRzZXJ2ZS52MS5UcnVuY2F0aW9uEi4KB3Bvb2xpbmcYByABKAsyHS5yZXdhcmRzZXJ2ZS52MS5Qb29saW5nUGFyYW1zEhAKCHByaW9yaXR5GAggASgFEhIKCnJlcXVlc3RfaWQYCSABKAkSKQoGZ3JvdXBzGAogAygLMhkucmV3YXJkc2VydmUudjEuQ2hhdEdyb3VwIioKCkxhYmVsU2NvcmUSDQoFbGFiZWwYASABKAkSDQoFc2NvcmUYAiABKAIiXgoJU3RlcFNjb3JlEhAKCHBvc2l0aW9uGAEgASgNEg0KBXNjb3JlGAIgASgCEjAKDGxhYmVsX3Njb3JlcxgDIAMoCzIaLnJld2FyZHNlcnZlLnYxLkxhYmVsU2NvcmUijQIKEENoYXRSZXdhcmRSZXN1bHQSDQoFaW5kZXgYASABKA0SDQoFc2NvcmUYAiABKAISMAoMbGFiZWxfc2NvcmVzGAMgAygLMhoucmV3YXJkc2VydmUudjEuTGFiZWxTY29yZRIuCgtzdGVwX3Njb3JlcxgEIAMoCzIZLnJld2FyZHNlcnZlLnYxLlN0ZXBTY29yZRISCgpudW1fdG9rZW5zGAUgASgNEhEKCXRydW5jYXRlZBgGIAEoCBIYCgtncm91cF9pbmRleBgHIAEoDUgAiAEBEhYKDnJlc3BvbnNlX2luZGV4GAggASgNEhAKCGdyb3VwX2lkGAkgASgJQg4KDF9ncm91cF9pbmRleCK4AQoSQ2hhdFJld2FyZFJlc3BvbnNlEhIKCnJlcXVlc3RfaWQYASABKAkSDQoFbW9kZWwYAiABKAkSMQoHcmVzdWx0cxgDIAMoCzIgLnJld2FyZHNlcnZlLnYxLkNoYXRSZXdhcmRSZXN1bHQSJAoFdXNhZ2UYBCABKAsyFS5yZXdhcmRzZXJ2ZS52MS5Vc2FnZRImCgZ0aW1pbmcYBSABKAsyFi5yZXdhcmRzZXJ2ZS52MS5UaW1pbmciFQoTR2V0TW9kZWxJbmZvUmVxdWVzdCJuCg5EZWZhdWx0UG9vbGluZxIpCgR0YXNrGAEgASgOMhsucmV3YXJkc2VydmUudjEuUG9vbGluZ1Rhc2sSMQoMcG9vbGluZ190eXBlGAIgASgOMhsucmV3YXJkc2VydmUudjEuUG9vbGluZ1R5cGUi2wMKFEdldE1vZGVsSW5mb1Jlc3BvbnNlEg0KBW1vZGVsGAEgASgJEhQKDGFyY2hpdGVjdHVyZRgCIAEoCRIqCgV0YXNrcxgDIAMoDjIbLnJld2FyZHNlcnZlLnYxLlBvb2xpbmdUYXNrEg4KBmxhYmVscxgEIAMoCRIVCg1tYXhfbW9kZWxfbGVuGAUgASgNEg0KBWR0eXBlGAYgASgJEhMKC2hpZGRlbl9zaXplGAcgASgNEhIKCnZvY2FiX3NpemUYCCABKA0SGQoRaGFzX2NoYXRfdGVtcGxhdGUYCSABKAgSHAoUY2hhdF90ZW1wbGF0ZV9zaGEyNTYYCiABKAkSGAoQdG9rZW5pemVyX3NoYTI1NhgLIAEoCRIWCg5zZXJ2ZXJfdmVyc2lvbhgMIAEoCRI3Cg9kZWZhdWx0X3Bvb2xpbmcYDSADKAsyHi5yZXdhcmRzZXJ2ZS52MS5EZWZhdWx0UG9vbGluZxIRCglpc19jYXVzYWwYDiABKAgSPgoRcG9saWN5X3Rva2VuaXplcnMYDyADKAsyIy5yZXdhcmRzZXJ2ZS52MS5Qb2xpY3lUb2tlbml6ZXJJbmZvEhwKFHN0cmVhbV9tYXhfaW5fZmxpZ2h0GBAgASgNIp4BChNQb2xpY3lUb2tlbml6ZXJJbmZvEgwKBG5hbWUYASABKAkSGAoQdG9rZW5pemVyX3NoYTI1NhgCIAEoCRIcChRjaGF0X3RlbXBsYXRlX3NoYTI1NhgDIAEoCRISCgp2b2NhYl9zaXplGAQgASgNEhQKDHNoYXJlc192b2NhYhgFIAEoCBIXCg9wYXJzZXNfcmVuZGVyZWQYBiABKAgiqwIKE1N0cmVhbVJld2FyZE9wdGlvbnMSFQoNY2hhdF90ZW1wbGF0ZRgBIAEoCRI1ChRjaGF0X3RlbXBsYXRlX2t3YXJncxgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSHQoVYWRkX2dlbmVyYXRpb25fcHJvbXB0GAMgASgIEh4KFmNvbnRpbnVlX2ZpbmFsX21lc3NhZ2UYBCABKAgSLgoKdHJ1bmNhdGlvbhgFIAEoCzIaLnJld2FyZHNlcnZlLnYxLlRydW5jYXRpb24SLgoHcG9vbGluZxgGIAEoCzIdLnJld2FyZHNlcnZlLnYxLlBvb2xpbmdQYXJhbXMSEAoIcHJpb3JpdHkYByABKAUSFQoNbWF4X2luX2ZsaWdodBgIIAEoDSJeCgpTdHJlYW1JdGVtEgoKAmlkGAEgASgJEjIKDGNvbnZlcnNhdGlvbhgCIAEoCzIcLnJld2FyZHNlcnZlLnYxLkNvbnZlcnNhdGlvbhIQCghncm91cF9pZBgDIAEoCSJ2ChNTdHJlYW1SZXdhcmRSZXF1ZXN0EjQKB29wdGlvbnMYASABKAsyIy5yZXdhcmRzZXJ2ZS52MS5TdHJlYW1SZXdhcmRPcHRpb25zEikKBWl0ZW1zGAIgAygLMhoucmV3YXJkc2VydmUudjEuU3RyZWFtSXRlbSJHCglJdGVtRXJyb3ISDAoEY29kZRgBIAEoBRIPCgdtZXNzYWdlGAIgASgJEhsKE3JldHJ5X2FmdGVyX3NlY29uZHMYAyABKAEitQEKFFN0cmVhbVJld2FyZFJlc3BvbnNlEgoKAmlkGAEgASgJEjIKBnJlc3VsdBgCIAEoCzIgLnJld2FyZHNlcnZlLnYxLkNoYXRSZXdhcmRSZXN1bHRIABIqCgVlcnJvchgDIAEoCzIZLnJld2FyZHNlcnZlLnYxLkl0ZW1FcnJvckgAEiYKBnRpbWluZxgEIAEoCzIWLnJld2FyZHNlcnZlLnYxLlRpbWluZ0IJCgdvdXRjb21lKp0BCgtQb29saW5nVGFzaxIcChhQT09MSU5HX1RBU0tfVU5TUEVDSUZJRUQQABIZChVQT09MSU5HX1RBU0tfQ0xBU1NJRlkQARIfChtQT09MSU5HX1RBU0tfVE9LRU5fQ0xBU1NJRlkQAhIWChJQT09MSU5HX1RBU0tfRU1CRUQQAxIcChhQT09MSU5HX1RBU0tfVE9LRU5fRU1CRUQQBCqcAQoLUG9vbGluZ1R5cGUSHAoYUE9PTElOR19UWVBFX1VOU1BFQ0lGSUVEEAASFQoRUE9PTElOR19UWVBFX0xBU1QQARIUChBQT09MSU5HX1RZUEVfQUxMEAISFAoQUE9PTElOR19UWVBFX0NMUxADEhUKEVBPT0xJTkdfVFlQRV9NRUFOEAQSFQoRUE9PTElOR19UWVBFX1NURVAQBSpmCg5UcnVuY2F0aW9uU2lkZRIfChtUUlVOQ0FUSU9OX1NJREVfVU5TUEVDSUZJRUQQABIYChRUUlVOQ0FUSU9OX1NJREVfTEVGVBABEhkKFVRSVU5DQVRJT05fU0lERV9SSUdIVBACMroDCg1SZXdhcmRTZXJ2aWNlEkcKBkVuY29kZRIdLnJld2FyZHNlcnZlLnYxLkVuY29kZVJlcXVlc3QaHi5yZXdhcmRzZXJ2ZS52MS5FbmNvZGVSZXNwb25zZRJMCgZSZXdhcmQSHS5yZXdhcmRzZXJ2ZS52MS5SZXdhcmRSZXF1ZXN0Gh4ucmV3YXJkc2VydmUudjEuUmV3YXJkUmVzcG9uc2UiA4gCARJTCgpDaGF0UmV3YXJkEiEucmV3YXJkc2VydmUudjEuQ2hhdFJld2FyZFJlcXVlc3QaIi5yZXdhcmRzZXJ2ZS52MS5DaGF0UmV3YXJkUmVzcG9uc2USXgoMR2V0TW9kZWxJbmZvEiMucmV3YXJkc2VydmUudjEuR2V0TW9kZWxJbmZvUmVxdWVzdBokLnJld2FyZHNlcnZlLnYxLkdldE1vZGVsSW5mb1Jlc3BvbnNlIgOQAgESXQoMU3RyZWFtUmV3YXJkEiMucmV3YXJkc2VydmUudjEuU3RyZWFtUmV3YXJkUmVxdWVzdBokLnJld2FyZHNlcnZlLnYxLlN0cmVhbVJld2FyZFJlc3BvbnNlKAEwAUKyAQoSZGV2LnJld2FyZHNlcnZlLnYxQhJSZXdhcmRTZXJ2aWNlUHJvdG9QAVpJZ2l0aHViLmNvbS9yZXdhcmRzZXJ2ZS9yZXdhcmRzZXJ2ZS9jbGllbnRzL2dvL3Jld2FyZHNlcnZldjE7cmV3YXJkc2VydmV2MfgBAaICA1JTVqoCDlJld2FyZFNlcnZlLlYxygIOUmV3YXJkU2VydmVcVjHqAg9SZXdhcmRTZXJ2ZTo6VjFiBnByb3RvMw", [file_google_protobuf_struct]);
+  fileDesc("CiNyZXdhcmRzZXJ2ZS92MS9yZXdhcmRfc2VydmljZS5wcm90bxIOcmV3YXJkc2VydmUudjEiFwoIVG9rZW5JZHMSCwoDaWRzGAEgAygNIosBCgtFbmNvZGVJbnB1dBIOCgR0ZXh0GAEgASgJSAASLQoJdG9rZW5faWRzGAIgASgLMhgucmV3YXJkc2VydmUudjEuVG9rZW5JZHNIABI0Cgxjb252ZXJzYXRpb24YAyABKAsyHC5yZXdhcmRzZXJ2ZS52MS5Db252ZXJzYXRpb25IAEIHCgVpbnB1dCKGAgoNUG9vbGluZ1BhcmFtcxIxCgxwb29saW5nX3R5cGUYASABKA4yGy5yZXdhcmRzZXJ2ZS52MS5Qb29saW5nVHlwZRIbCg51c2VfYWN0aXZhdGlvbhgCIAEoCEgAiAEBEhYKCW5vcm1hbGl6ZRgDIAEoCEgBiAEBEhcKCmRpbWVuc2lvbnMYBCABKA1IAogBARIYCgtzdGVwX3RhZ19pZBgFIAEoDUgDiAEBEhoKEnJldHVybmVkX3Rva2VuX2lkcxgGIAMoDUIRCg9fdXNlX2FjdGl2YXRpb25CDAoKX25vcm1hbGl6ZUINCgtfZGltZW5zaW9uc0IOCgxfc3RlcF90YWdfaWQiegoKVHJ1bmNhdGlvbhIjChZ0cnVuY2F0ZV9wcm9tcHRfdG9rZW5zGAEgASgFSACIAQESLAoEc2lkZRgCIAEoDjIeLnJld2FyZHNlcnZlLnYxLlRydW5jYXRpb25TaWRlQhkKF190cnVuY2F0ZV9wcm9tcHRfdG9rZW5zIiwKC0Zsb2F0VGVuc29yEg0KBXNoYXBlGAEgAygNEg4KBnZhbHVlcxgCIAMoAiI1CgVVc2FnZRIVCg1wcm9tcHRfdG9rZW5zGAEgASgNEhUKDW51bV9zZXF1ZW5jZXMYAiABKA0iTwoGVGltaW5nEhUKDXF1ZXVlX3NlY29uZHMYASABKAESFwoPY29tcHV0ZV9zZWNvbmRzGAIgASgBEhUKDXRvdGFsX3NlY29uZHMYAyABKAEi2AIKDUVuY29kZVJlcXVlc3QSKQoEdGFzaxgBIAEoDjIbLnJld2FyZHNlcnZlLnYxLlBvb2xpbmdUYXNrEisKBmlucHV0cxgCIAMoCzIbLnJld2FyZHNlcnZlLnYxLkVuY29kZUlucHV0Ei4KB3Bvb2xpbmcYAyABKAsyHS5yZXdhcmRzZXJ2ZS52MS5Qb29saW5nUGFyYW1zEi4KCnRydW5jYXRpb24YBCABKAsyGi5yZXdhcmRzZXJ2ZS52MS5UcnVuY2F0aW9uEh8KEmFkZF9zcGVjaWFsX3Rva2VucxgFIAEoCEgAiAEBEhAKCHByaW9yaXR5GAYgASgFEhIKCnJlcXVlc3RfaWQYByABKAkSMQoMY2hhdF9vcHRpb25zGAggASgLMhsucmV3YXJkc2VydmUudjEuQ2hhdE9wdGlvbnNCFQoTX2FkZF9zcGVjaWFsX3Rva2VucyKJAQoMRW5jb2RlUmVzdWx0Eg0KBWluZGV4GAEgASgNEikKBGRhdGEYAiABKAsyGy5yZXdhcmRzZXJ2ZS52MS5GbG9hdFRlbnNvchISCgpudW1fdG9rZW5zGAMgASgNEhEKCXRydW5jYXRlZBgEIAEoCBIYChBwb29sZWRfcG9zaXRpb25zGAUgAygNItsBCg5FbmNvZGVSZXNwb25zZRISCgpyZXF1ZXN0X2lkGAEgASgJEg0KBW1vZGVsGAIgASgJEikKBHRhc2sYAyABKA4yGy5yZXdhcmRzZXJ2ZS52MS5Qb29saW5nVGFzaxItCgdyZXN1bHRzGAQgAygLMhwucmV3YXJkc2VydmUudjEuRW5jb2RlUmVzdWx0EiQKBXVzYWdlGAUgASgLMhUucmV3YXJkc2VydmUudjEuVXNhZ2USJgoGdGltaW5nGAYgASgLMhYucmV3YXJkc2VydmUudjEuVGltaW5nIsIBCg1SZXdhcmRSZXF1ZXN0EisKBmlucHV0cxgBIAMoCzIbLnJld2FyZHNlcnZlLnYxLkVuY29kZUlucHV0Ei4KB3Bvb2xpbmcYAiABKAsyHS5yZXdhcmRzZXJ2ZS52MS5Qb29saW5nUGFyYW1zEi4KCnRydW5jYXRpb24YAyABKAsyGi5yZXdhcmRzZXJ2ZS52MS5UcnVuY2F0aW9uEhAKCHByaW9yaXR5GAQgASgFEhIKCnJlcXVlc3RfaWQYBSABKAkisAEKDlJld2FyZFJlc3BvbnNlEhIKCnJlcXVlc3RfaWQYASABKAkSDQoFbW9kZWwYAiABKAkSLQoHcmVzdWx0cxgDIAMoCzIcLnJld2FyZHNlcnZlLnYxLkVuY29kZVJlc3VsdBIkCgV1c2FnZRgEIAEoCzIVLnJld2FyZHNlcnZlLnYxLlVzYWdlEiYKBnRpbWluZxgFIAEoCzIWLnJld2FyZHNlcnZlLnYxLlRpbWluZyIsCgtDaGF0TWVzc2FnZRIMCgRyb2xlGAEgASgJEg8KB2NvbnRlbnQYAiABKAkiaQoKUG9saWN5VGV4dBIRCgl0b2tlbml6ZXIYASABKAkSDgoEdGV4dBgCIAEoCUgAEi0KCXRva2VuX2lkcxgDIAEoCzIYLnJld2FyZHNlcnZlLnYxLlRva2VuSWRzSABCCQoHY29udGVudCKZAQoMQ29udmVyc2F0aW9uEi0KCG1lc3NhZ2VzGAEgAygLMhsucmV3YXJkc2VydmUudjEuQ2hhdE1lc3NhZ2USLAoIcmVzcG9uc2UYAiABKAsyGi5yZXdhcmRzZXJ2ZS52MS5Qb2xpY3lUZXh0EiwKCHJlbmRlcmVkGAMgASgLMhoucmV3YXJkc2VydmUudjEuUG9saWN5VGV4dCJ5CglDaGF0R3JvdXASKwoGcHJvbXB0GAEgAygLMhsucmV3YXJkc2VydmUudjEuQ2hhdE1lc3NhZ2USLQoJcmVzcG9uc2VzGAIgAygLMhoucmV3YXJkc2VydmUudjEuUG9saWN5VGV4dBIQCghncm91cF9pZBgDIAEoCSKGAwoRQ2hhdFJld2FyZFJlcXVlc3QSMwoNY29udmVyc2F0aW9ucxgBIAMoCzIcLnJld2FyZHNlcnZlLnYxLkNvbnZlcnNhdGlvbhIVCg1jaGF0X3RlbXBsYXRlGAIgASgJEjUKFGNoYXRfdGVtcGxhdGVfa3dhcmdzGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIdChVhZGRfZ2VuZXJhdGlvbl9wcm9tcHQYBCABKAgSHgoWY29udGludWVfZmluYWxfbWVzc2FnZRgFIAEoCBIuCgp0cnVuY2F0aW9uGAYgASgLMhoucmV3YXJkc2VydmUudjEuVHJ1bmNhdGlvbhIuCgdwb29saW5nGAcgASgLMh0ucmV3YXJkc2VydmUudjEuUG9vbGluZ1BhcmFtcxIQCghwcmlvcml0eRgIIAEoBRISCgpyZXF1ZXN0X2lkGAkgASgJEikKBmdyb3VwcxgKIAMoCzIZLnJld2FyZHNlcnZlLnYxLkNoYXRHcm91cCIqCgpMYWJlbFNjb3JlEg0KBWxhYmVsGAEgASgJEg0KBXNjb3JlGAIgASgCIl4KCVN0ZXBTY29yZRIQCghwb3NpdGlvbhgBIAEoDRINCgVzY29yZRgCIAEoAhIwCgxsYWJlbF9zY29yZXMYAyADKAsyGi5yZXdhcmRzZXJ2ZS52MS5MYWJlbFNjb3JlIo0CChBDaGF0UmV3YXJkUmVzdWx0Eg0KBWluZGV4GAEgASgNEg0KBXNjb3JlGAIgASgCEjAKDGxhYmVsX3Njb3JlcxgDIAMoCzIaLnJld2FyZHNlcnZlLnYxLkxhYmVsU2NvcmUSLgoLc3RlcF9zY29yZXMYBCADKAsyGS5yZXdhcmRzZXJ2ZS52MS5TdGVwU2NvcmUSEgoKbnVtX3Rva2VucxgFIAEoDRIRCgl0cnVuY2F0ZWQYBiABKAgSGAoLZ3JvdXBfaW5kZXgYByABKA1IAIgBARIWCg5yZXNwb25zZV9pbmRleBgIIAEoDRIQCghncm91cF9pZBgJIAEoCUIOCgxfZ3JvdXBfaW5kZXgiuAEKEkNoYXRSZXdhcmRSZXNwb25zZRISCgpyZXF1ZXN0X2lkGAEgASgJEg0KBW1vZGVsGAIgASgJEjEKB3Jlc3VsdHMYAyADKAsyIC5yZXdhcmRzZXJ2ZS52MS5DaGF0UmV3YXJkUmVzdWx0EiQKBXVzYWdlGAQgASgLMhUucmV3YXJkc2VydmUudjEuVXNhZ2USJgoGdGltaW5nGAUgASgLMhYucmV3YXJkc2VydmUudjEuVGltaW5nIhUKE0dldE1vZGVsSW5mb1JlcXVlc3QibgoORGVmYXVsdFBvb2xpbmcSKQoEdGFzaxgBIAEoDjIbLnJld2FyZHNlcnZlLnYxLlBvb2xpbmdUYXNrEjEKDHBvb2xpbmdfdHlwZRgCIAEoDjIbLnJld2FyZHNlcnZlLnYxLlBvb2xpbmdUeXBlItsDChRHZXRNb2RlbEluZm9SZXNwb25zZRINCgVtb2RlbBgBIAEoCRIUCgxhcmNoaXRlY3R1cmUYAiABKAkSKgoFdGFza3MYAyADKA4yGy5yZXdhcmRzZXJ2ZS52MS5Qb29saW5nVGFzaxIOCgZsYWJlbHMYBCADKAkSFQoNbWF4X21vZGVsX2xlbhgFIAEoDRINCgVkdHlwZRgGIAEoCRITCgtoaWRkZW5fc2l6ZRgHIAEoDRISCgp2b2NhYl9zaXplGAggASgNEhkKEWhhc19jaGF0X3RlbXBsYXRlGAkgASgIEhwKFGNoYXRfdGVtcGxhdGVfc2hhMjU2GAogASgJEhgKEHRva2VuaXplcl9zaGEyNTYYCyABKAkSFgoOc2VydmVyX3ZlcnNpb24YDCABKAkSNwoPZGVmYXVsdF9wb29saW5nGA0gAygLMh4ucmV3YXJkc2VydmUudjEuRGVmYXVsdFBvb2xpbmcSEQoJaXNfY2F1c2FsGA4gASgIEj4KEXBvbGljeV90b2tlbml6ZXJzGA8gAygLMiMucmV3YXJkc2VydmUudjEuUG9saWN5VG9rZW5pemVySW5mbxIcChRzdHJlYW1fbWF4X2luX2ZsaWdodBgQIAEoDSKeAQoTUG9saWN5VG9rZW5pemVySW5mbxIMCgRuYW1lGAEgASgJEhgKEHRva2VuaXplcl9zaGEyNTYYAiABKAkSHAoUY2hhdF90ZW1wbGF0ZV9zaGEyNTYYAyABKAkSEgoKdm9jYWJfc2l6ZRgEIAEoDRIUCgxzaGFyZXNfdm9jYWIYBSABKAgSFwoPcGFyc2VzX3JlbmRlcmVkGAYgASgIIqsCChNTdHJlYW1SZXdhcmRPcHRpb25zEhUKDWNoYXRfdGVtcGxhdGUYASABKAkSNQoUY2hhdF90ZW1wbGF0ZV9rd2FyZ3MYAiABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0Eh0KFWFkZF9nZW5lcmF0aW9uX3Byb21wdBgDIAEoCBIeChZjb250aW51ZV9maW5hbF9tZXNzYWdlGAQgASgIEi4KCnRydW5jYXRpb24YBSABKAsyGi5yZXdhcmRzZXJ2ZS52MS5UcnVuY2F0aW9uEi4KB3Bvb2xpbmcYBiABKAsyHS5yZXdhcmRzZXJ2ZS52MS5Qb29saW5nUGFyYW1zEhAKCHByaW9yaXR5GAcgASgFEhUKDW1heF9pbl9mbGlnaHQYCCABKA0iXgoKU3RyZWFtSXRlbRIKCgJpZBgBIAEoCRIyCgxjb252ZXJzYXRpb24YAiABKAsyHC5yZXdhcmRzZXJ2ZS52MS5Db252ZXJzYXRpb24SEAoIZ3JvdXBfaWQYAyABKAkidgoTU3RyZWFtUmV3YXJkUmVxdWVzdBI0CgdvcHRpb25zGAEgASgLMiMucmV3YXJkc2VydmUudjEuU3RyZWFtUmV3YXJkT3B0aW9ucxIpCgVpdGVtcxgCIAMoCzIaLnJld2FyZHNlcnZlLnYxLlN0cmVhbUl0ZW0iRwoJSXRlbUVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCRIbChNyZXRyeV9hZnRlcl9zZWNvbmRzGAMgASgBIrUBChRTdHJlYW1SZXdhcmRSZXNwb25zZRIKCgJpZBgBIAEoCRIyCgZyZXN1bHQYAiABKAsyIC5yZXdhcmRzZXJ2ZS52MS5DaGF0UmV3YXJkUmVzdWx0SAASKgoFZXJyb3IYAyABKAsyGS5yZXdhcmRzZXJ2ZS52MS5JdGVtRXJyb3JIABImCgZ0aW1pbmcYBCABKAsyFi5yZXdhcmRzZXJ2ZS52MS5UaW1pbmdCCQoHb3V0Y29tZSKaAQoLQ2hhdE9wdGlvbnMSFQoNY2hhdF90ZW1wbGF0ZRgBIAEoCRI1ChRjaGF0X3RlbXBsYXRlX2t3YXJncxgCIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSHQoVYWRkX2dlbmVyYXRpb25fcHJvbXB0GAMgASgIEh4KFmNvbnRpbnVlX2ZpbmFsX21lc3NhZ2UYBCABKAgiVAoKU2NvcmVJbnB1dBIOCgR0ZXh0GAEgASgJSAASLQoJdG9rZW5faWRzGAIgASgLMhgucmV3YXJkc2VydmUudjEuVG9rZW5JZHNIAEIHCgVpbnB1dCLiAQoMU2NvcmVSZXF1ZXN0EikKBXF1ZXJ5GAEgASgLMhoucmV3YXJkc2VydmUudjEuU2NvcmVJbnB1dBItCglkb2N1bWVudHMYAiADKAsyGi5yZXdhcmRzZXJ2ZS52MS5TY29yZUlucHV0Eg0KBXRvcF9uGAMgASgNEi4KCnRydW5jYXRpb24YBCABKAsyGi5yZXdhcmRzZXJ2ZS52MS5UcnVuY2F0aW9uEhMKC2luc3RydWN0aW9uGAUgASgJEhAKCHByaW9yaXR5GAYgASgFEhIKCnJlcXVlc3RfaWQYByABKAkicAoLU2NvcmVSZXN1bHQSDQoFaW5kZXgYASABKA0SDQoFc2NvcmUYAiABKAISEgoFbG9naXQYAyABKAJIAIgBARISCgpudW1fdG9rZW5zGAQgASgNEhEKCXRydW5jYXRlZBgFIAEoCEIICgZfbG9naXQi2wEKDVNjb3JlUmVzcG9uc2USEgoKcmVxdWVzdF9pZBgBIAEoCRINCgVtb2RlbBgCIAEoCRIrCgZtZXRob2QYAyABKA4yGy5yZXdhcmRzZXJ2ZS52MS5TY29yZU1ldGhvZBIsCgdyZXN1bHRzGAQgAygLMhsucmV3YXJkc2VydmUudjEuU2NvcmVSZXN1bHQSJAoFdXNhZ2UYBSABKAsyFS5yZXdhcmRzZXJ2ZS52MS5Vc2FnZRImCgZ0aW1pbmcYBiABKAsyFi5yZXdhcmRzZXJ2ZS52MS5UaW1pbmcqnQEKC1Bvb2xpbmdUYXNrEhwKGFBPT0xJTkdfVEFTS19VTlNQRUNJRklFRBAAEhkKFVBPT0xJTkdfVEFTS19DTEFTU0lGWRABEh8KG1BPT0xJTkdfVEFTS19UT0tFTl9DTEFTU0lGWRACEhYKElBPT0xJTkdfVEFTS19FTUJFRBADEhwKGFBPT0xJTkdfVEFTS19UT0tFTl9FTUJFRBAEKpwBCgtQb29saW5nVHlwZRIcChhQT09MSU5HX1RZUEVfVU5TUEVDSUZJRUQQABIVChFQT09MSU5HX1RZUEVfTEFTVBABEhQKEFBPT0xJTkdfVFlQRV9BTEwQAhIUChBQT09MSU5HX1RZUEVfQ0xTEAMSFQoRUE9PTElOR19UWVBFX01FQU4QBBIVChFQT09MSU5HX1RZUEVfU1RFUBAFKmYKDlRydW5jYXRpb25TaWRlEh8KG1RSVU5DQVRJT05fU0lERV9VTlNQRUNJRklFRBAAEhgKFFRSVU5DQVRJT05fU0lERV9MRUZUEAESGQoVVFJVTkNBVElPTl9TSURFX1JJR0hUEAIqkQEKC1Njb3JlTWV0aG9kEhwKGFNDT1JFX01FVEhPRF9VTlNQRUNJRklFRBAAEh4KGlNDT1JFX01FVEhPRF9DUk9TU19FTkNPREVSEAESIQodU0NPUkVfTUVUSE9EX0RFQ09ERVJfUkVSQU5LRVIQAhIhCh1TQ09SRV9NRVRIT0RfRU1CRURESU5HX0NPU0lORRADMoAECg1SZXdhcmRTZXJ2aWNlEkcKBkVuY29kZRIdLnJld2FyZHNlcnZlLnYxLkVuY29kZVJlcXVlc3QaHi5yZXdhcmRzZXJ2ZS52MS5FbmNvZGVSZXNwb25zZRJMCgZSZXdhcmQSHS5yZXdhcmRzZXJ2ZS52MS5SZXdhcmRSZXF1ZXN0Gh4ucmV3YXJkc2VydmUudjEuUmV3YXJkUmVzcG9uc2UiA4gCARJTCgpDaGF0UmV3YXJkEiEucmV3YXJkc2VydmUudjEuQ2hhdFJld2FyZFJlcXVlc3QaIi5yZXdhcmRzZXJ2ZS52MS5DaGF0UmV3YXJkUmVzcG9uc2USXgoMR2V0TW9kZWxJbmZvEiMucmV3YXJkc2VydmUudjEuR2V0TW9kZWxJbmZvUmVxdWVzdBokLnJld2FyZHNlcnZlLnYxLkdldE1vZGVsSW5mb1Jlc3BvbnNlIgOQAgESXQoMU3RyZWFtUmV3YXJkEiMucmV3YXJkc2VydmUudjEuU3RyZWFtUmV3YXJkUmVxdWVzdBokLnJld2FyZHNlcnZlLnYxLlN0cmVhbVJld2FyZFJlc3BvbnNlKAEwARJECgVTY29yZRIcLnJld2FyZHNlcnZlLnYxLlNjb3JlUmVxdWVzdBodLnJld2FyZHNlcnZlLnYxLlNjb3JlUmVzcG9uc2VCsgEKEmRldi5yZXdhcmRzZXJ2ZS52MUISUmV3YXJkU2VydmljZVByb3RvUAFaSWdpdGh1Yi5jb20vcmV3YXJkc2VydmUvcmV3YXJkc2VydmUvY2xpZW50cy9nby9yZXdhcmRzZXJ2ZXYxO3Jld2FyZHNlcnZldjH4AQGiAgNSU1aqAg5SZXdhcmRTZXJ2ZS5WMcoCDlJld2FyZFNlcnZlXFYx6gIPUmV3YXJkU2VydmU6OlYxYgZwcm90bzM", [file_google_protobuf_struct]);
 
 /**
  * TokenIds is a sequence already tokenized with the served model's tokenizer.
@@ -84,6 +84,15 @@ export type EncodeInput = Message<"rewardserve.v1.EncodeInput"> & {
      */
     value: TokenIds;
     case: "tokenIds";
+  } | {
+    /**
+     * A conversation rendered with the model's chat template (EncodeRequest.chat_options apply),
+     * for any task (e.g. the embedding of a chat), in any of its forms; errors name `inputs[i]`.
+     *
+     * @generated from field: rewardserve.v1.Conversation conversation = 3;
+     */
+    value: Conversation;
+    case: "conversation";
   } | { case: undefined; value?: undefined };
 };
 
@@ -325,6 +334,13 @@ export type EncodeRequest = Message<"rewardserve.v1.EncodeRequest"> & {
    * @generated from field: string request_id = 7;
    */
   requestId: string;
+
+  /**
+   * How `conversation` inputs are rendered; ignored by text and token id inputs.
+   *
+   * @generated from field: rewardserve.v1.ChatOptions chat_options = 8;
+   */
+  chatOptions?: ChatOptions | undefined;
 };
 
 /**
@@ -1427,6 +1443,266 @@ export const StreamRewardResponseSchema: GenMessage<StreamRewardResponse> = /*@_
   messageDesc(file_rewardserve_v1_reward_service, 29);
 
 /**
+ * ChatOptions say how conversations are rendered with the chat template (Encode inputs).
+ *
+ * @generated from message rewardserve.v1.ChatOptions
+ */
+export type ChatOptions = Message<"rewardserve.v1.ChatOptions"> & {
+  /**
+   * A chat template (Jinja) that replaces the model's own; empty uses the model's.
+   *
+   * @generated from field: string chat_template = 1;
+   */
+  chatTemplate: string;
+
+  /**
+   * Extra variables for the template (e.g. {"enable_thinking": false}).
+   *
+   * @generated from field: google.protobuf.Struct chat_template_kwargs = 2;
+   */
+  chatTemplateKwargs?: JsonObject | undefined;
+
+  /**
+   * Append the assistant prompt after the last turn.
+   *
+   * @generated from field: bool add_generation_prompt = 3;
+   */
+  addGenerationPrompt: boolean;
+
+  /**
+   * Leave the final message open (no end-of-turn token).
+   *
+   * @generated from field: bool continue_final_message = 4;
+   */
+  continueFinalMessage: boolean;
+};
+
+/**
+ * Describes the message rewardserve.v1.ChatOptions.
+ * Use `create(ChatOptionsSchema)` to create a new message.
+ */
+export const ChatOptionsSchema: GenMessage<ChatOptions> = /*@__PURE__*/
+  messageDesc(file_rewardserve_v1_reward_service, 30);
+
+/**
+ * ScoreInput is a query or one document: text, or token ids of the served model's tokenizer.
+ *
+ * @generated from message rewardserve.v1.ScoreInput
+ */
+export type ScoreInput = Message<"rewardserve.v1.ScoreInput"> & {
+  /**
+   * The content.
+   *
+   * @generated from oneof rewardserve.v1.ScoreInput.input
+   */
+  input: {
+    /**
+     * Text, tokenized by the server.
+     *
+     * @generated from field: string text = 1;
+     */
+    value: string;
+    case: "text";
+  } | {
+    /**
+     * Token ids without special tokens (the server adds the pair's own, e.g. [CLS] and [SEP]).
+     *
+     * @generated from field: rewardserve.v1.TokenIds token_ids = 2;
+     */
+    value: TokenIds;
+    case: "tokenIds";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message rewardserve.v1.ScoreInput.
+ * Use `create(ScoreInputSchema)` to create a new message.
+ */
+export const ScoreInputSchema: GenMessage<ScoreInput> = /*@__PURE__*/
+  messageDesc(file_rewardserve_v1_reward_service, 31);
+
+/**
+ * ScoreRequest scores one query against documents.
+ *
+ * Errors (INVALID_ARGUMENT, naming the field and item): an empty `query` or `documents`
+ * ("documents: must not be empty"), a bad item ("documents[3]: token id 99999 is outside the
+ * vocabulary"), a pair longer than the model accepts without `truncation`, a query that leaves no
+ * room for a document even with truncation ("query: ..."), and a model that cannot score (a head
+ * with more than one label and no reranker format). Queue limits, deadlines and draining answer
+ * as for Encode. Limits: each pair (cross-encoders, rerankers) or each text (embedding models)
+ * is at most GetModelInfoResponse.max_model_len tokens after truncation.
+ *
+ * @generated from message rewardserve.v1.ScoreRequest
+ */
+export type ScoreRequest = Message<"rewardserve.v1.ScoreRequest"> & {
+  /**
+   * The query; required.
+   *
+   * @generated from field: rewardserve.v1.ScoreInput query = 1;
+   */
+  query?: ScoreInput | undefined;
+
+  /**
+   * The documents to score against the query; at least one.
+   *
+   * @generated from field: repeated rewardserve.v1.ScoreInput documents = 2;
+   */
+  documents: ScoreInput[];
+
+  /**
+   * Return only the best N results, best first; 0 returns every result in input order. A value
+   * above the number of documents returns them all, best first.
+   *
+   * @generated from field: uint32 top_n = 3;
+   */
+  topN: number;
+
+  /**
+   * Truncation of over-long pairs: only the document is cut (its end; `side` is ignored), so the
+   * query is always read whole. Embedding models truncate each text alone, as Encode does.
+   *
+   * @generated from field: rewardserve.v1.Truncation truncation = 4;
+   */
+  truncation?: Truncation | undefined;
+
+  /**
+   * The instruction of rerankers whose prompt has one (Qwen3-Reranker's "<Instruct>"); empty uses
+   * the model's published default. Refused by models without an instruction slot.
+   *
+   * @generated from field: string instruction = 5;
+   */
+  instruction: string;
+
+  /**
+   * Scheduling priority: lower values run first (default 0).
+   *
+   * @generated from field: int32 priority = 6;
+   */
+  priority: number;
+
+  /**
+   * A caller-chosen id echoed in the reply; the server makes one when empty.
+   *
+   * @generated from field: string request_id = 7;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message rewardserve.v1.ScoreRequest.
+ * Use `create(ScoreRequestSchema)` to create a new message.
+ */
+export const ScoreRequestSchema: GenMessage<ScoreRequest> = /*@__PURE__*/
+  messageDesc(file_rewardserve_v1_reward_service, 32);
+
+/**
+ * ScoreResult is the score of one document.
+ *
+ * @generated from message rewardserve.v1.ScoreResult
+ */
+export type ScoreResult = Message<"rewardserve.v1.ScoreResult"> & {
+  /**
+   * The document's position in the request's `documents`.
+   *
+   * @generated from field: uint32 index = 1;
+   */
+  index: number;
+
+  /**
+   * The activated score: the sigmoid of the head's one label (cross-encoders, rerankers), or the
+   * cosine similarity (embedding models).
+   *
+   * @generated from field: float score = 2;
+   */
+  score: number;
+
+  /**
+   * The head's raw output before the activation; unset for embedding models (no head).
+   *
+   * @generated from field: optional float logit = 3;
+   */
+  logit?: number | undefined;
+
+  /**
+   * Tokens read for this document: the whole pair (cross-encoders, rerankers) or the document
+   * alone (embedding models), after truncation.
+   *
+   * @generated from field: uint32 num_tokens = 4;
+   */
+  numTokens: number;
+
+  /**
+   * Whether the document was truncated.
+   *
+   * @generated from field: bool truncated = 5;
+   */
+  truncated: boolean;
+};
+
+/**
+ * Describes the message rewardserve.v1.ScoreResult.
+ * Use `create(ScoreResultSchema)` to create a new message.
+ */
+export const ScoreResultSchema: GenMessage<ScoreResult> = /*@__PURE__*/
+  messageDesc(file_rewardserve_v1_reward_service, 33);
+
+/**
+ * ScoreResponse answers a ScoreRequest.
+ *
+ * @generated from message rewardserve.v1.ScoreResponse
+ */
+export type ScoreResponse = Message<"rewardserve.v1.ScoreResponse"> & {
+  /**
+   * The request id (the caller's, or one the server made).
+   *
+   * @generated from field: string request_id = 1;
+   */
+  requestId: string;
+
+  /**
+   * The served model's name.
+   *
+   * @generated from field: string model = 2;
+   */
+  model: string;
+
+  /**
+   * How the scores were computed.
+   *
+   * @generated from field: rewardserve.v1.ScoreMethod method = 3;
+   */
+  method: ScoreMethod;
+
+  /**
+   * One result per document in input order, or the best `top_n` best first.
+   *
+   * @generated from field: repeated rewardserve.v1.ScoreResult results = 4;
+   */
+  results: ScoreResult[];
+
+  /**
+   * Work done (the query's own sequence counts for embedding models).
+   *
+   * @generated from field: rewardserve.v1.Usage usage = 5;
+   */
+  usage?: Usage | undefined;
+
+  /**
+   * Where the time went.
+   *
+   * @generated from field: rewardserve.v1.Timing timing = 6;
+   */
+  timing?: Timing | undefined;
+};
+
+/**
+ * Describes the message rewardserve.v1.ScoreResponse.
+ * Use `create(ScoreResponseSchema)` to create a new message.
+ */
+export const ScoreResponseSchema: GenMessage<ScoreResponse> = /*@__PURE__*/
+  messageDesc(file_rewardserve_v1_reward_service, 34);
+
+/**
  * PoolingTask is what a request asks the model for.
  *
  * @generated from enum rewardserve.v1.PoolingTask
@@ -1564,6 +1840,49 @@ export const TruncationSideSchema: GenEnum<TruncationSide> = /*@__PURE__*/
   enumDesc(file_rewardserve_v1_reward_service, 2);
 
 /**
+ * ScoreMethod says how the scores of a ScoreResponse were computed (it follows the served model).
+ *
+ * @generated from enum rewardserve.v1.ScoreMethod
+ */
+export enum ScoreMethod {
+  /**
+   * Not reported (never sent by the server).
+   *
+   * @generated from enum value: SCORE_METHOD_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A cross-encoder with a one-label head reads each (query, document) pair in one sequence,
+   * with segment ids (`token_type_ids`) where the model has them.
+   *
+   * @generated from enum value: SCORE_METHOD_CROSS_ENCODER = 1;
+   */
+  CROSS_ENCODER = 1,
+
+  /**
+   * A decoder reranker reads each pair in its published prompt format (e.g. Qwen3-Reranker's
+   * system/user layout) and scores it with its yes/no `classifier_from_token` head.
+   *
+   * @generated from enum value: SCORE_METHOD_DECODER_RERANKER = 2;
+   */
+  DECODER_RERANKER = 2,
+
+  /**
+   * An embedding model embeds the query and each document; the score is their cosine similarity.
+   *
+   * @generated from enum value: SCORE_METHOD_EMBEDDING_COSINE = 3;
+   */
+  EMBEDDING_COSINE = 3,
+}
+
+/**
+ * Describes the enum rewardserve.v1.ScoreMethod.
+ */
+export const ScoreMethodSchema: GenEnum<ScoreMethod> = /*@__PURE__*/
+  enumDesc(file_rewardserve_v1_reward_service, 3);
+
+/**
  * RewardService serves one reward or pooling model.
  *
  * @generated from service rewardserve.v1.RewardService
@@ -1633,6 +1952,18 @@ export const RewardService: GenService<{
     methodKind: "bidi_streaming";
     input: typeof StreamRewardRequestSchema;
     output: typeof StreamRewardResponseSchema;
+  },
+  /**
+   * Score scores a query against each of a list of documents (rerankers, cross-encoders and
+   * embedding models), batched and prioritised like every other call; see ScoreRequest for
+   * its errors and limits.
+   *
+   * @generated from rpc rewardserve.v1.RewardService.Score
+   */
+  score: {
+    methodKind: "unary";
+    input: typeof ScoreRequestSchema;
+    output: typeof ScoreResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_rewardserve_v1_reward_service, 0);
