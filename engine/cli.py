@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from typing import IO, TYPE_CHECKING, Any, Iterable
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable
 
 from rewardserve.engine.cli_args import OneLineParser, add_config_arguments, config_from_args
 from rewardserve.engine.config import EngineConfig
@@ -54,9 +54,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
-def read_inputs(stream: IO[str]) -> list[dict[str, Any]]:
-    """Parse JSONL; each line must hold one of text, token_ids or messages."""
-    inputs = []
+def read_jsonl(stream: IO[str], accepts: Callable[[Any], bool], expected: str) -> list[tuple[int, Any]]:
+    """(line number, object) of every non-blank JSONL line; a line that is not JSON, or that
+    ``accepts`` refuses, is an error naming its number and ``expected``."""
+    values = []
     for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
@@ -64,10 +65,17 @@ def read_inputs(stream: IO[str]) -> list[dict[str, Any]]:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
             raise EngineError(f"input line {number}: not JSON ({exc.msg})") from None
-        if not isinstance(value, dict) or not {"text", "token_ids", "messages"} & set(value):
-            raise EngineError(f"input line {number}: expected an object with text, token_ids or messages")
-        inputs.append(value)
-    return inputs
+        if not accepts(value):
+            raise EngineError(f"input line {number}: expected {expected}")
+        values.append((number, value))
+    return values
+
+
+def read_inputs(stream: IO[str]) -> list[dict[str, Any]]:
+    """Parse JSONL; each line must hold one of text, token_ids or messages."""
+    rows = read_jsonl(stream, lambda v: isinstance(v, dict) and bool({"text", "token_ids", "messages"} & set(v)),
+                      "an object with text, token_ids or messages")
+    return [value for _, value in rows]
 
 
 def to_json(result: "EncodeResult") -> dict[str, Any]:

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import IO, Any
 
-from rewardserve.engine.cli import _open
+from rewardserve.engine.cli import _open, read_jsonl
 from rewardserve.engine.cli_args import add_config_arguments, config_from_args
 from rewardserve.engine.config import EngineConfig
 from rewardserve.engine.demo import with_demo_model
@@ -37,18 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_requests(stream: IO[str]) -> list[tuple[int, Any, list[Any]]]:
     """(line number, query, documents) of every non-blank line; a bad shape names its line."""
-    requests = []
-    for number, line in enumerate(stream, start=1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EngineError(f"input line {number}: not JSON ({exc.msg})") from None
-        if not isinstance(value, dict) or "query" not in value or not isinstance(value.get("documents"), list):
-            raise EngineError(f"input line {number}: expected an object with query and a documents list")
-        requests.append((number, value["query"], value["documents"]))
-    return requests
+    rows = read_jsonl(stream, lambda v: isinstance(v, dict) and "query" in v and isinstance(v.get("documents"), list),
+                      "an object with query and a documents list")
+    return [(number, value["query"], value["documents"]) for number, value in rows]
 
 
 def to_json(number: int, output: ScoreOutput) -> dict[str, Any]:

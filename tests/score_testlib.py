@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import engine_testlib
 import torch
 import transformers
 
@@ -41,23 +42,7 @@ QWEN3_TEMPLATE = (
 
 def wordpiece_tokenizer(folder: Path) -> transformers.PreTrainedTokenizerBase:
     """A trained WordPiece tokenizer saved as bert-base-uncased's is (pair template with types)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials,
-                                                              show_progress=False))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    fast = transformers.BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                          cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                          model_max_length=128)
-    fast.save_pretrained(str(folder))
-    return fast
+    return engine_testlib.wordpiece_tokenizer(folder, CORPUS, model_max_length=128)
 
 
 def _bert(folder: Path, cls: type, seed: int, num_labels: int = 1) -> Path:

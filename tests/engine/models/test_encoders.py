@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import transformers
 from transformers import AutoConfig, AutoTokenizer
 
+import engine_testlib
 from engine_testlib import pack_token_ids
 from rewardserve.engine.config import ModelConfig
 from rewardserve.engine.errors import EngineError
@@ -33,25 +34,7 @@ SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, interme
 
 def wordpiece_tokenizer(folder: Path) -> transformers.PreTrainedTokenizerBase:
     """Train a real WordPiece tokenizer ([CLS] x [SEP]) and save it as bert-base-uncased does."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=200, special_tokens=specials,
-                                                              show_progress=False))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    fast = transformers.BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
-                                          cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
-                                          model_max_length=512)
-    fast.save_pretrained(str(folder))
-    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
-    (folder / "vocab.txt").write_text("".join(f"{t}\n" for t, _ in vocab))
-    return fast
+    return engine_testlib.wordpiece_tokenizer(folder, CORPUS, model_max_length=512)
 
 
 def bert_checkpoint(folder: Path, cls_head: bool, seed: int = 0) -> Path:
