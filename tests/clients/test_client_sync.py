@@ -74,7 +74,8 @@ def test_encode_leaves_unset_options_unset(client, fake):
 @pytest.mark.parametrize("inputs, message", [
     ([], "encode: inputs is empty"),
     ([1, 2, 3], "encode: inputs is a flat list of ints"),
-    ([{"text": "x"}], "inputs[0]: expected str or a sequence of token ids, got dict"),
+    ([{"text": "x"}], "inputs[0]: unknown keys ['text']; expected 'messages'"),
+    ([object()], "inputs[0]: expected str, a sequence of token ids or a conversation, got object"),
     (["ok", [1, -1]], "inputs[1].token_ids[1]: token ids are integers in [0, 2**32), got -1"),
 ])
 def test_encode_rejects_malformed_inputs_before_sending(client, fake, inputs, message):
