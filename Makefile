@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 50051
 
-.PHONY: venv test test-fast serve proto proto-check buf-lint buf-breaking gpu-test clean
+.PHONY: venv test test-fast serve proto proto-check buf-lint buf-breaking gpu-test clean deploy-check deploy-install-check
 
 venv: $(STAMP)
 
@@ -16,8 +16,8 @@ $(STAMP): requirements-dev.txt pyproject.toml clients/python/pyproject.toml
 	$(BIN)/pip install -q --no-deps -e clients/python -e .
 	touch $(STAMP)
 
-## test: everything CI runs (proto drift, buf lint, buf breaking, the CPU test suite)
-test: venv proto-check buf-lint buf-breaking
+## test: everything CI runs (proto drift, buf lint, buf breaking, deploy checks, the CPU test suite)
+test: venv proto-check buf-lint buf-breaking deploy-check deploy-install-check
 	$(BIN)/python -m pytest -q -m "not gpu"
 
 test-fast: venv
@@ -44,6 +44,14 @@ buf-breaking: venv
 	elif git ls-tree -r --name-only HEAD~1 | grep -q '^proto/.*\.proto$$'; then \
 		$(BIN)/buf breaking --against '.git#ref=HEAD~1' && echo "buf breaking: no breaking change against HEAD~1"; \
 	else echo "buf breaking: HEAD~1 has no proto/ yet, nothing to compare"; fi
+
+## deploy-check: the Kubernetes manifests against the Kubernetes schemas, offline (kubernetes-validate)
+deploy-check: venv
+	$(BIN)/python deploy/validate.py
+
+## deploy-install-check: the Dockerfile's install script, into a temporary venv (CI cannot build images)
+deploy-install-check: venv
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && PYTHON=$(PYTHON) deploy/install.sh "$$tmp/venv" uvloop
 
 ## gpu-test: the parity suite on CUDA (run on the GPU machine)
 gpu-test:

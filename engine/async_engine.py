@@ -138,9 +138,10 @@ class AsyncEngine:
         while not self.scheduler.is_idle() and time.monotonic() < end:
             await asyncio.sleep(0.01)
         self.scheduler.close()
+        # Before the join (which a server may stop waiting for): tokenization not started is dropped.
+        self._pool.shutdown(wait=False, cancel_futures=True)
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, max(0.0, end - time.monotonic()) + 5)
-        self._pool.shutdown(wait=False, cancel_futures=True)
         self._ready = False
 
 

@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 
 from rewardserve.engine.cli_args import add_config_arguments, config_from_args
 from rewardserve.service.config import ServeConfig
+from rewardserve.service.logs import configure_logging
+from rewardserve.service.process import exit_now
 
 logger = logging.getLogger("rewardserve.service")
 
@@ -45,9 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return main_encode(argv[1:]) or 0
     config = parse_serve_config(argv)
-    logging.basicConfig(level=config.server.log_level, format=LOG_FORMAT, stream=sys.stderr)
+    configure_logging(config.server.log_level, config.server.log_format)
     with asyncio.Runner(loop_factory=loop_factory(config.server.event_loop)) as runner:
-        return runner.run(serve(resolve_model(config)))
+        # Exit before the runner joins its threads: the drain already gave up on busy ones.
+        return exit_now(runner.run(serve(resolve_model(config))))
 
 
 def parse_serve_config(argv: Sequence[str]) -> ServeConfig:
@@ -106,6 +109,7 @@ async def serve(config: ServeConfig) -> int:
     server = RewardServer(config)
     logger.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
     stop = _stop_on_signals()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_auth)
     try:
         await server.start()
     except RuntimeError as exc:  # gRPC could not bind the address

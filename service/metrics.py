@@ -1,8 +1,14 @@
 """Prometheus metrics on their own port (``--metrics-port``).
 
-Three sources: a gRPC interceptor (latency by RPC and status code), an engine batch observer
-(batch size and tokens, queue vs compute time, tokens), and a collector that reads the engine's
-queue depth and drop counters at scrape time.
+Three sources: a gRPC interceptor, an engine batch observer (batch size and tokens, queue vs
+compute time, tokens), and a collector that reads the engine's queue depth and drop counters at
+scrape time.
+
+RPC series carry the labels every gRPC dashboard expects (``grpc_type``, ``grpc_service``,
+``grpc_method``, ``grpc_code``: ``grpc_server_started_total``, ``grpc_server_handled_total``,
+``grpc_server_handling_seconds``). Health checks, a probe every few seconds, would swamp them:
+they are counted apart in ``rewardserve_health_checks_total``. The engine's own series keep
+their ``rewardserve_`` names.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from rewardserve_client.v1 import reward_service_pb2 as pb
+from rewardserve_client.v1.reward_service_pb2 import StreamRewardResponse
 
 from rewardserve.engine.api import BatchItem, EngineAPI
 
@@ -29,8 +36,14 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.rpc_latency = Histogram("rewardserve_rpc_latency_seconds", "RPC latency by method and status code",
-                                     ["method", "code"], buckets=LATENCY_BUCKETS, registry=r)
+        labels = ["grpc_type", "grpc_service", "grpc_method"]
+        self.rpc_started = Counter("grpc_server_started", "RPCs started on the server", labels, registry=r)
+        self.rpc_handled = Counter("grpc_server_handled", "RPCs completed on the server, by status code",
+                                   [*labels, "grpc_code"], registry=r)
+        self.rpc_latency = Histogram("grpc_server_handling_seconds", "RPC duration until the server's last reply "
+                                     "(a whole stream for streams)", labels, buckets=LATENCY_BUCKETS, registry=r)
+        self.health_checks = Counter("rewardserve_health_checks", "gRPC health calls (apart from the RPC series)",
+                                     ["grpc_method"], registry=r)
         self.batch_seqs = Histogram("rewardserve_batch_sequences", "Sequences per packed forward pass",
                                     buckets=SEQ_BUCKETS, registry=r)
         self.batch_tokens = Histogram("rewardserve_batch_tokens", "Tokens per packed forward pass",
@@ -62,7 +75,7 @@ class ServerMetrics:
         for item in items:
             self.queue_time.observe(max(0.0, item.queue_time_s))
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+    def serve(self, port: int, host: str) -> int:
         """Start the HTTP endpoint (a daemon thread); returns the bound port."""
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         return server.server_port
@@ -91,44 +104,52 @@ class _EngineCollector:
         yield CounterMetricFamily("rewardserve_failed_items", "Sequences that failed alone", value=stats.num_failed_items)
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Times every unary RPC and our streams (whole-stream duration), labelled with the final
-    status code; counts stream answers by their own code."""
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
-    def __init__(self, metrics: ServerMetrics, stream_prefix: str = "/rewardserve.") -> None:
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every unary RPC and bidirectional stream (whole-stream duration) by
+    service, method and final status code; counts stream answers by their own code; counts
+    health calls apart."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
         self.metrics = metrics
-        self.stream_prefix = stream_prefix  # health Watch and reflection streams are not ours to time
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         path = handler_call_details.method
-        method = path.rsplit("/", 1)[-1]
+        service, _, method = path.lstrip("/").rpartition("/")
+        if path.startswith(HEALTH_PREFIX):
+            self.metrics.health_checks.labels(method).inc()
+            return handler
         if handler is not None and handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._timed(method, handler.unary_unary), request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        if handler is not None and handler.stream_stream is not None and path.startswith(self.stream_prefix):
+                self._timed(("unary", service, method), handler.unary_unary),
+                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+        if handler is not None and handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._timed_stream(method, handler.stream_stream), request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+                self._timed_stream(("bidi_stream", service, method), handler.stream_stream),
+                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
         return handler
 
-    def _timed(self, method: str, behavior):
+    def _timed(self, labels: tuple[str, str, str], behavior):
         async def timed(request, context):
-            with self._timing(method, context):
+            with self._timing(labels, context):
                 return await behavior(request, context)
         return timed
 
-    def _timed_stream(self, method: str, behavior):
+    def _timed_stream(self, labels: tuple[str, str, str], behavior):
         async def timed(requests, context):
-            with self._timing(method, context):  # the whole stream, first message to last
+            with self._timing(labels, context):  # the whole stream, first message to last
                 async for reply in behavior(requests, context):
-                    self.metrics.stream_items.labels(_answer_code(reply)).inc()
+                    if isinstance(reply, StreamRewardResponse):
+                        self.metrics.stream_items.labels(_answer_code(reply)).inc()
                     yield reply
         return timed
 
     @contextlib.contextmanager
-    def _timing(self, method: str, context) -> Iterator[None]:
+    def _timing(self, labels: tuple[str, str, str], context) -> Iterator[None]:
+        self.metrics.rpc_started.labels(*labels).inc()
         start, code = time.perf_counter(), None
         try:
             yield
@@ -136,12 +157,13 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            self._observe(method, code, context, start)
+            self._observe(labels, code, context, start)
 
-    def _observe(self, method: str, code, context, start: float) -> None:
+    def _observe(self, labels: tuple[str, str, str], code, context, start: float) -> None:
         code = code or context.code() or grpc.StatusCode.OK
         name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-        self.metrics.rpc_latency.labels(method, name).observe(time.perf_counter() - start)
+        self.metrics.rpc_latency.labels(*labels).observe(time.perf_counter() - start)
+        self.metrics.rpc_handled.labels(*labels, name).inc()
 
 
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}

@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import grpc
 
-from rewardserve.engine.api import DeadlineExceededError, InvalidInputError
+from rewardserve.engine.api import DeadlineExceededError, EngineUnavailableError, InvalidInputError
 from rewardserve.service.errors import to_failure
 
 logger = logging.getLogger(__name__)
@@ -48,27 +48,46 @@ class CallScope:
 
 
 class OpenCalls:
-    """Counts the calls being handled, so that a drain can wait for them to finish."""
+    """The calls being handled (their tasks), so that a drain can wait for them to finish, and
+    end those still open when the grace period is over (``expire``)."""
 
     def __init__(self) -> None:
-        self._count = 0
+        self._tasks: set[asyncio.Task] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self.expired = False  # set by expire(): a cancelled call then ends UNAVAILABLE
+        self.refusing = asyncio.Event()  # set once new calls are refused (streams stop reading)
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._tasks)
 
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:
-        """Count the enclosed call as open."""
-        self._count += 1
+        """Count the enclosed call (the current task) as open."""
+        task = asyncio.current_task()
+        self._tasks.add(task)
         self._idle.clear()
         try:
             yield
         finally:
-            self._count -= 1
-            if not self._count:
+            self._tasks.discard(task)
+            if not self._tasks:
                 self._idle.set()
+
+    def expire(self) -> int:
+        """The grace period is over: cancel every open call; each ends UNAVAILABLE (see
+        ``ended_by_drain``) and the engine drops its queued work. Returns how many."""
+        self.expired = True
+        for task in self._tasks:
+            task.cancel()
+        return len(self._tasks)
+
+    def ended_by_drain(self, exc: BaseException) -> BaseException:
+        """A call's cancellation by ``expire`` as the UNAVAILABLE it must end with; other
+        exceptions (a client's own cancellation included) are returned as they are."""
+        if isinstance(exc, asyncio.CancelledError) and self.expired:
+            return EngineUnavailableError("the server stopped (drain grace period over); retry on another replica")
+        return exc
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is open; False when ``timeout`` seconds passed first."""
@@ -84,8 +103,9 @@ def unary(method: Callable[[Any, Any, CallScope], Awaitable[Any]]) -> Callable[.
 
     The servicer provides ``open_calls: OpenCalls``; every call is counted there while it runs.
 
-    ``asyncio.CancelledError`` is not caught: when the client cancels (or its deadline fires),
+    ``asyncio.CancelledError`` is passed on: when the client cancels (or its deadline fires),
     grpc.aio cancels this task and the cancellation reaches the engine, which drops queued work.
+    Only a cancellation by the drain (``OpenCalls.expire``) is answered, as UNAVAILABLE.
     """
     @functools.wraps(method)
     async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -107,7 +127,10 @@ async def _handle(method: Callable[[Any, Any, CallScope], Awaitable[Any]], servi
         scope.check_deadline()
         reply = await method(servicer, request, scope)
         await header
-    except Exception as exc:  # noqa: BLE001 - every failure goes through the one table
+    except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - every failure goes through the one table
+        exc = servicer.open_calls.ended_by_drain(exc)
+        if isinstance(exc, asyncio.CancelledError):
+            raise  # the client cancelled: nothing can be sent
         failure = to_failure(exc, scope.request_id)
         _log_call(method.__name__, scope, failure.code)
         await _settle(header)  # the status must not overtake the initial metadata
@@ -141,7 +164,10 @@ def stream(method: Callable[[Any, AsyncIterator[Any], CallScope], AsyncIterator[
                     raise _bad_id_error()
                 async for reply in method(self, requests, scope):
                     yield reply
-            except Exception as exc:  # noqa: BLE001 - every stream-level failure goes through the table
+            except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - every stream-level failure goes through the table
+                exc = self.open_calls.ended_by_drain(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise  # the client cancelled: nothing can be sent
                 failure = to_failure(exc, scope.request_id)
                 _log_call(method.__name__, scope, failure.code)
                 await context.abort(failure.code, failure.message, failure.trailing_metadata)

@@ -5,8 +5,13 @@ Life cycle::
     start()   bind and listen at once (health NOT_SERVING), then in the background: load the
               model in a thread (unless an engine was given), ``engine.start()`` (warm-up),
               health SERVING
-    drain()   health NOT_SERVING, refuse new calls, let in-flight calls finish within the grace
-              period, ``engine.shutdown()``
+    drain()   the one stop timeline (below), then ``engine.shutdown()``
+
+Drain timeline (SIGTERM): health NOT_SERVING at once → new calls still served for
+``--drain-delay-s`` (balancers notice) → new calls refused UNAVAILABLE, idle StreamReward calls
+ended UNAVAILABLE → in-flight calls run up to ``--grace-period-s`` (counted from the end of the
+delay) → calls still open end UNAVAILABLE (never CANCELLED) and the engine drops their work →
+the connections close. Clients retry UNAVAILABLE on another replica (scoring is idempotent).
 
 The engine is injectable so tests can serve a fake one through the real transport.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +31,9 @@ from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
 from rewardserve.engine.api import EngineAPI
 from rewardserve.engine.config import EngineConfig
+from rewardserve.service.auth import AuthInterceptor, TokenFile
 from rewardserve.service.config import ServeConfig, ServerConfig
+from rewardserve.service.logs import TraceInterceptor
 from rewardserve.service.metrics import MetricsInterceptor, ServerMetrics
 from rewardserve.service.servicer import SERVICE_NAME, RewardServicer
 
@@ -36,7 +44,9 @@ HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 HEALTH_CHECKED = ("", SERVICE_NAME)
 REFLECTED = (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME)
 
-_FLUSH_S = 1.0  # at most this long to let finished calls' replies and health checks go out
+_FLUSH_S = 0.3  # at most this long to let the last replies and UNAVAILABLE endings go out
+_ENGINE_STOP_S = 0.3  # past the grace period, what the engine may still take to stop
+_FD_RESERVE = 256  # open files kept for the model, tokenizer, compile cache and metrics
 EngineLoader = Callable[[EngineConfig], EngineAPI]
 
 
@@ -63,8 +73,11 @@ class RewardServer:
         self._server: grpc.aio.Server | None = None
         self.metrics = ServerMetrics() if config.server.metrics_port else None
         self.metrics_port: int | None = None
+        # Read at construction: a missing or empty token file fails the start, not the first call.
+        self.tokens = TokenFile(config.server.auth_token_file) if config.server.auth_token_file else None
         self._bring_up: asyncio.Task | None = None
         self._drained: asyncio.Future | None = None
+        self._delay_over = asyncio.Event()  # set by a second drain() call
 
     async def __aenter__(self) -> "RewardServer":
         await self.start()
@@ -80,20 +93,37 @@ class RewardServer:
 
     async def start(self) -> None:
         """Listen now; bring the engine up in the background (see ``wait_ready``)."""
-        interceptors = [MetricsInterceptor(self.metrics)] if self.metrics else []
-        server = grpc.aio.server(options=self.config.server.channel_options(), interceptors=interceptors)
+        server = grpc.aio.server(options=self.config.server.channel_options(max_connections(self.config.server)),
+                                 interceptors=self._interceptors())
         pb_grpc.add_RewardServiceServicer_to_server(self._servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(REFLECTED, server)
+        if self.config.server.reflection:
+            reflection.enable_server_reflection(REFLECTED, server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = _bind(server, self.config.server)
         await server.start()
         self._server = server
         logger.info("rewardserve listening on %s:%d", self.config.server.host, self.port)
         if self.metrics:
-            self.metrics_port = self.metrics.serve(self.config.server.metrics_port, self.config.server.host)
-            logger.info("rewardserve metrics on http://%s:%d/metrics", self.config.server.host, self.metrics_port)
+            host = self.config.server.metrics_address
+            self.metrics_port = self.metrics.serve(self.config.server.metrics_port, host)
+            logger.info("rewardserve metrics on http://%s:%d/metrics", host, self.metrics_port)
         self._bring_up = asyncio.create_task(self._bring_up_engine(), name="rewardserve-bring-up")
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor]:
+        """Outermost first: metrics see refused calls too; logs of a refusal carry its trace."""
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics)] if self.metrics else []
+        interceptors.append(TraceInterceptor())
+        if self.tokens or self.config.server.tls_allowed_subjects:
+            interceptors.append(AuthInterceptor(self.tokens, self.config.server.tls_allowed_subjects))
+        return interceptors
+
+    def reload_auth(self) -> None:
+        """Re-read ``--auth-token-file`` (SIGHUP); a bad file keeps the tokens accepted so far."""
+        if self.tokens is None:
+            logger.info("auth: no --auth-token-file to reload")
+        else:
+            self.tokens.reload()
 
     async def wait_ready(self) -> None:
         """Return once the engine is warm and health says SERVING; raise if loading failed."""
@@ -101,38 +131,59 @@ class RewardServer:
             raise RuntimeError("RewardServer.start() was not called")
         await asyncio.shield(self._bring_up)
 
-    async def drain(self, grace_s: float | None = None) -> None:
-        """Stop gracefully: NOT_SERVING, refuse new calls, finish in-flight ones, stop the engine.
+    async def drain(self, grace_s: float | None = None, delay_s: float | None = None) -> None:
+        """Stop along the drain timeline (module docstring); ``grace_s`` / ``delay_s`` default
+        to ``--grace-period-s`` / ``--drain-delay-s``.
 
-        Idempotent: a second call (a second signal, ``__aexit__`` after ``drain``) waits for the first.
+        Idempotent: a second call (a second signal, ``__aexit__`` after ``drain``) waits for the
+        first, and cuts its drain delay short (whoever asks twice wants out now).
         """
-        if self._drained is None:
+        if self._drained is not None:
+            self._delay_over.set()
+        else:
             grace = self.config.server.grace_period_s if grace_s is None else grace_s
-            self._drained = asyncio.ensure_future(self._drain(grace))
+            delay = self.config.server.drain_delay_s if delay_s is None else delay_s
+            self._drained = asyncio.ensure_future(self._drain(grace, delay))
         await asyncio.shield(self._drained)
 
-    async def _drain(self, grace: float) -> None:
-        deadline = time.monotonic() + grace
+    async def _drain(self, grace: float, delay: float) -> None:
         # Permanent: a warm-up finishing during the drain cannot flip health back to SERVING.
         await self._health.enter_graceful_shutdown()
+        if delay > 0:
+            logger.info("rewardserve draining: health NOT_SERVING, still serving for %.1f s", delay)
+            try:
+                await asyncio.wait_for(self._delay_over.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+        deadline = time.monotonic() + grace
         self._servicer.refuse_new_calls()
         await self._cancel_bring_up()
         if self._server is not None:
             await self._stop_listening(deadline)
         if self._engine is not None:
-            await self._engine.shutdown(grace_s=max(0.0, deadline - time.monotonic()))
+            await self._stop_engine(deadline)
         logger.info("rewardserve stopped")
 
     async def _stop_listening(self, deadline: float) -> None:
         """Keep the port open while in-flight calls finish: meanwhile health answers NOT_SERVING
         and new calls a clean UNAVAILABLE (stopping at once would cancel calls still in transit)."""
-        logger.info("rewardserve draining: %d call(s) in flight, grace %.1f s",
-                    len(self._servicer.open_calls), max(0.0, deadline - time.monotonic()))
-        if not await self._servicer.open_calls.wait_idle(max(0.0, deadline - time.monotonic())):
-            logger.warning("rewardserve grace period over: cancelling %d call(s)", len(self._servicer.open_calls))
-        # What is left: replies being flushed, health watches, reflection streams, or calls past
-        # the grace period (cancelled now, which the engine sees as cancelled work).
-        await self._server.stop(min(_FLUSH_S, max(0.0, deadline - time.monotonic())))
+        open_calls = self._servicer.open_calls
+        logger.info("rewardserve draining: refusing new calls; %d call(s) in flight, grace %.1f s",
+                    len(open_calls), max(0.0, deadline - time.monotonic()))
+        if not await open_calls.wait_idle(max(0.0, deadline - time.monotonic())):
+            logger.warning("rewardserve grace period over: ending %d call(s) UNAVAILABLE", open_calls.expire())
+            await open_calls.wait_idle(_FLUSH_S)
+        # What is left: health watches and reflection streams (cancelled: the connections close).
+        await self._server.stop(_FLUSH_S)
+
+    async def _stop_engine(self, deadline: float) -> None:
+        """Let the engine finish what is queued until the deadline; then stop waiting for it: work
+        still in the tokenizer pool or on the device is abandoned (the process exits anyway)."""
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            await asyncio.wait_for(self._engine.shutdown(grace_s=remaining), remaining + _ENGINE_STOP_S)
+        except asyncio.TimeoutError:
+            logger.warning("rewardserve engine still busy past the grace period: abandoning its work")
 
     async def wait_for_termination(self) -> None:
         """Block until the server stops (for embedding it without the CLI)."""
@@ -168,6 +219,21 @@ class RewardServer:
     async def _set_health(self, status: int) -> None:
         for name in HEALTH_CHECKED:
             await self._health.set(name, status)
+
+
+def max_connections(config: ServerConfig) -> int:
+    """--max-connections, or (0) the open-file limit less a reserve, after raising the soft limit
+    to the hard one: an idle-socket flood is then refused at accept instead of starving the
+    process of file descriptors (the model, the tokenizer and the metrics need some too)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and hard != resource.RLIM_INFINITY:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    limit = max(64, (soft if soft != resource.RLIM_INFINITY else 1 << 20) - _FD_RESERVE)
+    return min(config.max_connections, limit) if config.max_connections else limit
 
 
 def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:

@@ -45,6 +45,7 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
     def refuse_new_calls(self) -> None:
         """Drain: answer new calls UNAVAILABLE (clients retry elsewhere); open calls go on."""
         self._draining = True
+        self.open_calls.refusing.set()  # idle streams end now (UNAVAILABLE), busy ones once answered
 
     def attach(self, engine: EngineAPI) -> None:
         """Serve ``engine`` from now on (called once the model is loaded)."""
@@ -102,7 +103,8 @@ class RewardServicer(pb_grpc.RewardServiceServicer):
     async def StreamReward(self, requests: AsyncIterator[pb.StreamRewardRequest],
                            call: CallScope) -> AsyncIterator[pb.StreamRewardResponse]:
         """Items scored as they arrive, answered as they finish; see service/stream.py."""
-        async for answer in ItemStream(requests, lambda: self.engine, call, self._stream_max_in_flight).answers():
+        async for answer in ItemStream(requests, lambda: self.engine, call, self._stream_max_in_flight,
+                                       stop=self.open_calls.refusing).answers():
             yield answer
 
     @unary

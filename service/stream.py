@@ -8,6 +8,9 @@ been handed to gRPC. Items are read from the wire only while a slot is free, so 
 ``max_in_flight`` items are queued or computing per stream (plus one message read and waiting
 for a slot); past that HTTP/2 flow control holds the client's writes back.
 
+Drain: once the server refuses new calls (``stop`` is set) no further message is read; the
+stream ends UNAVAILABLE as soon as the items already read are answered, at once when idle.
+
 Cancellation: when the client cancels (or the deadline fires), grpc.aio cancels the handler;
 ``answers`` then cancels every item task and the engine drops their queued work.
 """
@@ -35,8 +38,9 @@ class ItemStream:
     items already read have been answered."""
 
     def __init__(self, requests: AsyncIterator[pb.StreamRewardRequest], engine_of: Callable[[], EngineAPI],
-                 call: CallScope, max_in_flight: int) -> None:
+                 call: CallScope, max_in_flight: int, stop: asyncio.Event | None = None) -> None:
         self._requests = requests
+        self._stop = stop
         self._max_in_flight = max_in_flight
         self._engine_of = engine_of
         self._call = call
@@ -63,7 +67,7 @@ class ItemStream:
     async def _read(self) -> None:
         try:
             first = True
-            async for message in self._requests:
+            async for message in self._until_stopped():
                 self._read_options(message, first)
                 first = False
                 for item in message.items:
@@ -75,6 +79,31 @@ class ItemStream:
             while self._tasks:
                 await asyncio.wait(set(self._tasks))
             self._answers.put_nowait(_DONE)
+
+    async def _until_stopped(self) -> AsyncIterator[pb.StreamRewardRequest]:
+        """The client's messages, until it half-closes or ``stop`` is set: then the stream
+        raises UNAVAILABLE (``engine_of`` says the server drains), even while no message comes."""
+        if self._stop is None:
+            async for message in self._requests:
+                yield message
+            return
+        stopped = asyncio.ensure_future(self._stop.wait())
+        messages = self._requests.__aiter__()
+        try:
+            while True:
+                received = asyncio.ensure_future(messages.__anext__())
+                await asyncio.wait({received, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                if not received.done():
+                    received.cancel()
+                    self._engine_of()  # raises: the server drains
+                    return
+                try:
+                    message = received.result()
+                except StopAsyncIteration:
+                    return
+                yield message
+        finally:
+            stopped.cancel()
 
     def _read_options(self, message: pb.StreamRewardRequest, first: bool) -> None:
         if not message.HasField("options"):

@@ -13,11 +13,13 @@ from typing import Optional
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from rewardserve_client.v1 import reward_service_pb2 as pb
 from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
 SERVER_REQUEST_ID = "srv-"  # the fake's reply id: this prefix + the id the client sent
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RewardService"].full_name
 
 
 def _varint(value: int) -> bytes:
@@ -74,6 +76,7 @@ class FakeRewardService(pb_grpc.RewardServiceServicer):
     received: dict = field(default_factory=lambda: defaultdict(list))
     script: dict = field(default_factory=lambda: defaultdict(deque))
     reply_override: dict = field(default_factory=dict)
+    stream_metadata: list = field(default_factory=list)  # one dict per StreamReward call
 
     def push(self, method: str, *actions) -> None:
         self.script[method].extend(actions)
@@ -109,6 +112,14 @@ class FakeRewardService(pb_grpc.RewardServiceServicer):
 
     async def GetModelInfo(self, request, context):
         return await self._serve("GetModelInfo", request, context, lambda *_: MODEL_INFO)
+
+    async def StreamReward(self, request_iterator, context):
+        """Answers each item at once; its score is its number of messages."""
+        self.stream_metadata.append(dict(context.invocation_metadata()))
+        async for message in request_iterator:
+            for item in message.items:
+                score = float(len(item.conversation.messages))
+                yield pb.StreamRewardResponse(id=item.id, result=pb.ChatRewardResult(score=score))
 
 
 def _trailing(action: Fail) -> tuple:
@@ -182,13 +193,19 @@ MODEL_INFO = pb.GetModelInfoResponse(
 
 
 class ServerThread:
-    """A grpc.aio server on 127.0.0.1:0 driven by its own event loop in a daemon thread."""
+    """A grpc.aio server on 127.0.0.1:0 driven by its own event loop in a daemon thread.
 
-    def __init__(self, servicer: pb_grpc.RewardServiceServicer):
+    It serves the standard health service too (SERVING, until :meth:`set_serving` says otherwise),
+    which the clients' round-robin balancing watches.
+    """
+
+    def __init__(self, servicer: pb_grpc.RewardServiceServicer, address: str = "127.0.0.1:0"):
         self.servicer = servicer
+        self.address = address
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.server = None
+        self.health = None
         self.port = 0
 
     def _run(self, coro):
@@ -197,9 +214,18 @@ class ServerThread:
     async def _start(self) -> int:
         self.server = grpc.aio.server()
         pb_grpc.add_RewardServiceServicer_to_server(self.servicer, self.server)
-        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        port = self.server.add_insecure_port(self.address)
         await self.server.start()
         return port
+
+    def set_serving(self, serving: bool) -> None:
+        """Report the RewardService SERVING or NOT_SERVING on the health service."""
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._run(self.health.set(SERVICE_NAME, status))
 
     def start(self) -> "ServerThread":
         self.thread.start()

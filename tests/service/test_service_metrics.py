@@ -1,4 +1,4 @@
-"""Prometheus metrics of a real server on the demo model: RPC latency by method and code,
+"""Prometheus metrics of a real server on the demo model: RPCs by gRPC service, method and code,
 stream answers by code, batches, tokens, queue depth and drop counters, scraped over HTTP from --metrics-port."""
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def free_port() -> int:
 
 def sample(text: str, name: str, **labels: str) -> float:
     """The value of one sample in Prometheus text format (0 when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))  # the exposition sorts labels
     pattern = rf"^{re.escape(name)}(\{{{re.escape(want)}\}})? ([0-9.e+-]+)$" if want else rf"^{re.escape(name)} ([0-9.e+-]+)$"
     match = re.search(pattern, text, re.MULTILINE)
     return float(match.groups()[-1]) if match else 0.0
@@ -65,9 +65,16 @@ async def test_metrics_count_rpcs_batches_tokens_and_queue(demo_model_dir):
     assert sorted(a.WhichOneof("outcome") for a in answers) == ["error", "result"]
     assert sample(text, "rewardserve_stream_items_total", code="OK") == 1
     assert sample(text, "rewardserve_stream_items_total", code="INVALID_ARGUMENT") == 1
-    assert sample(text, "rewardserve_rpc_latency_seconds_count", code="OK", method="StreamReward") == 1
-    assert sample(text, "rewardserve_rpc_latency_seconds_count", code="OK", method="Encode") == 6
-    assert sample(text, "rewardserve_rpc_latency_seconds_count", code="INVALID_ARGUMENT", method="Encode") == 1
+    service = "rewardserve.v1.RewardService"
+    assert sample(text, "grpc_server_handled_total", grpc_type="bidi_stream", grpc_service=service,
+                  grpc_method="StreamReward", grpc_code="OK") == 1
+    assert sample(text, "grpc_server_handled_total", grpc_type="unary", grpc_service=service,
+                  grpc_method="Encode", grpc_code="OK") == 6
+    assert sample(text, "grpc_server_handled_total", grpc_type="unary", grpc_service=service,
+                  grpc_method="Encode", grpc_code="INVALID_ARGUMENT") == 1
+    assert sample(text, "grpc_server_started_total", grpc_type="unary", grpc_service=service, grpc_method="Encode") == 7
+    assert sample(text, "grpc_server_handling_seconds_count", grpc_type="unary", grpc_service=service,
+                  grpc_method="Encode") == 7
     chat_tokens = next(a.result.num_tokens for a in answers if a.WhichOneof("outcome") == "result")
     assert sample(text, "rewardserve_tokens_total") == sum(map(len, seqs)) + chat_tokens
     assert sample(text, "rewardserve_sequences_total") == 7

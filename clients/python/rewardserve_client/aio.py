@@ -33,13 +33,14 @@ class AsyncRewardClient:
                  backoff_multiplier: float = 2.0, jitter: float = 0.2,
                  credentials: Optional[grpc.ChannelCredentials] = None, secure: bool = False,
                  options: Optional[Sequence[Tuple[str, Any]]] = None,
-                 metadata: MetadataLike = None, clock: Callable[[], float] = time.monotonic,
+                 metadata: MetadataLike = None, auth_token: Optional[str] = None,
+                 clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  rng: Optional[random.Random] = None):
         self._core = ClientCore(target, timeout=timeout, max_retries=max_retries,
                                 initial_backoff=initial_backoff, max_backoff=max_backoff,
                                 backoff_multiplier=backoff_multiplier, jitter=jitter,
-                                metadata=metadata, clock=clock, rng=rng)
+                                metadata=metadata, auth_token=auth_token, clock=clock, rng=rng)
         self._sleep = sleep
         creds = resolve_credentials(credentials, secure)
         opts = merge_options(options)
@@ -132,6 +133,9 @@ class AsyncRewardClient:
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
         await self._channel.close()
+
+    def __repr__(self) -> str:
+        return self._core.describe(type(self).__name__)
 
     async def __aenter__(self) -> "AsyncRewardClient":
         return self

@@ -11,19 +11,26 @@ import json
 import sys
 from typing import Iterator, List, Optional, Sequence
 
+from rewardserve_client._base import AUTH_TOKEN_ENV
 from rewardserve_client.client import RewardClient
 from rewardserve_client.errors import RewardServeError
 
 
 def _add_connection_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default="localhost:50051", help="server HOST:PORT")
+    parser.add_argument("--target", default="localhost:50051",
+                        help="server HOST:PORT, or several: ipv4:A:PORT,B:PORT or "
+                             "dns:///NAME:PORT (calls go round-robin to the healthy ones)")
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
     parser.add_argument("--tls", action="store_true", help="TLS with the system's root certs")
+    parser.add_argument("--auth-token", default=None, metavar="TOKEN",
+                        help=f"bearer token sent with every call (default: ${AUTH_TOKEN_ENV}; "
+                             "prefer the variable, a command line is visible to other users)")
 
 
 def connect(args: argparse.Namespace) -> RewardClient:
     """A RewardClient for the connection arguments every subcommand shares."""
-    return RewardClient(args.target, timeout=args.timeout, secure=args.tls)
+    return RewardClient(args.target, timeout=args.timeout, secure=args.tls,
+                        auth_token=args.auth_token)
 
 
 def _print_json(value) -> None:
@@ -95,7 +102,7 @@ def add_chat_reward(subparsers) -> None:
 def run_openrlhf_proxy(args: argparse.Namespace) -> int:
     from rewardserve_client.integrations.openrlhf import PATH, OpenRLHFProxy
 
-    client = RewardClient(args.target, timeout=args.timeout, secure=args.tls)
+    client = connect(args)
     proxy = OpenRLHFProxy(args.target, host=args.host, port=args.port, client=client,
                           policy_tokenizer=args.policy_tokenizer)
     print(f"rewardserve-client: OpenRLHF reward proxy on http://{args.host}:{proxy.port}{PATH} "

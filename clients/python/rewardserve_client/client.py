@@ -25,7 +25,10 @@ class RewardClient:
     """Blocking client of a rewardserve server.
 
     Args:
-        target: ``"host:port"`` of the server.
+        target: ``"host:port"`` of the server, or a multi-address target
+            (``"ipv4:10.0.0.1:50051,10.0.0.2:50051"``, ``"dns:///rewardserve:50051"``): calls go
+            round-robin to every address whose health check is SERVING (a draining or loading
+            replica gets none). ``options=[("grpc.service_config", ...)]`` replaces that policy.
         timeout: default deadline of each call in seconds, retries included (None: no deadline).
         max_retries: retries after the first attempt, only on UNAVAILABLE and RESOURCE_EXHAUSTED.
         initial_backoff, max_backoff, backoff_multiplier, jitter: the exponential backoff
@@ -33,7 +36,10 @@ class RewardClient:
         credentials: ``grpc.ChannelCredentials`` for TLS (e.g. ``grpc.ssl_channel_credentials``).
         secure: TLS with the system's root certificates when no ``credentials`` are given.
         options: gRPC channel options, passed through (they override our message-size defaults).
-        metadata: metadata sent with every call (e.g. ``{"authorization": "Bearer ..."}``).
+        metadata: metadata sent with every call (e.g. ``{"x-team": "rl"}``).
+        auth_token: sent as ``authorization: Bearer <token>`` with every call; when None, the
+            ``REWARDSERVE_AUTH_TOKEN`` environment variable is read here, at construction (unless
+            ``metadata`` has an ``authorization`` entry). Never shown in reprs or errors.
         clock, sleep, rng: time source, sleep function and random source of the retry loop,
             replaceable for tests and simulations.
 
@@ -47,13 +53,14 @@ class RewardClient:
                  backoff_multiplier: float = 2.0, jitter: float = 0.2,
                  credentials: Optional[grpc.ChannelCredentials] = None, secure: bool = False,
                  options: Optional[Sequence[Tuple[str, Any]]] = None,
-                 metadata: MetadataLike = None, clock: Callable[[], float] = time.monotonic,
+                 metadata: MetadataLike = None, auth_token: Optional[str] = None,
+                 clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
                  rng: Optional[random.Random] = None):
         self._core = ClientCore(target, timeout=timeout, max_retries=max_retries,
                                 initial_backoff=initial_backoff, max_backoff=max_backoff,
                                 backoff_multiplier=backoff_multiplier, jitter=jitter,
-                                metadata=metadata, clock=clock, rng=rng)
+                                metadata=metadata, auth_token=auth_token, clock=clock, rng=rng)
         self._sleep = sleep
         creds = resolve_credentials(credentials, secure)
         opts = merge_options(options)
@@ -181,6 +188,9 @@ class RewardClient:
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
         self._channel.close()
+
+    def __repr__(self) -> str:
+        return self._core.describe(type(self).__name__)
 
     def __enter__(self) -> "RewardClient":
         return self

@@ -47,8 +47,13 @@ class RewardServeError(Exception):
         return f"{text} (request id {self.request_id})" if self.request_id else text
 
 
-class InvalidArgumentError(RewardServeError):
-    """INVALID_ARGUMENT: the request is wrong; retrying it cannot help."""
+class InvalidArgumentError(RewardServeError, ValueError):
+    """INVALID_ARGUMENT: the request is wrong; retrying it cannot help.
+
+    Raised by the server, or by the client itself before sending anything (see
+    :func:`invalid_argument`); ``details`` names the parameter or field and the item. Also a
+    ``ValueError``, so handlers written for the client's earlier plain ``ValueError`` still work.
+    """
 
 
 class ResourceExhaustedError(RewardServeError):
@@ -69,6 +74,12 @@ class InternalError(RewardServeError):
 
 class CallCancelledError(RewardServeError):
     """CANCELLED: the call was cancelled."""
+
+
+def invalid_argument(details: str) -> InvalidArgumentError:
+    """A refusal by the client itself (nothing was sent): ``details`` starts with the parameter
+    and item, e.g. ``"task: unknown value 'clasify'; expected one of: ..."``."""
+    return InvalidArgumentError(grpc.StatusCode.INVALID_ARGUMENT, details)
 
 
 _BY_CODE: Dict[grpc.StatusCode, Type[RewardServeError]] = {
