@@ -12,7 +12,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from rewardserve.engine.errors import (DeadlineExceededError, EngineError, EngineOverloadedError,
                                        EngineUnavailableError, InvalidInputError, ItemError, ItemFailedError,
-                                       RequestCancelledError, UnsupportedTaskError)
+                                       RequestCancelledError, UnsupportedTaskError, preview)
 from rewardserve.engine.reward import RewardResult, StepResult
 from rewardserve.engine.types import (ChatInput, EncodeInput, EncodeResult, ModelInfo, PolicyChat, PolicyText,
                                       PolicyTokenizerInfo, PoolingParams, PoolingTask, PoolingType, TextInput,
@@ -23,7 +23,7 @@ __all__ = [
     "ChatInput", "EncodeInput", "EncodeResult", "ModelInfo", "PolicyChat", "PolicyText", "PolicyTokenizerInfo",
     "PoolingParams", "PoolingTask", "PoolingType", "TextInput", "TokensInput", "RewardResult", "StepResult",
     "DeadlineExceededError", "EngineError", "EngineOverloadedError", "EngineUnavailableError",
-    "InvalidInputError", "ItemError", "ItemFailedError", "RequestCancelledError", "UnsupportedTaskError",
+    "InvalidInputError", "ItemError", "ItemFailedError", "RequestCancelledError", "UnsupportedTaskError", "preview",
 ]
 
 

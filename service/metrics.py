@@ -58,6 +58,12 @@ class ServerMetrics:
                                     registry=r)
         self._engine: EngineAPI | None = None
         r.register(_EngineCollector(lambda: self._engine))
+        self._malformed: dict[str, int] = {}
+        r.register(_MalformedCollector(lambda: self._malformed))
+
+    def bind_malformed(self, log: Any) -> None:
+        """Export ``log.counts`` (service/wire.py's MalformedLog: undecodable messages per method)."""
+        self._malformed = log.counts
 
     def bind_engine(self, engine: EngineAPI) -> None:
         """Observe ``engine``'s batches and read its queue depth at scrape time."""
@@ -102,6 +108,20 @@ class _EngineCollector:
         yield CounterMetricFamily("rewardserve_oom_splits", "Batches split after CUDA out of memory",
                                   value=stats.num_oom_splits)
         yield CounterMetricFamily("rewardserve_failed_items", "Sequences that failed alone", value=stats.num_failed_items)
+
+
+class _MalformedCollector:
+    """Undecodable request messages per method, read at scrape time."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self):
+        family = CounterMetricFamily("rewardserve_malformed_requests", "Request messages that did not decode "
+                                     "(answered INVALID_ARGUMENT)", labels=["grpc_method"])
+        for method, count in sorted(dict(self._counts()).items()):
+            family.add_metric([method], count)
+        yield family
 
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"

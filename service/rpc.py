@@ -19,6 +19,7 @@ import grpc
 
 from rewardserve.engine.api import DeadlineExceededError, EngineUnavailableError, InvalidInputError
 from rewardserve.service.errors import to_failure
+from rewardserve.service.wire import Malformed
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ async def _handle(method: Callable[[Any, Any, CallScope], Awaitable[Any]], servi
         header = _start_header(scope, context)
         if is_bad_id:
             raise _bad_id_error()
+        if isinstance(request, Malformed):
+            raise request.error  # the bytes did not decode (service/wire.py)
         scope.check_deadline()
         reply = await method(servicer, request, scope)
         await header

@@ -27,7 +27,6 @@ from typing import Any, Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
 from rewardserve.engine.api import EngineAPI
 from rewardserve.engine.config import EngineConfig
@@ -35,6 +34,7 @@ from rewardserve.service.auth import AuthInterceptor, TokenFile
 from rewardserve.service.config import ServeConfig, ServerConfig
 from rewardserve.service.logs import TraceInterceptor
 from rewardserve.service.metrics import MetricsInterceptor, ServerMetrics
+from rewardserve.service import wire
 from rewardserve.service.servicer import SERVICE_NAME, RewardServicer
 
 logger = logging.getLogger(__name__)
@@ -72,6 +72,9 @@ class RewardServer:
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self.metrics = ServerMetrics() if config.server.metrics_port else None
+        self.malformed = wire.MalformedLog()  # undecodable request messages, per method
+        if self.metrics:
+            self.metrics.bind_malformed(self.malformed)
         self.metrics_port: int | None = None
         # Read at construction: a missing or empty token file fails the start, not the first call.
         self.tokens = TokenFile(config.server.auth_token_file) if config.server.auth_token_file else None
@@ -95,7 +98,7 @@ class RewardServer:
         """Listen now; bring the engine up in the background (see ``wait_ready``)."""
         server = grpc.aio.server(options=self.config.server.channel_options(max_connections(self.config.server)),
                                  interceptors=self._interceptors())
-        pb_grpc.add_RewardServiceServicer_to_server(self._servicer, server)
+        wire.add_to_server(self._servicer, server, self.malformed)  # raw bytes in: a bad message is INVALID_ARGUMENT
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if self.config.server.reflection:
             reflection.enable_server_reflection(REFLECTED, server)

@@ -22,7 +22,7 @@ from typing import AsyncIterator, Callable
 
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
-from rewardserve.engine.api import ChatInput, EngineAPI, EngineOverloadedError, InvalidInputError
+from rewardserve.engine.api import ChatInput, EngineAPI, EngineOverloadedError, InvalidInputError, preview
 from rewardserve.service import chat_convert, convert
 from rewardserve.service.chat_convert import ChatOptions, Origin
 from rewardserve.service.errors import to_failure
@@ -131,7 +131,7 @@ class ItemStream:
         if not item.id:
             raise InvalidInputError("id", "must not be empty (answers are matched by it)")
         if item.id in self._ids:
-            raise InvalidInputError("id", f"{item.id!r} is already in flight in this stream")
+            raise InvalidInputError("id", f"{preview(item.id)} is already in flight in this stream")
         if not item.HasField("conversation"):
             raise InvalidInputError(ITEM_FIELD, "must be set")
         return chat_convert.conversation(item.conversation, self._options)
