@@ -17,7 +17,7 @@ from rewardserve_client.v1 import reward_service_pb2 as pb
 
 from rewardserve.engine.api import (EncodeInput, EncodeResult, InvalidInputError, ModelInfo, PolicyTokenizerInfo,
                                     PoolingParams, PoolingTask, PoolingType, RewardResult, StepResult, TextInput,
-                                    TokensInput)
+                                    TokensInput, preview)
 
 TASKS = {
     pb.POOLING_TASK_CLASSIFY: PoolingTask.CLASSIFY,
@@ -63,11 +63,29 @@ def reward_call(request: pb.RewardRequest) -> EncodeCall:
     return EncodeCall(encode_inputs(request.inputs), PoolingTask.TOKEN_CLASSIFY, params, request.priority)
 
 
-def encode_inputs(inputs: Sequence[pb.EncodeInput]) -> tuple[EncodeInput, ...]:
-    """Text or token ids per input; an empty list or an unset input is refused."""
+def encode_inputs(inputs: Sequence[pb.EncodeInput]) -> Sequence[EncodeInput]:
+    """Text or token ids per input, converted as the engine reads them (``ProtoInputs``); an
+    empty list is refused, an unset input once the engine reaches it."""
     if not inputs:
         raise InvalidInputError("inputs", "must not be empty")
-    return tuple(_encode_input(item, i) for i, item in enumerate(inputs))
+    return ProtoInputs(inputs)
+
+
+class ProtoInputs(Sequence[EncodeInput]):
+    """The request's inputs as engine inputs, converted one by one when read: the engine counts
+    them (``len``) and refuses a request over its item limit before a single Python object is
+    made per input; token ids stay the message's repeated field (see ``_encode_input``)."""
+
+    def __init__(self, inputs: Sequence[pb.EncodeInput]) -> None:
+        self._inputs = inputs
+
+    def __len__(self) -> int:
+        return len(self._inputs)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return _encode_input(self._inputs[index], index if index >= 0 else index + len(self))
 
 
 def _encode_input(item: pb.EncodeInput, index: int) -> EncodeInput:
@@ -75,10 +93,10 @@ def _encode_input(item: pb.EncodeInput, index: int) -> EncodeInput:
     if kind == "text":
         return TextInput(item.text)
     if kind == "token_ids":
-        ids = item.token_ids.ids[:]  # a list in one C call; iterating the field is slower
-        if not ids:
+        ids = item.token_ids.ids  # the repeated field itself: the engine counts it before copying any id
+        if not len(ids):
             raise InvalidInputError("inputs", "token_ids.ids must not be empty", index)
-        return TokensInput(tuple(ids))
+        return TokensInput(ids)
     raise InvalidInputError("inputs", "set either text or token_ids", index)
 
 
@@ -107,7 +125,7 @@ def _enum(value: int, table: dict[int, Any], where: str) -> Any:
     if value == 0:
         return None
     if value not in table:
-        raise InvalidInputError(where, f"unknown value {value}")
+        raise InvalidInputError(where, f"unknown value {preview(value)}")
     return table[value]
 
 

@@ -173,17 +173,27 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         start, code = time.perf_counter(), None
         try:
             yield
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # A stream the client killed ends its handler with GeneratorExit: not an OK.
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
             self._observe(labels, code, context, start)
 
     def _observe(self, labels: tuple[str, str, str], code, context, start: float) -> None:
+        if code is None and _was_cancelled(context):
+            code = grpc.StatusCode.CANCELLED  # the client went away: whatever the handler did, not OK
         code = code or context.code() or grpc.StatusCode.OK
         name = code.name if isinstance(code, grpc.StatusCode) else str(code)
         self.metrics.rpc_latency.labels(*labels).observe(time.perf_counter() - start)
         self.metrics.rpc_handled.labels(*labels, name).inc()
+
+
+def _was_cancelled(context) -> bool:
+    try:
+        return bool(context.cancelled())
+    except Exception:  # noqa: BLE001 - a context without the call (tests' fakes): not cancelled
+        return False
 
 
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}

@@ -18,6 +18,7 @@ The engine is injectable so tests can serve a fake one through the real transpor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import resource
 import time
@@ -64,7 +65,7 @@ class RewardServer:
 
     def __init__(self, config: ServeConfig, engine: EngineAPI | None = None, *,
                  loader: EngineLoader = load_engine) -> None:
-        self.config = config
+        self.config = config = with_result_limit(config)
         self.port: int | None = None
         self._engine = engine
         self._loader = loader
@@ -222,6 +223,16 @@ class RewardServer:
     async def _set_health(self, status: int) -> None:
         for name in HEALTH_CHECKED:
             await self._health.set(name, status)
+
+
+def with_result_limit(config: ServeConfig) -> ServeConfig:
+    """The engine's --max-result-mb, when left at 0, is this server's --max-send-message-mb: a
+    result that could not be sent is refused before it is computed."""
+    scheduler = config.engine.scheduler
+    if scheduler.max_result_mb > 0:
+        return config
+    scheduler = dataclasses.replace(scheduler, max_result_mb=config.server.max_send_message_mb)
+    return dataclasses.replace(config, engine=dataclasses.replace(config.engine, scheduler=scheduler))
 
 
 def max_connections(config: ServerConfig) -> int:

@@ -99,7 +99,6 @@ def _strategy(descriptor, depth: int = 0) -> st.SearchStrategy:
         if value is None:
             continue
         fields[f.name] = st.lists(value, max_size=3) if f.is_repeated else value
-    cls = getattr(pb, descriptor.name, None)
     return st.fixed_dictionaries({}, optional=fields).map(lambda kw: _build(descriptor, kw))
 
 
@@ -110,10 +109,7 @@ def _build(descriptor, kw):
     for name, value in kw.items():
         field = descriptor.fields_by_name[name]
         if field.is_repeated:
-            if field.type == FieldDescriptor.TYPE_MESSAGE:
-                getattr(message, name).extend(value)
-            else:
-                getattr(message, name).extend(value)
+            getattr(message, name).extend(value)
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
             getattr(message, name).CopyFrom(value)
         else:
@@ -278,4 +274,15 @@ def test_hypothesis_built_stream_messages_never_fail_unknown_or_internal(served)
     def check(messages):
         calls.stream([m.SerializeToString() for m in messages])
     check()
+    _assert_healthy(channel)
+
+
+def test_request_chat_template_is_refused_naming_it_by_default(served):
+    _, channel = served
+    chat = channel.unary_unary(f"/{SERVICE.full_name}/ChatReward")
+    request = pb.ChatRewardRequest(conversations=[_conversation()], chat_template="{% for i in range(10**9) %}{% endfor %}")
+    with pytest.raises(grpc.RpcError) as err:
+        chat(request.SerializeToString(), timeout=20)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("chat_template: request chat templates are off on this server")
     _assert_healthy(channel)

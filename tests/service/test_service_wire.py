@@ -63,3 +63,27 @@ async def test_undecodable_unary_and_stream_are_invalid_argument_and_counted(fak
         assert 'rewardserve_malformed_requests_total{grpc_method="Encode"} 1.0' in text
         reply = await live.stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(text="still fine")]), timeout=5)
         assert reply.results
+
+
+async def test_a_killed_stream_is_not_recorded_ok(fake, unused_tcp_port):
+    import asyncio
+
+    async with live_server(fake, metrics_port=unused_tcp_port) as live:
+        conversation = pb.Conversation(messages=[pb.ChatMessage(role="user", content="hi")])
+        for n in range(4):
+            requests: asyncio.Queue = asyncio.Queue()
+            await requests.put(pb.StreamRewardRequest(items=[pb.StreamItem(id=f"{n}", conversation=conversation)]))
+
+            async def messages():
+                while True:
+                    yield await requests.get()
+            call = live.stub.StreamReward(messages())
+            await call.read()  # one answer, the stream still open
+            call.cancel()
+        await asyncio.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{live.server.metrics_port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+    handled = [line for line in text.splitlines() if line.startswith("grpc_server_handled_total")
+               and 'grpc_method="StreamReward"' in line]
+    assert any('grpc_code="CANCELLED"' in line and line.endswith(" 4.0") for line in handled), handled
+    assert not any('grpc_code="OK"' in line for line in handled), handled
