@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -127,6 +127,15 @@ class EngineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+
+    def with_result_limit(self, default_mb: int) -> "EngineConfig":
+        """This config with --max-result-mb set to ``default_mb`` when it was left at 0 (a server
+        passes its --max-send-message-mb); itself otherwise."""
+        if self.scheduler.max_result_mb > 0:
+            return self
+        scheduler = replace(self.scheduler, max_result_mb=default_mb)
+        return replace(self, scheduler=scheduler)
 
 
 def from_dict(cls: type, values: dict[str, Any]) -> Any:

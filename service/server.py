@@ -228,11 +228,8 @@ class RewardServer:
 def with_result_limit(config: ServeConfig) -> ServeConfig:
     """The engine's --max-result-mb, when left at 0, is this server's --max-send-message-mb: a
     result that could not be sent is refused before it is computed."""
-    scheduler = config.engine.scheduler
-    if scheduler.max_result_mb > 0:
-        return config
-    scheduler = dataclasses.replace(scheduler, max_result_mb=config.server.max_send_message_mb)
-    return dataclasses.replace(config, engine=dataclasses.replace(config.engine, scheduler=scheduler))
+    engine = config.engine.with_result_limit(config.server.max_send_message_mb)
+    return config if engine is config.engine else dataclasses.replace(config, engine=engine)
 
 
 def max_connections(config: ServerConfig) -> int:
