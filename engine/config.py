@@ -128,7 +128,6 @@ class EngineConfig:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
-
     def with_result_limit(self, default_mb: int) -> "EngineConfig":
         """This config with --max-result-mb set to ``default_mb`` when it was left at 0 (a server
         passes its --max-send-message-mb); itself otherwise."""
