@@ -12,7 +12,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 
 from rewardserve.engine.errors import (DeadlineExceededError, EngineError, EngineOverloadedError,
                                        EngineUnavailableError, InvalidInputError, ItemError, ItemFailedError,
-                                       RequestCancelledError, UnsupportedTaskError)
+                                       RequestCancelledError, UnsupportedTaskError, preview)
 from rewardserve.engine.reward import RewardResult, StepResult
 from rewardserve.engine.score_types import ScoreMethod, ScoreOutput, ScoreParams, ScoreResult
 from rewardserve.engine.types import (ChatInput, EncodeInput, EncodeResult, ModelInfo, PolicyChat, PolicyText,
@@ -25,7 +25,7 @@ __all__ = [
     "PoolingParams", "PoolingTask", "PoolingType", "TextInput", "TokensInput", "RewardResult", "StepResult",
     "ScoreMethod", "ScoreOutput", "ScoreParams", "ScoreResult",
     "DeadlineExceededError", "EngineError", "EngineOverloadedError", "EngineUnavailableError",
-    "InvalidInputError", "ItemError", "ItemFailedError", "RequestCancelledError", "UnsupportedTaskError",
+    "InvalidInputError", "ItemError", "ItemFailedError", "RequestCancelledError", "UnsupportedTaskError", "preview",
 ]
 
 

@@ -92,7 +92,7 @@ class AsyncEngine:
         if _is_small_token_batch(inputs, self.core.config.scheduler.inline_prepare_max_tokens):  # no tokenizer work: a thread hop would cost more than it saves
             items = self.core.prepare(inputs, task, params)
         else:
-            items = await self._prepare(self.core.prepare, inputs, task, params)
+            items = await self._prepare(deadline, self.core.prepare, inputs, task, params)
         await self._run(items, "inputs", priority, deadline, request_id)
         return [self.core.to_result(it) for it in items]
 
@@ -101,7 +101,7 @@ class AsyncEngine:
                           request_id: str = "") -> list[RewardResult]:
         """Render each conversation with the chat template and score it."""
         self._check_ready()
-        items = await self._prepare(self.core.prepare_chat, conversations, params)
+        items = await self._prepare(deadline, self.core.prepare_chat, conversations, params)
         await self._run(items, "conversations", priority, deadline, request_id)
         return [self.core.to_reward(it) for it in items]
 
@@ -109,7 +109,7 @@ class AsyncEngine:
                     priority: int = 0, deadline: float | None = None, request_id: str = "") -> ScoreOutput:
         """Score ``query`` against each document (see engine/score.py); queued like ``encode``."""
         self._check_ready()
-        plan = await self._prepare(self.core.prepare_score, query, documents, params or ScoreParams())
+        plan = await self._prepare(deadline, self.core.prepare_score, query, documents, params or ScoreParams())
         try:
             await self._run(plan.items, "documents", priority, deadline, request_id)
         except ItemFailedError as exc:
@@ -121,19 +121,36 @@ class AsyncEngine:
             reason = "no replica left" if self._ready and not self.replicas.num_alive else "engine is not ready yet"
             raise EngineUnavailableError("draining" if self._draining else reason)
 
-    async def _prepare(self, fn: Callable[..., list[WorkItem]], *args: Any) -> list[WorkItem]:
+    async def _prepare(self, deadline: float | None, fn: Callable[..., list[WorkItem]], *args: Any) -> list[WorkItem]:
         # Requests waiting for the tokenizer pool count against the queue limit too: a flood of
         # text must be refused at the door, not pile up unbounded in front of the pool.
-        self.scheduler.check_room(self._num_preparing)
+        self.scheduler.check_room(self._num_preparing, deadline)
         self._num_preparing += 1
+        abandoned = threading.Event()
+
+        def job() -> list[WorkItem] | None:
+            # Its turn came: skip work whose caller left or whose deadline passed meanwhile.
+            if abandoned.is_set():
+                return None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceededError("deadline passed before the request was tokenized")
+            return fn(*args)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, job)
+        except asyncio.CancelledError:
+            abandoned.set()
+            self.scheduler.count_dropped("cancelled")  # abandoned while waiting for or in tokenization
+            raise
+        except DeadlineExceededError:
+            self.scheduler.count_dropped("expired")
+            raise
         finally:
             self._num_preparing -= 1
 
     async def _run(self, items: list[WorkItem], field: str, priority: int, deadline: float | None,
                    request_id: str) -> None:
         if deadline is not None and time.monotonic() >= deadline:
+            self.scheduler.count_dropped("expired")  # tokenized for nobody: counted, not queued
             raise DeadlineExceededError("deadline passed before the request was queued")
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
@@ -159,6 +176,7 @@ class AsyncEngine:
         self.scheduler.close()
         # Before the join (which a server may stop waiting for): tokenization not started is dropped.
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.core.close()  # request-template workers: a render still running is killed
         await asyncio.get_running_loop().run_in_executor(None, self.replicas.join, max(0.0, end - time.monotonic()) + 5)
         self.scheduler.abort(EngineUnavailableError("the engine stopped before this request was computed"))
         self._ready = False
@@ -172,7 +190,9 @@ def _is_small_token_batch(inputs: Sequence[EncodeInput], max_tokens: int) -> boo
         if ids is None:
             return False
         total += len(ids)
-    return total <= max_tokens
+        if total > max_tokens:
+            return False  # stop counting: a request of a million items is not read here
+    return True
 
 
 def _settle(future: asyncio.Future, request: Request) -> None:

@@ -6,6 +6,7 @@ Every field carries ``metadata["help"]``: that text is the documentation and the
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
@@ -29,6 +30,8 @@ class ModelConfig:
 
     model: str = option("", "Local folder in the Hugging Face layout, or a hub id (downloaded when a hub is reachable). "
                             "Empty (the default): the built-in demo model (random weights, meaningless scores).")
+    served_model_name: str | None = option(None, "The model's name in replies and GetModelInfo; defaults to the hub "
+                                                 "id, or the name of the --model folder (never a host path).")
     revision: str | None = option(None, "Hub revision (branch, tag or commit) when --model is a hub id.")
     tokenizer: str | None = option(None, "Tokenizer folder or hub id; defaults to --model.")
     dtype: str = option("auto", "Weights and activations dtype; auto takes the checkpoint's (float32 on CPU).", DTYPES)
@@ -38,9 +41,32 @@ class ModelConfig:
     head_dtype: str = option("float32", "Dtype of the score head: float32 keeps rewards exact under bf16 backbones.", HEAD_DTYPES)
     chat_template: str | None = option(None, "Chat template override: a file path or the template text "
                                              "(default: the tokenizer's own).")
+    allow_request_chat_template: bool = option(
+        False, "Let requests send their own chat_template (it is code: rendered in a worker process under "
+               "--request-template-timeout-ms and --request-template-max-chars); off: such requests get "
+               "INVALID_ARGUMENT naming chat_template.")
+    request_template_timeout_ms: int = option(
+        1000, "Time budget of one request chat template's rendering; past it the worker is stopped and the "
+              "request refused.", advanced=True)
+    request_template_max_chars: int = option(
+        1_000_000, "Output budget of one request chat template's rendering, in characters.", advanced=True)
+    request_template_memory_mb: int = option(
+        512, "Memory a request template worker may allocate beyond its own code (MiB).", advanced=True)
+    request_template_workers: int = option(
+        2, "Worker processes that render request chat templates (started on the first such request).",
+        advanced=True)
+    request_template_cache_size: int = option(
+        64, "Request chat templates whose turn markers are kept (least recently used dropped).", advanced=True)
     policy_tokenizer: tuple[str, ...] = option(
         (), "NAME=DIR (or NAME=HUB_ID) of a policy tokenizer whose token ids and rendered conversations "
             "ChatReward re-templates for this reward model; repeat for several policies.")
+
+    def served_name(self) -> str:
+        """--served-model-name, else the hub id, else the model folder's own name."""
+        if self.served_model_name:
+            return self.served_model_name
+        path = Path(self.model).expanduser()
+        return path.resolve().name if path.is_dir() else self.model
 
     def pooler_overrides(self) -> dict[str, Any]:
         """The parsed ``--pooler-config`` JSON (empty when unset)."""
@@ -113,6 +139,14 @@ class SchedulerConfig:
     max_wait_ms: float = option(0.0, "Wait up to this long for a fuller batch when the GPU is idle (0: run at once).")
     max_queue_requests: int = option(4096, "Most requests waiting; past it new work is refused (RESOURCE_EXHAUSTED).")
     max_queue_tokens: int = option(8_000_000, "Most tokens waiting; past it new work is refused (RESOURCE_EXHAUSTED).")
+    max_items_per_request: int = option(16384, "Most inputs (texts, token lists, conversations) in one request; "
+                                               "more are refused before any of them is read.")
+    max_input_chars: int = option(0, "Most characters of one text input (of a conversation: its contents); longer "
+                                     "texts are cut first when truncation is asked for, else refused, before "
+                                     "tokenization. 0: what can fit, max_model_len x the longest token's characters.")
+    max_result_mb: int = option(0, "Largest result of one request, in MiB (token_embed results are big): a request "
+                                   "whose result would be larger is refused before compute. 0: the server's "
+                                   "--max-send-message-mb (no limit in the offline engine).")
     tokenizer_workers: int = option(2, "Threads that tokenize and render chat templates off the event loop.")
     max_skips: int = option(64, "Queued items a batch cut looks past when the next one does not fit the token "
                                 "budget (it then leads the next batch).", advanced=True)
@@ -143,6 +177,14 @@ class EngineConfig:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    def with_result_limit(self, default_mb: int) -> "EngineConfig":
+        """This config with --max-result-mb set to ``default_mb`` when it was left at 0 (a server
+        passes its --max-send-message-mb); itself otherwise."""
+        if self.scheduler.max_result_mb > 0:
+            return self
+        scheduler = replace(self.scheduler, max_result_mb=default_mb)
+        return replace(self, scheduler=scheduler)
 
 
 def from_dict(cls: type, values: dict[str, Any]) -> Any:

@@ -9,19 +9,43 @@ import torch
 
 from rewardserve.engine import pooling, score
 from rewardserve.engine.config import EngineConfig
-from rewardserve.engine.errors import InvalidInputError
+from rewardserve.engine.errors import InvalidInputError, preview
 from rewardserve.engine.loader import load, model_info
 from rewardserve.engine.policy import PolicyTokenizers
-from rewardserve.engine.prepare import Limits, WorkItem, prepare
+from rewardserve.engine.prepare import Limits, WorkItem, check_count, prepare, resolve_max_chars
 from rewardserve.engine.retemplate import Retemplater
 from rewardserve.engine.replicas import replica_devices, replicate
 from rewardserve.engine.reward import RewardResult, to_reward_result
 from rewardserve.engine.runner import ModelRunner
 from rewardserve.engine.score import ScoreOutput, ScoreParams, ScorePlan
+from rewardserve.engine.template_pool import TemplatePool
+from rewardserve.engine.tokenizer import REQUEST_TEMPLATES_OFF, longest_token_chars
 from rewardserve.engine.types import (ChatInput, EncodeInput, EncodeResult, PoolingParams, PoolingTask,
                                       PoolingType)
 
 TRUNCATION_SIDES = ("left", "right")
+_MB = 1024 * 1024
+_FLOAT_BYTES = 4  # results travel as float32
+
+
+def result_bytes(item: WorkItem, hidden_size: int, num_labels: int) -> int:
+    """About how many bytes one item's result takes: [rows, columns] float32 values (twice for
+    classify tasks, which also return the logits)."""
+    pooling = item.pooling
+    rows = 1 if pooling.pooling_type == PoolingType.MEAN else len(item.positions)
+    if pooling.uses_head:
+        columns = len(pooling.returned_token_ids or ()) or num_labels
+        return 2 * rows * columns * _FLOAT_BYTES
+    return rows * (pooling.dimensions or hidden_size) * _FLOAT_BYTES
+
+
+def _template_pool(config: EngineConfig) -> TemplatePool | None:
+    """The request-template workers, when request templates are allowed (started on first use)."""
+    m = config.model
+    if not m.allow_request_chat_template:
+        return None
+    return TemplatePool(m.request_template_workers, m.request_template_timeout_ms / 1000,
+                        m.request_template_max_chars, m.request_template_memory_mb * 1024 * 1024)
 
 
 class EngineCore:
@@ -33,11 +57,18 @@ class EngineCore:
         self.traits = self.loaded.model.traits
         self.tokenizer = self.loaded.tokenizer
         self.server_params = pooling.server_params(config.model.pooler_overrides())
-        self.limits = Limits(self.traits.vocab_size, self.loaded.max_model_len, self.traits.append_token_id)
+        sched = config.scheduler
+        longest = longest_token_chars(self.tokenizer) if self.tokenizer else 1
+        self.limits = Limits(self.traits.vocab_size, self.loaded.max_model_len, self.traits.append_token_id,
+                             max_items=sched.max_items_per_request,
+                             max_chars=resolve_max_chars(sched.max_input_chars, self.loaded.max_model_len, longest))
         # Policy tokenizers load with the model, so the server needs no extra wiring for them.
         self.policies = PolicyTokenizers.load(config.model.policy_tokenizer, self.tokenizer)
         self.retemplater = Retemplater(self.policies)
-        self.info = dataclasses.replace(model_info(config.model.model, self.loaded),
+        self.template_pool = _template_pool(config) if self.tokenizer else None
+        if self.tokenizer:
+            self.tokenizer.use_request_templates(self.template_pool, config.model.request_template_cache_size)
+        self.info = dataclasses.replace(model_info(config.model.served_name(), self.loaded),
                                         policy_tokenizers=self.policies.infos())
         devices = replica_devices(self.loaded.device, config.parallel.data_parallel_size)
         # One runner per data-parallel replica (one without data parallelism); runners[0] is ``runner``.
@@ -61,7 +92,7 @@ class EngineCore:
         config, then the architecture default). An unset task follows ``pooling.default_task``."""
         merged = pooling.merge(self.server_params, params)
         if merged.truncation_side not in (None, *TRUNCATION_SIDES):
-            raise InvalidInputError("truncation.side", f"must be left or right, not {merged.truncation_side!r}")
+            raise InvalidInputError("truncation.side", f"must be left or right, not {preview(merged.truncation_side)}")
         resolved = pooling.resolve(self.traits, task, merged)
         if resolved.uses_head:
             pooling.validate_returned_ids(resolved, self.traits.num_labels)
@@ -73,8 +104,9 @@ class EngineCore:
 
         Conversations with a policy ``response`` or ``rendered`` form are re-templated first."""
         resolved, merged = self.plan(task, params)
+        check_count(inputs, self.limits, field)  # before re-templating reads a single input
         inputs = self.retemplater.resolve_all(inputs, field)  # other inputs pass unchanged
-        return prepare(inputs, resolved, merged, self.tokenizer, self.limits, field)
+        return self.check_result_size(prepare(inputs, resolved, merged, self.tokenizer, self.limits, field), field)
 
     def prepare_score(self, query: Any, documents: Sequence[Any], params: ScoreParams) -> ScorePlan:
         """Score: one WorkItem per (query, document) pair, or per text for embedding models."""
@@ -92,6 +124,7 @@ class EngineCore:
         ``--pooler-config`` step_tag_id makes a PRM of a model without one. Policy responses
         and rendered conversations (``PolicyChat``) are re-templated first.
         """
+        self.check_request_templates(conversations)
         conversations = self.retemplater.resolve_all(conversations)
         step_tag = pooling.merge(self.server_params, params).step_tag_id
         step_tag = self.traits.step_tag_id if step_tag is None else step_tag
@@ -101,7 +134,34 @@ class EngineCore:
             step = PoolingParams(pooling_type=PoolingType.STEP, step_tag_id=step_tag)
             resolved, merged = self.plan(PoolingTask.TOKEN_CLASSIFY, pooling.merge(params or PoolingParams(), step))
             resolved = dataclasses.replace(resolved, reads_last=True)
-        return prepare(conversations, resolved, merged, self.tokenizer, self.limits, "conversations")
+        return self.check_result_size(
+            prepare(conversations, resolved, merged, self.tokenizer, self.limits, "conversations"), "conversations")
+
+    def check_result_size(self, items: list[WorkItem], field: str) -> list[WorkItem]:
+        """Refuse, before compute, a request whose result would not fit --max-result-mb (a reply
+        the server could not send would be computed for nothing, and retried)."""
+        limit_mb = self.config.scheduler.max_result_mb
+        if limit_mb <= 0:
+            return items
+        total = 0
+        for item in items:
+            total += result_bytes(item, self.traits.hidden_size, self.traits.num_labels)
+            if total > limit_mb * _MB:
+                raise InvalidInputError(field, f"the result would hold about {total / _MB:.1f} MiB by this input, "
+                                        f"more than the limit of {limit_mb} MiB (--max-result-mb, by default the "
+                                        "server's --max-send-message-mb); send fewer or shorter inputs or fewer "
+                                        "dimensions", item.index)
+        return items
+
+    def check_request_templates(self, conversations: Sequence[ChatInput]) -> None:
+        """A request's own chat template is code: refused unless --allow-request-chat-template."""
+        if self.template_pool is None and any(chat.chat_template for chat in conversations):
+            raise InvalidInputError("chat_template", REQUEST_TEMPLATES_OFF)
+
+    def close(self) -> None:
+        """Stop the request-template workers (the model itself goes with the process)."""
+        if self.template_pool is not None:
+            self.template_pool.close()
 
     @staticmethod
     def to_result(item: WorkItem) -> EncodeResult:

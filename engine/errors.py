@@ -2,6 +2,16 @@
 from __future__ import annotations
 
 
+PREVIEW_CHARS = 40  # how much of a caller's value an error message echoes
+
+
+def preview(value: object, limit: int = PREVIEW_CHARS) -> str:
+    """``repr(value)`` cut to a short prefix: an error names the bad value without echoing a
+    10 KB role (or template) back into the reply's trailers."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
 class EngineError(Exception):
     """Base class of every error the engine raises on purpose."""
 

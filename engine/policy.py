@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from rewardserve.engine.chat_markers import TemplateMarkers
-from rewardserve.engine.errors import EngineError, InvalidInputError
+from rewardserve.engine.errors import EngineError, InvalidInputError, preview
 from rewardserve.engine.tokenizer import Tokenizer
 from rewardserve.engine.types import OWN_TOKENIZER as OWN
 from rewardserve.engine.types import PolicyChat, PolicyText, PolicyTokenizerInfo
@@ -72,7 +72,7 @@ class PolicyTokenizers:
         """The tokenizer called ``name``; an unknown name is the caller's error (``field[index]: part: …``)."""
         if name not in self._by_name:
             known = ", ".join(repr(n) for n in self.names()) or "none"
-            raise InvalidInputError(field, f"{part}: unknown policy tokenizer {name!r} (this server knows: "
+            raise InvalidInputError(field, f"{part}: unknown policy tokenizer {preview(name)} (this server knows: "
                                     f"{known}; start it with --policy-tokenizer NAME=DIR)", index)
         return self._by_name[name]
 

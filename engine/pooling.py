@@ -90,6 +90,10 @@ def resolve(traits: ModelTraits, task: PoolingTask | None, params: PoolingParams
     step_tag_id = params.step_tag_id if params.step_tag_id is not None else traits.step_tag_id
     if pooling_type == PoolingType.STEP and step_tag_id is None:
         raise InvalidInputError("pooling.step_tag_id", "STEP pooling needs a step tag token id")
+    if step_tag_id is not None and not 0 <= step_tag_id < traits.vocab_size:
+        # It could never match a token: every sequence would have 0 step positions.
+        raise InvalidInputError("pooling.step_tag_id", f"{step_tag_id} is outside the vocabulary "
+                                                       f"(0..{traits.vocab_size - 1})")
     use_activation = True if params.use_activation is None else params.use_activation
     activation = traits.activation if task in (PoolingTask.CLASSIFY, PoolingTask.TOKEN_CLASSIFY) else None
     returned = params.returned_token_ids or traits.returned_token_ids

@@ -5,7 +5,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from rewardserve.engine.errors import InvalidInputError
+from rewardserve.engine.errors import InvalidInputError, preview
 from rewardserve.engine.pooling import ResolvedPooling, pooled_positions
 from rewardserve.engine.tokenizer import Tokenizer
 from rewardserve.engine.types import (ChatInput, EncodeInput, PoolingParams, PoolingType, TextInput, TokensInput,
@@ -42,13 +42,77 @@ class WorkItem:
         return n - 1 if outcome_only else n
 
 
+# A text cut before tokenizing keeps this many characters beyond what can fit, so that the
+# tokenization near the cut (which may split a word differently) stays outside the kept tokens.
+CUT_MARGIN_CHARS = 4096
+
+
 @dataclass(frozen=True)
 class Limits:
-    """What the served model accepts."""
+    """What the served model accepts, checked before any tokenization or allocation."""
 
     vocab_size: int
     max_model_len: int
     append_token_id: int | None = None  # e.g. InternLM2's reward token after text/chat inputs
+    max_items: int = 1 << 62            # --max-items-per-request
+    max_chars: int = 1 << 62            # --max-input-chars, resolved (characters of one input)
+
+
+def resolve_max_chars(configured: int, max_model_len: int, longest_token_chars: int) -> int:
+    """--max-input-chars, or (0) what can fit: max_model_len tokens of the longest token's length.
+    A text longer than that has more than max_model_len tokens (every token covers at most
+    ``longest_token_chars`` characters), so it can be cut or refused before tokenizing it."""
+    return configured if configured > 0 else max_model_len * max(1, longest_token_chars)
+
+
+def check_count(inputs: Sequence[Any], limits: Limits, field_name: str) -> None:
+    """Refuse an empty request, or one with more items than --max-items-per-request (before
+    any item is looked at)."""
+    if not inputs:
+        raise InvalidInputError(field_name, "must not be empty")
+    if len(inputs) > limits.max_items:
+        raise InvalidInputError(field_name, f"has {len(inputs)} items, more than the limit of {limits.max_items} "
+                                            "(--max-items-per-request); split the request")
+
+
+def fit_text(text: str, index: int, params: PoolingParams, limits: Limits, field_name: str) -> str:
+    """A text within --max-input-chars as it is; a longer one cut on the truncation side (when
+    truncation is asked for; the margin keeps the result equal to tokenize-then-truncate) or
+    refused, before it is tokenized."""
+    if len(text) <= limits.max_chars:
+        return text
+    if params.truncate_prompt_tokens is None:
+        raise InvalidInputError(field_name, f"text has {len(text)} characters, more than the limit of "
+                                f"{limits.max_chars} (--max-input-chars; max_model_len is {limits.max_model_len} "
+                                "tokens); set truncate_prompt_tokens to truncate", index)
+    room = limits.max_chars + CUT_MARGIN_CHARS
+    return text[len(text) - room:] if (params.truncation_side or "left") == "left" else text[:room]
+
+
+def check_chat_chars(messages: Sequence[Any], index: int, limits: Limits, field_name: str) -> None:
+    """A conversation whose contents alone exceed --max-input-chars is refused before rendering."""
+    total = sum(len(m.get("content") or "") for m in messages
+                if isinstance(m, dict) and isinstance(m.get("content"), str))
+    if total > limits.max_chars:
+        raise InvalidInputError(field_name, f"conversation has {total} characters of content, more than the limit "
+                                f"of {limits.max_chars} (--max-input-chars)", index)
+
+
+def cut_ids(ids: Sequence[Any], index: int, params: PoolingParams, limits: Limits, field_name: str) -> Sequence[Any]:
+    """Caller-given ids counted before any list is built (``ids`` may be the wire message's
+    repeated field): too many without truncation is refused; with truncation only the kept end
+    (plus one id, so that ``truncate`` still cuts and reports it) is copied out."""
+    keep = params.truncate_prompt_tokens
+    if keep is None:
+        if len(ids) > limits.max_model_len:
+            raise InvalidInputError(field_name, f"input has {len(ids)} tokens, more than max_model_len "
+                                    f"{limits.max_model_len}; set truncate_prompt_tokens to truncate", index)
+        return ids
+    keep = limits.max_model_len if keep == -1 else keep
+    if not 0 < keep <= limits.max_model_len or len(ids) <= keep + 1:
+        return ids  # ``truncate`` names a bad keep; short inputs need no cut
+    left = (params.truncation_side or "left") == "left"
+    return ids[len(ids) - keep - 1:] if left else ids[:keep + 1]
 
 
 def to_input(value: Any, index: int, field_name: str) -> EncodeInput:
@@ -60,16 +124,17 @@ def to_input(value: Any, index: int, field_name: str) -> EncodeInput:
 
 
 def to_token_ids(item: EncodeInput, index: int, tokenizer: Tokenizer | None, params: PoolingParams,
-                 field_name: str) -> list[int]:
+                 field_name: str, limits: Limits) -> list[int]:
     """Tokenize text, render conversations, or take token ids as given (checked to be integers)."""
     if isinstance(item, TokensInput):
-        return integer_ids(item.token_ids, index, field_name)
+        return integer_ids(cut_ids(item.token_ids, index, params, limits, field_name), index, field_name)
     if tokenizer is None:
         raise InvalidInputError(field_name, "this server has no tokenizer; send token_ids", index)
     if isinstance(item, TextInput):
         add = True if params.add_special_tokens is None else params.add_special_tokens
-        return tokenizer.encode(item.text, add_special_tokens=add)
+        return tokenizer.encode(fit_text(item.text, index, params, limits, field_name), add_special_tokens=add)
     if isinstance(item, ChatInput):
+        check_chat_chars(item.messages, index, limits, field_name)
         return tokenizer.render_chat(item, field_name, index)
     raise InvalidInputError(field_name, f"unsupported input type {type(item).__name__}", index)
 
@@ -81,7 +146,7 @@ def integer_ids(ids: Sequence[Any], index: int, field_name: str) -> list[int]:
     wrong = next((t for t in ids if isinstance(t, bool) or not isinstance(t, numbers.Integral)), None)
     if wrong is not None:
         raise InvalidInputError(field_name, f"token ids must be integers, not {type(wrong).__name__} "
-                                f"({wrong!r})", index)
+                                f"({preview(wrong)})", index)
     return [int(t) for t in ids]
 
 
@@ -121,12 +186,11 @@ def truncate(ids: list[int], index: int, params: PoolingParams, limits: Limits,
 def prepare(inputs: Sequence[Any], pooling: ResolvedPooling, params: PoolingParams,
             tokenizer: Tokenizer | None, limits: Limits, field_name: str = "inputs") -> list[WorkItem]:
     """Validate every input; the first bad one raises, naming its field and index."""
-    if not inputs:
-        raise InvalidInputError(field_name, "must not be empty")
+    check_count(inputs, limits, field_name)
     items = []
     for index, value in enumerate(inputs):
         item = to_input(value, index, field_name)
-        ids = to_token_ids(item, index, tokenizer, params, field_name)
+        ids = to_token_ids(item, index, tokenizer, params, field_name, limits)
         appends = limits.append_token_id is not None and not isinstance(item, TokensInput)
         tail = (limits.append_token_id,) if appends else ()
         check_tokens([*ids, *tail], index, limits, field_name)

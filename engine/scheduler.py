@@ -92,12 +92,14 @@ class Scheduler:
             self.stats.queued_tokens += request.num_tokens
             self._cond.notify()
 
-    def check_room(self, num_preparing: int) -> None:
+    def check_room(self, num_preparing: int, deadline: float | None = None) -> None:
         """Refuse a request before it is tokenized when the queue plus the requests still being
-        prepared already hold ``max_queue_requests`` (tokens are counted once they are known)."""
+        prepared already hold ``max_queue_requests`` (tokens are counted once they are known), or
+        when the queue alone would outlast its deadline."""
         with self._cond:
             full = self.stats.queued_requests + num_preparing + 1 > self.config.max_queue_requests
             self._refuse_if_full(full_requests=full, full_tokens=False)
+            self._refuse_if_too_late(deadline, 0)
 
     def _admit(self, request: Request) -> None:
         if not self.bounded:
@@ -106,6 +108,33 @@ class Scheduler:
         full_requests = stats.queued_requests + 1 > cfg.max_queue_requests
         full_tokens = stats.queued_tokens + request.num_tokens > cfg.max_queue_tokens
         self._refuse_if_full(full_requests, full_tokens)
+        self._refuse_if_too_late(request.deadline, request.num_tokens)
+
+    def expected_wait_s(self, num_tokens: int = 0) -> float:
+        """Seconds until ``num_tokens`` more would be computed behind today's queue, at the
+        measured throughput (every priority counted: an estimate that errs on the safe side)."""
+        return (self.stats.queued_tokens + num_tokens) / self.throughput_tok_s
+
+    def _refuse_if_too_late(self, deadline: float | None, num_tokens: int) -> None:
+        """Deadline-aware admission: work that cannot finish before its caller's deadline is
+        refused now (RESOURCE_EXHAUSTED with a retry delay) instead of computed for nobody."""
+        if not self.bounded or deadline is None:
+            return
+        wait = self.expected_wait_s(num_tokens)
+        remaining = deadline - self.clock()
+        if wait > remaining:
+            self.stats.num_rejected += 1
+            retry = min(5.0, max(0.05, self.expected_wait_s() - max(0.0, remaining)))
+            raise EngineOverloadedError(f"the queue holds about {wait:.2f}s of work, more than the "
+                                        f"{max(0.0, remaining):.2f}s left before the deadline: retry after "
+                                        f"{retry:.2f}s", retry)
+
+    def count_dropped(self, reason: str) -> None:
+        """Count work dropped before it reached the queue (``expired`` or ``cancelled`` while
+        it waited for, or ran on, the tokenizer threads)."""
+        with self._cond:
+            name = f"num_{reason}"
+            setattr(self.stats, name, getattr(self.stats, name) + 1)
 
     def _refuse_if_full(self, full_requests: bool, full_tokens: bool) -> None:
         stats = self.stats

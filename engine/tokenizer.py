@@ -3,13 +3,17 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
 from rewardserve.engine.chat_markers import TemplateMarkers, learn_markers
-from rewardserve.engine.errors import InvalidInputError
+from rewardserve.engine.errors import InvalidInputError, preview
+from rewardserve.engine.template_pool import TemplateError, TemplatePool
 from rewardserve.engine.types import ChatInput
 
+REQUEST_TEMPLATES_OFF = ("request chat templates are off on this server (start it with "
+                         "--allow-request-chat-template to allow them); leave it empty for the model's own")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
@@ -20,8 +24,18 @@ class Tokenizer:
         self.hf = hf_tokenizer
         self.folder = folder
         self.chat_template = chat_template or getattr(hf_tokenizer, "chat_template", None)
-        self._markers: dict[str, TemplateMarkers | None] = {}
+        # Turn markers per template, keyed by the template's digest (a 1 MB template is not kept),
+        # least recently used dropped past ``_markers_size``: request templates are many.
+        self._markers: OrderedDict[bytes, TemplateMarkers | None] = OrderedDict()
+        self._markers_size = 64
         self._markers_lock = threading.Lock()
+        self._request_templates: TemplatePool | None = None
+
+    def use_request_templates(self, pool: TemplatePool | None, cache_size: int) -> None:
+        """Render request chat templates in ``pool`` (None: refuse them); keep the turn markers
+        of at most ``cache_size`` templates."""
+        self._request_templates = pool
+        self._markers_size = max(1, cache_size)
 
     @classmethod
     def load(cls, name_or_path: str | Path, chat_template: str | None = None) -> "Tokenizer":
@@ -59,31 +73,50 @@ class Tokenizer:
             raise InvalidInputError("chat_template", "the model has no chat template; pass one", index)
         check_messages(chat.messages, field, index)
         try:
-            text = self.hf.apply_chat_template(
-                list(chat.messages), chat_template=template, tokenize=False,
-                add_generation_prompt=chat.add_generation_prompt,
-                continue_final_message=chat.continue_final_message, **chat.chat_template_kwargs)
+            text = self._render(chat.messages, chat.chat_template, add_generation_prompt=chat.add_generation_prompt,
+                                continue_final_message=chat.continue_final_message, **chat.chat_template_kwargs)
+        except TemplateError as exc:  # a request template over its budget, or failing in its worker
+            raise InvalidInputError("chat_template", str(exc), index) from None
+        except InvalidInputError:
+            raise
         except Exception as exc:  # jinja errors, raise_exception() in templates
-            raise InvalidInputError(field, f"chat template failed: {exc}", index) from None
+            raise InvalidInputError(field, f"chat template failed: {preview(str(exc), 200)}", index) from None
         return self.encode(text, add_special_tokens=False)
 
     def render_text(self, messages: Sequence[dict[str, Any]], template: str | None = None, **options: Any) -> str:
         """Render messages with a chat template (the model's unless given) to text, untokenized."""
-        return self.hf.apply_chat_template(list(messages), chat_template=template or self.chat_template,
-                                           tokenize=False, **options)
+        return self._render(messages, template, **options)
+
+    def _render(self, messages: Sequence[dict[str, Any]], request_template: str | None, **options: Any) -> str:
+        """The model's template renders here; a request's own template only in the worker pool."""
+        if not request_template or request_template == self.chat_template:
+            return self.hf.apply_chat_template(list(messages), chat_template=self.chat_template, tokenize=False,
+                                               **options)
+        if self._request_templates is None:
+            raise InvalidInputError("chat_template", REQUEST_TEMPLATES_OFF)
+        # What apply_chat_template passes the template: the special tokens, then the options.
+        return self._request_templates.render(request_template, messages, {**self.hf.special_tokens_map, **options})
 
     def markers(self, template: str | None = None) -> TemplateMarkers | None:
         """The turn markers of ``template`` (the model's unless given); None when not learnable.
 
-        Learned once per template text: request-level template overrides are cached too.
+        Learned once per template: request-level templates are cached too (bounded, see
+        ``use_request_templates``).
         """
         template = template or self.chat_template
         if not template:
             return None
+        key = hashlib.sha256(template.encode("utf-8", "surrogatepass")).digest()
         with self._markers_lock:
-            if template not in self._markers:
-                self._markers[template] = learn_markers(lambda msgs: self.render_text(msgs, template))
-            return self._markers[template]
+            if key in self._markers:
+                self._markers.move_to_end(key)
+                return self._markers[key]
+        learned = learn_markers(lambda msgs: self.render_text(msgs, template))
+        with self._markers_lock:
+            self._markers[key] = learned
+            while len(self._markers) > self._markers_size:
+                self._markers.popitem(last=False)
+        return learned
 
     def encode_rendered(self, text: str) -> list[int]:
         """Tokenize text that may already start with BOS (a rendered template): BOS only once."""
@@ -123,6 +156,14 @@ class Tokenizer:
         return digest.hexdigest() if self.folder else ""
 
 
+def longest_token_chars(tokenizer: Tokenizer) -> int:
+    """Characters of the vocabulary's longest token string (added tokens included). Raw token
+    strings are never shorter than the text they stand for (byte-level BPE spells each byte as one
+    character; SentencePiece's '▁' is one space), so no token covers more text than this."""
+    vocab = tokenizer.hf.get_vocab()
+    return max((len(token) for token in vocab), default=1)
+
+
 KNOWN_ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
@@ -134,7 +175,7 @@ def check_messages(messages: tuple, field: str, index: int | None) -> None:
         role = message.get("role") if isinstance(message, dict) else None
         if role not in KNOWN_ROLES:
             where = f"{field}[{i}].role" if index is None else f"{field}"
-            raise InvalidInputError(where, f"unknown role {role!r} in message {i} "
+            raise InvalidInputError(where, f"unknown role {preview(role)} in message {i} "
                                     f"(expected one of {', '.join(KNOWN_ROLES)})", index)
         if not isinstance(message.get("content", ""), str):
             raise InvalidInputError(field, f"message {i} content must be text", index)

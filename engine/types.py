@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 if TYPE_CHECKING:
     import torch
@@ -64,9 +64,10 @@ class TextInput:
 
 @dataclass(frozen=True)
 class TokensInput:
-    """Token ids already produced by the model's tokenizer."""
+    """Token ids already produced by the model's tokenizer. Any sequence of ints: a server may
+    pass its wire message's repeated field, which the engine counts before copying ids out."""
 
-    token_ids: tuple[int, ...]
+    token_ids: Sequence[int]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from rewardserve_client.v1 import reward_service_pb2 as pb
 
 from rewardserve.engine.api import (EncodeInput, EncodeResult, InvalidInputError, ModelInfo, PolicyTokenizerInfo,
                                     PoolingParams, PoolingTask, PoolingType, RewardResult, StepResult, TextInput,
-                                    TokensInput)
+                                    TokensInput, preview)
 
 TASKS = {
     pb.POOLING_TASK_CLASSIFY: PoolingTask.CLASSIFY,
@@ -64,12 +64,31 @@ def reward_call(request: pb.RewardRequest) -> EncodeCall:
     return EncodeCall(encode_inputs(request.inputs), PoolingTask.TOKEN_CLASSIFY, params, request.priority)
 
 
-def encode_inputs(inputs: Sequence[pb.EncodeInput], chat: pb.ChatOptions | None = None) -> tuple[EncodeInput, ...]:
-    """Text, token ids or a conversation per input; an empty list or an unset input is refused.
+def encode_inputs(inputs: Sequence[pb.EncodeInput], chat: pb.ChatOptions | None = None) -> Sequence[EncodeInput]:
+    """Text, token ids or a conversation per input, converted as the engine reads them
+    (``ProtoInputs``); an empty list is refused, an unset input once the engine reaches it.
     ``chat`` says how conversations are rendered (EncodeRequest.chat_options)."""
     if not inputs:
         raise InvalidInputError("inputs", "must not be empty")
-    return tuple(_encode_input(item, i, chat) for i, item in enumerate(inputs))
+    return ProtoInputs(inputs, chat)
+
+
+class ProtoInputs(Sequence[EncodeInput]):
+    """The request's inputs as engine inputs, converted one by one when read: the engine counts
+    them (``len``) and refuses a request over its item limit before a single Python object is
+    made per input; token ids stay the message's repeated field (see ``_encode_input``)."""
+
+    def __init__(self, inputs: Sequence[pb.EncodeInput], chat: pb.ChatOptions | None = None) -> None:
+        self._inputs = inputs
+        self._chat = chat
+
+    def __len__(self) -> int:
+        return len(self._inputs)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return _encode_input(self._inputs[index], index if index >= 0 else index + len(self), self._chat)
 
 
 def _encode_input(item: pb.EncodeInput, index: int, chat: pb.ChatOptions | None = None) -> EncodeInput:
@@ -82,7 +101,7 @@ def _encode_input(item: pb.EncodeInput, index: int, chat: pb.ChatOptions | None 
     if kind == "text":
         return TextInput(item.text)
     if kind == "token_ids":  # empty ids are the engine's to refuse, as every empty input
-        return TokensInput(tuple(item.token_ids.ids[:]))  # a list in one C call; iterating the field is slower
+        return TokensInput(item.token_ids.ids)  # the repeated field itself: the engine counts it before copying any id
     raise InvalidInputError("inputs", "set either text or token_ids, or a conversation", index)
 
 
@@ -111,7 +130,7 @@ def _enum(value: int, table: dict[int, Any], where: str) -> Any:
     if value == 0:
         return None
     if value not in table:
-        raise InvalidInputError(where, f"unknown value {value}")
+        raise InvalidInputError(where, f"unknown value {preview(value)}")
     return table[value]
 
 

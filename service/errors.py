@@ -32,6 +32,11 @@ from rewardserve.engine.api import (DeadlineExceededError, EngineOverloadedError
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_KEY = "retry-after-ms"
+# Trailers must fit the client's metadata limit (gRPC's default soft limit is 8 KiB) whatever the
+# error echoes: the message travels twice (grpc-message, percent-encoded: up to 12 bytes per
+# non-ASCII character; and inside grpc-status-details-bin, base64) beside the field violation.
+MAX_MESSAGE_CHARS = 256
+MAX_FIELD_CHARS = 128
 
 # Looked up along the exception's MRO, so UnsupportedTaskError (an InvalidInputError) and any
 # future subclass land on their parent's row.
@@ -69,12 +74,20 @@ def to_failure(exc: BaseException, request_id: str) -> RpcFailure:
         # The traceback may hold paths, inputs or model internals: log it, reply with the id only.
         logger.error("internal error (request id %s)", request_id, exc_info=exc)
         return _failure(code, f"internal error (request id {request_id})")
-    message = str(exc) or code.name.lower()
+    message = bounded(str(exc) or code.name.lower(), MAX_MESSAGE_CHARS)
     if isinstance(exc, InvalidInputError):
         return _failure(code, message, [_bad_request(exc)])
     if isinstance(exc, EngineOverloadedError):
         return _overloaded(exc, message)
     return _failure(code, message)
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (saying how much was cut)."""
+    if len(text) <= limit:
+        return text
+    tail = f"... [{len(text) - limit} more chars]"
+    return text[:max(0, limit - len(tail))] + tail
 
 
 def _failure(code: grpc.StatusCode, message: str, details: list | None = None,
@@ -90,7 +103,8 @@ def _failure(code: grpc.StatusCode, message: str, details: list | None = None,
 
 def _bad_request(exc: InvalidInputError) -> error_details_pb2.BadRequest:
     where = exc.field if exc.index is None else f"{exc.field}[{exc.index}]"
-    violation = error_details_pb2.BadRequest.FieldViolation(field=where, description=exc.reason)
+    violation = error_details_pb2.BadRequest.FieldViolation(field=bounded(where, MAX_FIELD_CHARS),
+                                                            description=bounded(exc.reason, MAX_MESSAGE_CHARS))
     return error_details_pb2.BadRequest(field_violations=[violation])
 
 

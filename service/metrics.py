@@ -58,6 +58,12 @@ class ServerMetrics:
                                     registry=r)
         self._engine: EngineAPI | None = None
         r.register(_EngineCollector(lambda: self._engine))
+        self._malformed: dict[str, int] = {}
+        r.register(_MalformedCollector(lambda: self._malformed))
+
+    def bind_malformed(self, log: Any) -> None:
+        """Export ``log.counts`` (service/wire.py's MalformedLog: undecodable messages per method)."""
+        self._malformed = log.counts
 
     def bind_engine(self, engine: EngineAPI) -> None:
         """Observe ``engine``'s batches and read its queue depth at scrape time."""
@@ -104,6 +110,20 @@ class _EngineCollector:
         yield CounterMetricFamily("rewardserve_oom_splits", "Batches split after CUDA out of memory",
                                   value=stats.num_oom_splits)
         yield CounterMetricFamily("rewardserve_failed_items", "Sequences that failed alone", value=stats.num_failed_items)
+
+
+class _MalformedCollector:
+    """Undecodable request messages per method, read at scrape time."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self):
+        family = CounterMetricFamily("rewardserve_malformed_requests", "Request messages that did not decode "
+                                     "(answered INVALID_ARGUMENT)", labels=["grpc_method"])
+        for method, count in sorted(dict(self._counts()).items()):
+            family.add_metric([method], count)
+        yield family
 
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -155,17 +175,27 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         start, code = time.perf_counter(), None
         try:
             yield
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
+            # A stream the client killed ends its handler with GeneratorExit: not an OK.
             code = grpc.StatusCode.CANCELLED
             raise
         finally:
             self._observe(labels, code, context, start)
 
     def _observe(self, labels: tuple[str, str, str], code, context, start: float) -> None:
+        if code is None and _was_cancelled(context):
+            code = grpc.StatusCode.CANCELLED  # the client went away: whatever the handler did, not OK
         code = code or context.code() or grpc.StatusCode.OK
         name = code.name if isinstance(code, grpc.StatusCode) else str(code)
         self.metrics.rpc_latency.labels(*labels).observe(time.perf_counter() - start)
         self.metrics.rpc_handled.labels(*labels, name).inc()
+
+
+def _was_cancelled(context) -> bool:
+    try:
+        return bool(context.cancelled())
+    except Exception:  # noqa: BLE001 - a context without the call (tests' fakes): not cancelled
+        return False
 
 
 _CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}

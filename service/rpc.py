@@ -19,6 +19,7 @@ import grpc
 
 from rewardserve.engine.api import EngineUnavailableError, InvalidInputError
 from rewardserve.service.errors import to_failure
+from rewardserve.service.wire import Malformed
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,8 @@ async def _handle(method: Callable[[Any, Any, CallScope], Awaitable[Any]], servi
             raise _bad_id_error()
         # The deadline travels to the engine, which alone decides (before queueing, and when a
         # batch is cut) that work is too late to compute.
+        if isinstance(request, Malformed):
+            raise request.error  # the bytes did not decode (service/wire.py)
         reply = await method(servicer, request, scope)
         await header
     except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - every failure goes through the one table

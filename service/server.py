@@ -18,6 +18,7 @@ The engine is injectable so tests can serve a fake one through the real transpor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import resource
 import time
@@ -26,7 +27,6 @@ from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
 from rewardserve.engine.api import EngineAPI
 from rewardserve.engine.config import EngineConfig
@@ -35,6 +35,7 @@ from rewardserve.service.config import ServeConfig, ServerConfig
 from rewardserve.service.logs import TraceInterceptor
 from rewardserve.service.metrics import MetricsInterceptor, ServerMetrics
 from rewardserve.service import reflection  # v1 and v1alpha, serving the contract's comments
+from rewardserve.service import wire
 from rewardserve.service.servicer import SERVICE_NAME, RewardServicer
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class RewardServer:
 
     def __init__(self, config: ServeConfig, engine: EngineAPI | None = None, *,
                  loader: EngineLoader = load_engine) -> None:
-        self.config = config
+        self.config = config = with_result_limit(config)
         self.port: int | None = None
         self._engine = engine
         self._loader = loader
@@ -73,6 +74,9 @@ class RewardServer:
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self.metrics = ServerMetrics() if config.server.metrics_port else None
+        self.malformed = wire.MalformedLog()  # undecodable request messages, per method
+        if self.metrics:
+            self.metrics.bind_malformed(self.malformed)
         self.metrics_port: int | None = None
         # Read at construction: a missing or empty token file fails the start, not the first call.
         self.tokens = TokenFile(config.server.auth_token_file) if config.server.auth_token_file else None
@@ -96,7 +100,7 @@ class RewardServer:
         """Listen now; bring the engine up in the background (see ``wait_ready``)."""
         server = grpc.aio.server(options=self.config.server.channel_options(max_connections(self.config.server)),
                                  interceptors=self._interceptors())
-        pb_grpc.add_RewardServiceServicer_to_server(self._servicer, server)
+        wire.add_to_server(self._servicer, server, self.malformed)  # raw bytes in: a bad message is INVALID_ARGUMENT
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if self.config.server.reflection:
             reflection.enable_server_reflection(REFLECTED, server)
@@ -231,6 +235,13 @@ class RewardServer:
     async def _set_health(self, status: int) -> None:
         for name in HEALTH_CHECKED:
             await self._health.set(name, status)
+
+
+def with_result_limit(config: ServeConfig) -> ServeConfig:
+    """The engine's --max-result-mb, when left at 0, is this server's --max-send-message-mb: a
+    result that could not be sent is refused before it is computed."""
+    engine = config.engine.with_result_limit(config.server.max_send_message_mb)
+    return config if engine is config.engine else dataclasses.replace(config, engine=engine)
 
 
 def max_connections(config: ServerConfig) -> int:

@@ -23,7 +23,7 @@ from typing import AsyncIterator, Callable
 import grpc
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
-from rewardserve.engine.api import ChatInput, EngineAPI, EngineOverloadedError, InvalidInputError
+from rewardserve.engine.api import ChatInput, EngineAPI, EngineOverloadedError, InvalidInputError, preview
 from rewardserve.service import chat_convert, convert
 from rewardserve.service.chat_convert import ChatOptions, Origin
 from rewardserve.service.errors import to_failure
@@ -123,7 +123,7 @@ class ItemStream:
             # caller this answer is not the in-flight item's result for the same id.
             self._answers.put_nowait(pb.StreamRewardResponse(id=item.id, error=pb.ItemError(
                 code=grpc.StatusCode.ALREADY_EXISTS.value[0],
-                message=f"id: {item.id!r} is already in flight in this stream")))
+                message=f"id: {preview(item.id)} is already in flight in this stream")))
             return
         try:
             chat = self._check(item)

@@ -142,15 +142,59 @@ def test_unsupported_task_is_named(tmp_path, demo_model_dir):
         resolve(traits, PoolingTask.CLASSIFY, PoolingParams())
 
 
-def test_chat_template_override_kwargs_and_generation_prompt(demo_engine):
+def test_request_chat_template_is_refused_by_default(demo_engine):
+    chat = ChatInput(messages=({"role": "user", "content": "hi"},), chat_template="{{ messages }}")
+    with pytest.raises(InvalidInputError, match=r"^chat_template: request chat templates are off"):
+        demo_engine.chat_reward([chat])
+
+
+def test_chat_template_override_kwargs_and_generation_prompt(demo_model_dir):
+    from rewardserve.engine.engine import Engine
+
+    engine = Engine.from_model(str(demo_model_dir), device="cpu", dtype="float32", allow_request_chat_template=True)
     template = ("{% for m in messages %}[{{ m['role'] }}{% if shout %}!{% endif %}]{{ m['content'] }}{% endfor %}"
                 "{% if add_generation_prompt %}[assistant]{% endif %}")
     messages = ({"role": "user", "content": "hi"},)
     chat = ChatInput(messages=messages, chat_template=template, chat_template_kwargs={"shout": True},
                      add_generation_prompt=True)
-    tokenizer = demo_engine.core.tokenizer
+    tokenizer = engine.core.tokenizer
     assert tokenizer.render_chat(chat) == tokenizer.encode("[user!]hi[assistant]", add_special_tokens=False)
     open_turn = ChatInput(messages=({"role": "user", "content": "hi"}, {"role": "assistant", "content": "The"}),
                           continue_final_message=True)
     rendered = tokenizer.hf.decode(tokenizer.render_chat(open_turn))
     assert rendered.endswith("<|im_start|>assistant\nThe")  # no end-of-turn after the open message
+    engine.core.close()
+
+
+def test_result_over_the_size_limit_is_refused_before_compute(demo_model_dir):
+    from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig, SchedulerConfig
+    from rewardserve.engine.engine import Engine
+    from rewardserve.engine.types import PoolingTask
+
+    config = EngineConfig(model=ModelConfig(model=str(demo_model_dir), dtype="float32"),
+                          runner=RunnerConfig(device="cpu"), scheduler=SchedulerConfig(max_result_mb=1))
+    engine = Engine(config)
+    computed = []
+    engine.add_observer(lambda items, seconds: computed.append(len(items)))
+    text = " ".join(["word"] * 100)
+    per_input = len(engine.core.tokenizer.encode(text)) * engine.info.hidden_size * 4  # [tokens, hidden] float32
+    texts = [text] * ((1024 * 1024) // per_input + 2)
+    with pytest.raises(InvalidInputError, match=r"^inputs\[\d+\]: the result would hold about 1\.\d MiB by this "
+                                                r"input, more than the limit of 1 MiB"):
+        engine.encode(texts, PoolingTask.TOKEN_EMBED)
+    assert computed == []  # refused before any forward pass
+    assert len(engine.encode(texts[:2], PoolingTask.TOKEN_EMBED)) == 2
+
+
+def test_step_tag_outside_the_vocabulary_is_refused(demo_engine):
+    chat = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    with pytest.raises(InvalidInputError, match=r"^pooling.step_tag_id: 1000000 is outside the vocabulary \(0..399\)"):
+        demo_engine.chat_reward([chat], PoolingParams(step_tag_id=1_000_000))
+
+
+def test_served_model_name_is_never_a_host_path(demo_model_dir, demo_engine):
+    from rewardserve.engine.config import ModelConfig
+
+    assert demo_engine.info.model == demo_model_dir.name
+    assert ModelConfig(model=str(demo_model_dir), served_model_name="my-rm").served_name() == "my-rm"
+    assert ModelConfig(model="org/reward-model").served_name() == "org/reward-model"  # a hub id

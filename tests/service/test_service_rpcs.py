@@ -7,7 +7,7 @@ import grpc
 import pytest
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
-from rewardserve.engine.types import ChatInput, PoolingTask, PoolingType, TextInput, TokensInput
+from rewardserve.engine.types import ChatInput, PoolingTask, PoolingType, TextInput
 from rewardserve.service.servicer import DEPRECATION_KEY
 
 TEXT = pb.EncodeInput(text="hello")
@@ -27,7 +27,8 @@ async def test_encode_classify_returns_shaped_tensors_usage_and_timing(stub, fak
     assert reply.usage.prompt_tokens == 8 and reply.usage.num_sequences == 2
     assert reply.timing.queue_seconds == pytest.approx(0.002) and reply.timing.total_seconds > 0
     call = fake.calls[-1]
-    assert call.inputs == (TextInput("hello"), TokensInput((1, 2, 3)))
+    # token ids reach the engine as the wire message's repeated field (counted before any copy)
+    assert call.inputs[0] == TextInput("hello") and list(call.inputs[1].token_ids) == [1, 2, 3]
     assert call.task is PoolingTask.CLASSIFY
 
 

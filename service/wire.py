@@ -1,0 +1,112 @@
+"""The RewardService on the wire: request messages arrive as raw bytes and are decoded here.
+
+gRPC's own deserializer runs before any servicer code: a message it cannot decode (invalid
+UTF-8 in a string, a truncated varint, nesting past the parser's depth limit) ended unary calls
+UNKNOWN and StreamReward INTERNAL, with a traceback in the log. So the handlers registered here
+take the bytes as they came (no request deserializer) and decode them themselves; an undecodable
+message becomes an INVALID_ARGUMENT through the one error table (service/errors.py), is counted
+per method (``MalformedLog.counts``, exported as ``rewardserve_malformed_requests``) and logged
+at most once per interval.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+import grpc
+from google.protobuf.message import Message
+from rewardserve_client.v1 import reward_service_pb2 as pb
+
+from rewardserve.engine.api import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["RewardService"]
+MALFORMED_FIELD = "request"
+LOG_INTERVAL_S = 10.0  # at most one log line per interval, however many bad messages arrive
+
+
+class MalformedLog:
+    """Counts undecodable messages per method; logs one line per ``interval_s`` (with how many
+    were not logged), so a flood of garbage cannot flood the log."""
+
+    def __init__(self, interval_s: float = LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.counts: dict[str, int] = {}
+        self._interval_s = interval_s
+        self._clock = clock
+        self._next_log = float("-inf")
+        self._unlogged = 0
+        self._lock = threading.Lock()  # metrics read the counts from their HTTP thread
+
+    def record(self, method: str, reason: str) -> None:
+        """Count one undecodable ``method`` message; log it unless a line went out recently."""
+        with self._lock:
+            self.counts[method] = self.counts.get(method, 0) + 1
+            now = self._clock()
+            if now < self._next_log:
+                self._unlogged += 1
+                return
+            unlogged, self._unlogged, self._next_log = self._unlogged, 0, now + self._interval_s
+        logger.warning("refused an undecodable %s message (%s); %d more since the last such line",
+                       method, reason, unlogged)
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A unary request that did not decode: ``@unary`` answers it with ``error``."""
+
+    error: InvalidInputError
+    request_id: str = ""  # no caller id to adopt: the call gets a fresh one
+
+
+def decode(cls: type[Message], raw: bytes, method: str, log: MalformedLog) -> Message | Malformed:
+    """``raw`` as a ``cls`` message, or a ``Malformed`` naming why it is not one."""
+    try:
+        return cls.FromString(raw)
+    except Exception as exc:  # noqa: BLE001 - DecodeError, and whatever else a parser raises on garbage
+        return Malformed(_malformed_error(cls, method, exc, log))
+
+
+async def decode_stream(cls: type[Message], raws: AsyncIterator[bytes], method: str,
+                        log: MalformedLog) -> AsyncIterator[Message]:
+    """The stream's messages, decoded; an undecodable one raises INVALID_ARGUMENT (the stream ends)."""
+    async for raw in raws:
+        message = decode(cls, raw, method, log)
+        if isinstance(message, Malformed):
+            raise message.error
+        yield message
+
+
+def _malformed_error(cls: type[Message], method: str, exc: Exception, log: MalformedLog) -> InvalidInputError:
+    # The parser's text names no field and echoes no input; keep it short all the same.
+    reason = (str(exc) or type(exc).__name__)[:120]
+    log.record(method, reason)
+    return InvalidInputError(MALFORMED_FIELD, f"not a decodable {cls.DESCRIPTOR.full_name} message "
+                                              f"(invalid UTF-8 in a string, truncated or malformed bytes): {reason}")
+
+
+def add_to_server(servicer: Any, server: grpc.aio.Server, log: MalformedLog) -> None:
+    """Register ``servicer``'s RewardService methods, each taking raw request bytes."""
+    handlers = {method.name: _handler(servicer, method, log) for method in SERVICE.methods}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)
+
+
+def _handler(servicer: Any, method: Any, log: MalformedLog) -> grpc.RpcMethodHandler:
+    request_cls = getattr(pb, method.input_type.name)
+    serialize = getattr(pb, method.output_type.name).SerializeToString
+    behaviour = getattr(servicer, method.name)
+    name = method.name
+    if method.client_streaming and method.server_streaming:
+        def streamed(raws: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            return behaviour(decode_stream(request_cls, raws, name, log), context)
+        return grpc.stream_stream_rpc_method_handler(streamed, response_serializer=serialize)
+    if method.client_streaming or method.server_streaming:
+        raise TypeError(f"{name}: only unary and bidirectional RPCs are served")
+
+    async def single(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        return await behaviour(decode(request_cls, raw, name, log), context)
+    return grpc.unary_unary_rpc_method_handler(single, response_serializer=serialize)
