@@ -46,6 +46,8 @@ VALID = {
     "ChatReward": pb.ChatRewardRequest(conversations=[_conversation()], request_id="fuzz"),
     "GetModelInfo": pb.GetModelInfoRequest(),
     "StreamReward": pb.StreamRewardRequest(items=[pb.StreamItem(id="a", conversation=_conversation())]),
+    "Score": pb.ScoreRequest(query=pb.ScoreInput(text="What is 2+2?"),
+                             documents=[pb.ScoreInput(text="4"), pb.ScoreInput(token_ids=pb.TokenIds(ids=[5, 6]))]),
 }
 
 
