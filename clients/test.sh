@@ -6,7 +6,8 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${VENV:-$root/.venv}"
 log="$(mktemp)"
-"$venv/bin/rewardserve" serve --host 127.0.0.1 --port 0 --device cpu 2>"$log" &
+# The cases send request chat templates (Struct kwargs reaching a template): allowed here, off by default.
+"$venv/bin/rewardserve" serve --host 127.0.0.1 --port 0 --device cpu --allow-request-chat-template 2>"$log" &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -f "$log"' EXIT
 for _ in $(seq 300); do

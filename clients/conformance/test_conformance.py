@@ -31,7 +31,8 @@ def target():
         yield os.environ["REWARDSERVE_TARGET"]
         return
     binary = Path(sys.executable).with_name("rewardserve")
-    server = subprocess.Popen([str(binary), "serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu"],
+    server = subprocess.Popen([str(binary), "serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu",
+                               "--allow-request-chat-template"],  # the cases send request templates
                               stderr=subprocess.PIPE, text=True)
     port = None
     for line in server.stderr:

@@ -35,7 +35,8 @@ func startDemoServer() (func(), error) {
 		demoTarget = target
 		return func() {}, waitReady()
 	}
-	cmd := exec.Command(os.Getenv("REWARDSERVE_BIN"), "serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu")
+	cmd := exec.Command(os.Getenv("REWARDSERVE_BIN"), "serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu",
+		"--allow-request-chat-template") // the tests send request templates
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err

@@ -19,7 +19,8 @@ export async function demoServer(extraArgs: string[] = []): Promise<DemoServer> 
     return { target: process.env.REWARDSERVE_TARGET, stop: async () => {} };
   }
   const bin = process.env.REWARDSERVE_BIN ?? resolve(process.cwd(), "../../.venv/bin/rewardserve");
-  const child = spawn(bin, ["serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu", ...extraArgs],
+  // The tests send request chat templates: allowed here (off by default).
+  const child = spawn(bin, ["serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu", "--allow-request-chat-template", ...extraArgs],
     { stdio: ["ignore", "ignore", "pipe"] });
   const port = await new Promise<string>((ok, fail) => {
     let log = "";
