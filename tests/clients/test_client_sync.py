@@ -72,7 +72,7 @@ def test_encode_leaves_unset_options_unset(client, fake):
 
 
 @pytest.mark.parametrize("inputs, message", [
-    ([], "encode: inputs is empty"),
+    ([], "inputs: must not be empty (encode)"),
     ([1, 2, 3], "encode: inputs is a flat list of ints"),
     ([{"text": "x"}], "inputs[0]: unknown keys ['text']; expected 'messages'"),
     ([object()], "inputs[0]: expected str, a sequence of token ids or a conversation, got object"),

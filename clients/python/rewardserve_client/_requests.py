@@ -129,7 +129,7 @@ def _input_items(inputs: Union[Input, Iterable[Input]], call: str) -> list:
     else:
         items = list(inputs)
     if not items:
-        raise invalid_argument(f"{call}: inputs is empty")
+        raise invalid_argument(f"inputs: must not be empty ({call})")
     if all(isinstance(x, int) for x in items):
         raise invalid_argument(f"{call}: inputs is a flat list of ints; wrap one token id list "
                                "as [ids]")
@@ -343,7 +343,7 @@ def chat_reward_request(conversations, *, chat_template, chat_template_kwargs,
     """The ChatRewardRequest for ``chat_reward``'s arguments."""
     built, built_groups = build_conversations(conversations), build_groups(groups)
     if not built and not built_groups:
-        raise invalid_argument("chat_reward: conversations is empty (and no groups)")
+        raise invalid_argument("conversations: must not be empty when no groups are given (chat_reward)")
     return build_message(
         pb.ChatRewardRequest,
         conversations=built, groups=built_groups,
