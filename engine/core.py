@@ -9,8 +9,8 @@ import torch
 
 from rewardserve.engine import pooling, score
 from rewardserve.engine.config import EngineConfig
-from rewardserve.engine.errors import InvalidInputError, preview
-from rewardserve.engine.loader import load, model_info
+from rewardserve.engine.errors import EngineError, InvalidInputError, preview
+from rewardserve.engine.loader import Loaded, check_tensor_parallel, load, model_info
 from rewardserve.engine.policy import PolicyTokenizers
 from rewardserve.engine.prepare import Limits, WorkItem, check_count, prepare, resolve_max_chars
 from rewardserve.engine.retemplate import Retemplater
@@ -48,12 +48,51 @@ def _template_pool(config: EngineConfig) -> TemplatePool | None:
                         m.request_template_max_chars, m.request_template_memory_mb * 1024 * 1024)
 
 
+def make_runner(config: EngineConfig, loaded: Loaded, model, device: torch.device, cls: type = ModelRunner,
+                **extra: Any) -> ModelRunner:
+    """A ``cls`` runner for ``model`` on ``device`` as ``config`` asks (every replica and every
+    tensor-parallel rank builds its runner here, so their compiles and graphs match)."""
+    head_dtype = None if config.model.head_dtype == "model" else torch.float32
+    speed = config.runner.for_device(device.type)  # compile and graphs: on for CUDA
+    return cls(model, device, loaded.backend, head_dtype,
+               compile=speed.compile, cuda_graphs=speed.cuda_graphs,
+               max_tokens=config.scheduler.max_num_batched_tokens,
+               max_seq_len=loaded.max_model_len,
+               graph_max_tokens=config.runner.cuda_graph_max_tokens,
+               graph_max_seqs=config.runner.cuda_graph_max_seqs,
+               compile_warmup=config.runner.warmup_batches(config.scheduler.max_num_batched_tokens), **extra)
+
+
+def _start_tensor_parallel(config: EngineConfig):
+    """The tensor-parallel group's rank processes (None without tensor parallelism), started
+    once the checkpoint and options are known to be servable that way."""
+    parallel = config.parallel
+    if parallel.tensor_parallel_size == 1:
+        return None
+    if parallel.data_parallel_size > 1:
+        raise EngineError("--data-parallel-size with --tensor-parallel-size is not supported yet: run one "
+                          "tensor-parallel server per GPU group (pods behind the mesh, see the README)")
+    check_tensor_parallel(config)
+    from rewardserve.engine.tensor_parallel import TensorParallelGroup
+
+    return TensorParallelGroup(config)
+
+
 class EngineCore:
     """Loads the model once; turns requests into WorkItems and outputs into results."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
-        self.loaded = load(config)
+        # Tensor parallel: ranks 1..N-1 start and load their shards while this process loads rank 0's.
+        self.tensor_parallel = _start_tensor_parallel(config)
+        try:
+            self.loaded = load(config, self.tensor_parallel.shard if self.tensor_parallel else None)
+            if self.tensor_parallel:
+                self.tensor_parallel.connect(self.loaded.model, self.loaded.device)
+        except BaseException:
+            if self.tensor_parallel:
+                self.tensor_parallel.close()
+            raise
         self.traits = self.loaded.model.traits
         self.tokenizer = self.loaded.tokenizer
         self.server_params = pooling.server_params(config.model.pooler_overrides())
@@ -76,16 +115,12 @@ class EngineCore:
         self.runner = self.runners[0]
 
     def _make_runner(self, model, device: torch.device) -> ModelRunner:
-        config = self.config
-        head_dtype = None if config.model.head_dtype == "model" else torch.float32
-        speed = config.runner.for_device(device.type)  # compile and graphs: on for CUDA
-        return ModelRunner(model, device, self.loaded.backend, head_dtype,
-                           compile=speed.compile, cuda_graphs=speed.cuda_graphs,
-                           max_tokens=config.scheduler.max_num_batched_tokens,
-                           max_seq_len=self.loaded.max_model_len,
-                           graph_max_tokens=config.runner.cuda_graph_max_tokens,
-                           graph_max_seqs=config.runner.cuda_graph_max_seqs,
-                           compile_warmup=config.runner.warmup_batches(config.scheduler.max_num_batched_tokens))
+        if self.tensor_parallel:
+            from rewardserve.engine.tensor_parallel import TensorParallelRunner
+
+            return make_runner(self.config, self.loaded, model, device, TensorParallelRunner,
+                               group=self.tensor_parallel)
+        return make_runner(self.config, self.loaded, model, device)
 
     def plan(self, task: PoolingTask | None, params: PoolingParams | None) -> tuple[pooling.ResolvedPooling, PoolingParams]:
         """Resolve pooling: request > server --pooler-config > model traits (sentence-transformers
@@ -159,9 +194,12 @@ class EngineCore:
             raise InvalidInputError("chat_template", REQUEST_TEMPLATES_OFF)
 
     def close(self) -> None:
-        """Stop the request-template workers (the model itself goes with the process)."""
+        """Stop the request-template workers and the tensor-parallel ranks (the model itself goes
+        with the process)."""
         if self.template_pool is not None:
             self.template_pool.close()
+        if self.tensor_parallel:
+            self.tensor_parallel.close()
 
     @staticmethod
     def to_result(item: WorkItem) -> EncodeResult:
