@@ -13,15 +13,19 @@ q, k, v and gate, up are sharded one by one and fused per rank afterwards
 (``fused.fuse_projections`` concatenates the local shards): a fused [q|k|v] matrix cut in N
 row blocks would give rank 0 all the q heads and no k or v.
 
-Why not transformers' own ``from_pretrained(tp_plan="auto")`` (5.x): it reads slices with
-``get_slice`` too, but keeps every safetensors file mapped for the whole load, so the pages it
-touched (every page of a row-parallel weight: its slice is strided) count in the rank's RSS
-on top of the copies, about 2/N of the checkpoint plus the row-parallel weights; its parameters
-are DTensors swapped for local tensors around every Linear call (a Python dict swap per
-projection per forward), and its all-reduce is the in-place c10d one. Here a file is open only
-while one tensor's slice is read, parameters are plain tensors (the fused projections, the
-Triton kernel and CUDA graphs see an ordinary model), and the all-reduce is the functional
-collective, which torch.compile traces into the graph.
+Why not transformers' own ``from_pretrained(tp_plan="auto")`` (5.x, read in its source): it too
+reads only this rank's slice (``get_slice``, ``DtensorShardOperation``), but a safetensors slice
+is a view of the mapped file (measured: slicing adds no anonymous memory), and transformers keeps
+it as is on the CPU (``.to`` with the same dtype copies nothing) with every file open for the
+whole load: the pages a rank touches stay in its RSS, and a row-parallel slice (o_proj,
+down_proj: strided) touches every page of the full tensor, a third of a Llama-70B checkpoint.
+Its parameters are DTensors swapped for local tensors around every Linear call (a Python dict
+swap per projection per forward), its all-reduce is the in-place c10d one, and its embedding is
+replicated (Llama's plan) or vocab-parallel through DTensor dispatch (Gemma2's). Here each slice
+is copied and its file closed before the next (``read_part``), parameters are plain tensors
+(the fused projections, the Triton kernel and CUDA graphs see an ordinary model), and the
+all-reduce is the functional collective, which torch.compile traces into the graph. The plan
+itself is transformers' (``base_model_tp_plan``).
 
 The process group is bound after loading (``bind_group``): loading needs no collective, so a
 rank that fails to load is reported before any rank waits in the group's rendezvous.
@@ -151,17 +155,17 @@ def _checkpoint_prefix(names: set[str]) -> str:
     return "model." if any(n.startswith("model.") for n in names) else ""
 
 
-def read_part(file: Path, name: str, dim: int | None, part: slice | None) -> torch.Tensor:
-    """Tensor ``name`` of one safetensors file, or only ``part`` of dimension ``dim``. The file is
-    mapped only while the slice is read: the pages read never stay in this process's RSS."""
+def read_part(file: Path, name: str, dim: int | None, part: slice | None, dtype: torch.dtype) -> torch.Tensor:
+    """Tensor ``name`` of one safetensors file, or only ``part`` of dimension ``dim``, copied into
+    this process's memory in ``dtype`` (floating tensors). safetensors' slices are views of the
+    mapped file: kept, they would keep the mapping, and every page a strided (row-parallel) slice
+    touches, resident; copied, the file is unmapped when it closes and only the slice stays."""
     from safetensors import safe_open
 
     with safe_open(str(file), framework="pt") as f:
         view = f.get_slice(name)
-        if dim is None:
-            return view[:]
-        index = (slice(None),) * dim + (part,)
-        return view[index]
+        tensor = view[:] if dim is None else view[(slice(None),) * dim + (part,)]
+        return tensor.to(dtype if tensor.is_floating_point() else tensor.dtype, copy=True)
 
 
 def load_backbone(folder: Path, hf_config: Any, dtype: torch.dtype, shard: Shard) -> nn.Module:
@@ -201,8 +205,7 @@ def load_backbone(folder: Path, hf_config: Any, dtype: torch.dtype, shard: Shard
             if key not in files:
                 raise EngineError(f"{folder}: the checkpoint has no {key}")
             dim = _shard_dim(style, param_name)
-            local = read_part(files[key], key, dim, None if dim is None else shard.rows(param.shape[dim]))
-            local = local.to(dtype) if local.is_floating_point() else local
+            local = read_part(files[key], key, dim, None if dim is None else shard.rows(param.shape[dim]), dtype)
             setattr(module, param_name, nn.Parameter(local, requires_grad=False))
         if isinstance(module, nn.Linear):
             module.out_features, module.in_features = module.weight.shape
@@ -230,7 +233,7 @@ def _vocab_parallel(model: nn.Module, name: str, module: nn.Module, file: Path, 
         raise EngineError(f"{type(model).__name__}.{name} is a {type(module).__name__}, which tensor parallelism "
                           "cannot split by vocabulary")
     rows = shard.rows(module.num_embeddings)
-    weight = read_part(file, key, 0, rows).to(dtype)
+    weight = read_part(file, key, 0, rows, dtype)
     scale = getattr(module, "scalar_embed_scale", None)
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child,
