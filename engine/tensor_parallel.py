@@ -23,8 +23,9 @@ without a timeout (a server may idle for hours; a collective would time out), th
 A rank that dies: a watcher thread on rank 0 sees its process end, logs it, marks the group
 lost and aborts the NCCL group (a collective waiting for the dead rank returns an error instead
 of waiting out the timeout; gloo fails such a collective by itself). Every later batch fails
-with ``EngineUnavailableError`` at once (the server's health goes NOT_SERVING through the
-replica-lost path). Nothing waits forever: every collective has the timeout.
+at once with ``RankLost``: the offline engine raises it, a server's batch pipeline probes the
+runner, marks its replica lost and goes NOT_SERVING (pods get restarted by their probes).
+Nothing waits forever: every collective has the timeout.
 """
 from __future__ import annotations
 
@@ -40,13 +41,19 @@ from typing import Any
 import torch
 
 from rewardserve.engine.config import EngineConfig
-from rewardserve.engine.errors import EngineError, EngineUnavailableError
+from rewardserve.engine.errors import EngineError
 from rewardserve.engine.models.sharded import Shard, bind_group
 from rewardserve.engine.runner import ModelRunner
 from rewardserve.engine.staging import Layout
 
 log = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 10.0
+
+
+class RankLost(RuntimeError):
+    """A rank of the group is gone: nothing can be computed any more. Not an EngineError on
+    purpose: the batch pipeline then probes the runner, which fails too, so a server's replica
+    is marked lost (health NOT_SERVING) instead of failing request after request."""
 
 
 @dataclass(frozen=True)
@@ -73,10 +80,14 @@ class TensorParallelGroup:
     """Rank 0's side of the group: the rank processes, their pipes, the process group."""
 
     def __init__(self, config: EngineConfig):
+        import torch.distributed as dist
         import torch.multiprocessing as mp
 
         from rewardserve.engine.loader import resolve_device
 
+        if dist.is_available() and dist.is_initialized():  # the group is this process's default one
+            raise EngineError(f"--tensor-parallel-size {config.parallel.tensor_parallel_size}: this process already "
+                              "belongs to a torch.distributed group (another tensor-parallel engine?); close it first")
         self.world = config.parallel.tensor_parallel_size
         self.shard = Shard(0, self.world)
         device = resolve_device(config.runner.device)
@@ -91,7 +102,7 @@ class TensorParallelGroup:
         self._lock = threading.Lock()
         context = mp.get_context("spawn")
         self.pipes: list[Connection] = []
-        self.processes = []
+        self.processes = []  # rank r's process is processes[r - 1]
         for rank in range(1, self.world):
             mine, theirs = context.Pipe()
             process = context.Process(target=worker_main, args=(rank, config, self.rendezvous, theirs), daemon=True,
@@ -129,6 +140,7 @@ class TensorParallelGroup:
         if self._closing:
             return
         rank = 1 + [p.sentinel for p in self.processes].index(ready[0])
+        self.processes[rank - 1].join(1.0)  # reap it: its exit code
         code = self.processes[rank - 1].exitcode
         self.lost = f"tensor-parallel rank {rank} died (exit code {code})"
         log.error("%s: this engine cannot compute any more; restart it", self.lost)
@@ -142,7 +154,7 @@ class TensorParallelGroup:
 
     def _send_all(self, message: tuple, payload: memoryview | None = None) -> None:
         if self.lost is not None:
-            raise EngineUnavailableError(self.lost)
+            raise RankLost(self.lost)
         with self._lock:  # one message at a time: a row's header and its bytes stay together
             for rank, pipe in enumerate(self.pipes, start=1):
                 try:
@@ -151,7 +163,7 @@ class TensorParallelGroup:
                         pipe.send_bytes(payload)
                 except OSError as exc:  # BrokenPipeError: the rank is gone
                     self.lost = self.lost or f"tensor-parallel rank {rank} is gone ({type(exc).__name__})"
-                    raise EngineUnavailableError(self.lost) from exc
+                    raise RankLost(self.lost) from exc
 
     def send_row(self, host: torch.Tensor, layout: Layout, key: Any, max_seqlen: int) -> None:
         """``ModelRunner.on_staged``: every rank runs this staging row next."""
