@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-from rewardserve.engine import pooling, score
+from rewardserve.engine import pooling, prefix, score
 from rewardserve.engine.config import EngineConfig
 from rewardserve.engine.errors import InvalidInputError, preview
 from rewardserve.engine.loader import load, model_info
@@ -70,6 +70,8 @@ class EngineCore:
             self.tokenizer.use_request_templates(self.template_pool, config.model.request_template_cache_size)
         self.info = dataclasses.replace(model_info(config.model.served_name(), self.loaded),
                                         policy_tokenizers=self.policies.infos())
+        # Shared-prefix planning (engine/prefix.py): None when off or when this model cannot take it.
+        self.prefix = prefix.planner_for(config.prefix, self.loaded.model, self.loaded.backend)
         devices = replica_devices(self.loaded.device, config.parallel.data_parallel_size)
         # One runner per data-parallel replica (one without data parallelism); runners[0] is ``runner``.
         self.runners = replicate(self.loaded.model, devices, self._make_runner)
@@ -85,7 +87,8 @@ class EngineCore:
                            max_seq_len=self.loaded.max_model_len,
                            graph_max_tokens=config.runner.cuda_graph_max_tokens,
                            graph_max_seqs=config.runner.cuda_graph_max_seqs,
-                           compile_warmup=config.runner.warmup_batches(config.scheduler.max_num_batched_tokens))
+                           compile_warmup=config.runner.warmup_batches(config.scheduler.max_num_batched_tokens),
+                           prefix_reuse=self.prefix is not None)
 
     def plan(self, task: PoolingTask | None, params: PoolingParams | None) -> tuple[pooling.ResolvedPooling, PoolingParams]:
         """Resolve pooling: request > server --pooler-config > model traits (sentence-transformers
@@ -168,7 +171,8 @@ class EngineCore:
         data, logits = item.result
         return EncodeResult(index=item.index, data=data, num_tokens=item.num_tokens, truncated=item.truncated,
                             pooled_positions=list(item.positions), task=item.pooling.task, logits=logits,
-                            queue_time_s=item.queue_time_s, compute_time_s=item.compute_time_s)
+                            queue_time_s=item.queue_time_s, compute_time_s=item.compute_time_s,
+                            reused_tokens=item.reused_tokens)
 
     def to_reward(self, item: WorkItem) -> RewardResult:
         return to_reward_result(item, self.labels_for(item))

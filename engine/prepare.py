@@ -27,6 +27,7 @@ class WorkItem:
     compute_time_s: float = 0.0
     is_complete: bool = False       # reported to the scheduler (its tokens left the queue count)
     token_type_ids: list[int] | None = None  # segment ids of a pair (BERT-family Score), per token
+    reused_tokens: int = 0          # tokens of its shared prefix computed for another item (PackedBatch.of)
 
     @property
     def num_tokens(self) -> int:
