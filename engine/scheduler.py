@@ -202,7 +202,7 @@ class Scheduler:
             if timeout is None:  # the GPU is idle; with a batch in flight, waiting would delay its replies
                 self._wait_for_fuller_batch()
             batch, expired = self._cut()
-            packed = self._plan(batch)
+        packed = self._plan(batch)  # outside the lock: submitters need not wait for the planning
         for request in expired:
             self.stats.num_expired += 1
             self.fail(request, DeadlineExceededError(f"request {request.request_id}: deadline passed in the queue"))
@@ -226,9 +226,7 @@ class Scheduler:
         next cut) while the plan computes more than the budget."""
         packed = PackedBatch.of(batch, self.prefix)
         while self.prefix is not None and len(batch) > 1 and packed.num_tokens > self.config.max_num_batched_tokens:
-            item = batch.pop()
-            owner: Request = item.owner
-            heapq.heappush(self._heap, (owner.priority, owner.order, item.index, item))
+            self.requeue([batch.pop()])
             packed = PackedBatch.of(batch, self.prefix)
         return packed
 

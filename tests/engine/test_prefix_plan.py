@@ -211,3 +211,18 @@ def test_random_batches_keep_every_token_once(seed):
         rows = gather[offsets[i]:offsets[i + 1]]
         assert ids[rows].tolist() == [it.token_ids[p] for p in it.positions]
         assert positions[rows].tolist() == it.positions
+
+
+def test_cli_flags_reach_the_config():
+    import argparse
+
+    from rewardserve.engine.cli_args import add_config_arguments, config_from_args
+    from rewardserve.engine.config import EngineConfig
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, EngineConfig)
+    assert config_from_args(EngineConfig, parser.parse_args([])).prefix.prefix_reuse is True
+    off = config_from_args(EngineConfig, parser.parse_args(["--no-prefix-reuse", "--prefix-min-tokens", "64"]))
+    assert (off.prefix.prefix_reuse, off.prefix.prefix_min_tokens) == (False, 64)
+    with pytest.raises(ValueError, match="prefix-min-tokens"):
+        PrefixConfig(prefix_min_tokens=0)
