@@ -127,6 +127,7 @@ class EngineCore:
         ``--pooler-config`` step_tag_id makes a PRM of a model without one. Policy responses
         and rendered conversations (``PolicyChat``) are re-templated first.
         """
+        check_count(conversations, self.limits, "conversations")  # before any item is read
         self.check_request_templates(conversations)
         conversations = self.retemplater.resolve_all(conversations)
         step_tag = pooling.merge(self.server_params, params).step_tag_id

@@ -1561,6 +1561,10 @@ type ChatRewardRequest struct {
 	// be empty, not both).
 	Conversations []*Conversation `protobuf:"bytes,1,rep,name=conversations,proto3" json:"conversations,omitempty"`
 	// A chat template (Jinja) that replaces the model's own; empty uses the model's.
+	// A request-level chat template. Off by default: refused with INVALID_ARGUMENT naming
+	// `chat_template` unless the server runs with `--allow-request-chat-template`; then rendered in
+	// a sandboxed worker process within `--request-template-timeout-ms` and
+	// `--request-template-max-chars`.
 	ChatTemplate string `protobuf:"bytes,2,opt,name=chat_template,json=chatTemplate,proto3" json:"chat_template,omitempty"`
 	// Extra variables for the template (e.g. {"enable_thinking": false}). A google.protobuf.Struct:
 	// in JSON (and in clients that map it, like protobuf-es) a plain object; on the wire and in
@@ -2413,6 +2417,10 @@ type StreamRewardOptions struct {
 	unknownFields protoimpl.UnknownFields
 
 	// A chat template (Jinja) that replaces the model's own; empty uses the model's.
+	// A request-level chat template. Off by default: refused with INVALID_ARGUMENT naming
+	// `chat_template` unless the server runs with `--allow-request-chat-template`; then rendered in
+	// a sandboxed worker process within `--request-template-timeout-ms` and
+	// `--request-template-max-chars`.
 	ChatTemplate string `protobuf:"bytes,1,opt,name=chat_template,json=chatTemplate,proto3" json:"chat_template,omitempty"`
 	// Extra variables for the template (e.g. {"enable_thinking": false}). A google.protobuf.Struct:
 	// in JSON (and in clients that map it, like protobuf-es) a plain object; on the wire and in
@@ -2830,6 +2838,10 @@ type ChatOptions struct {
 	unknownFields protoimpl.UnknownFields
 
 	// A chat template (Jinja) that replaces the model's own; empty uses the model's.
+	// A request-level chat template. Off by default: refused with INVALID_ARGUMENT naming
+	// `chat_template` unless the server runs with `--allow-request-chat-template`; then rendered in
+	// a sandboxed worker process within `--request-template-timeout-ms` and
+	// `--request-template-max-chars`.
 	ChatTemplate string `protobuf:"bytes,1,opt,name=chat_template,json=chatTemplate,proto3" json:"chat_template,omitempty"`
 	// Extra variables for the template (e.g. {"enable_thinking": false}).
 	ChatTemplateKwargs *structpb.Struct `protobuf:"bytes,2,opt,name=chat_template_kwargs,json=chatTemplateKwargs,proto3" json:"chat_template_kwargs,omitempty"`

@@ -740,6 +740,10 @@ export type ChatRewardRequest = Message<"rewardserve.v1.ChatRewardRequest"> & {
 
   /**
    * A chat template (Jinja) that replaces the model's own; empty uses the model's.
+   * A request-level chat template. Off by default: refused with INVALID_ARGUMENT naming
+   * `chat_template` unless the server runs with `--allow-request-chat-template`; then rendered in
+   * a sandboxed worker process within `--request-template-timeout-ms` and
+   * `--request-template-max-chars`.
    *
    * @generated from field: string chat_template = 2;
    */
@@ -1247,6 +1251,10 @@ export const PolicyTokenizerInfoSchema: GenMessage<PolicyTokenizerInfo> = /*@__P
 export type StreamRewardOptions = Message<"rewardserve.v1.StreamRewardOptions"> & {
   /**
    * A chat template (Jinja) that replaces the model's own; empty uses the model's.
+   * A request-level chat template. Off by default: refused with INVALID_ARGUMENT naming
+   * `chat_template` unless the server runs with `--allow-request-chat-template`; then rendered in
+   * a sandboxed worker process within `--request-template-timeout-ms` and
+   * `--request-template-max-chars`.
    *
    * @generated from field: string chat_template = 1;
    */
@@ -1475,6 +1483,10 @@ export const StreamRewardResponseSchema: GenMessage<StreamRewardResponse> = /*@_
 export type ChatOptions = Message<"rewardserve.v1.ChatOptions"> & {
   /**
    * A chat template (Jinja) that replaces the model's own; empty uses the model's.
+   * A request-level chat template. Off by default: refused with INVALID_ARGUMENT naming
+   * `chat_template` unless the server runs with `--allow-request-chat-template`; then rendered in
+   * a sandboxed worker process within `--request-template-timeout-ms` and
+   * `--request-template-max-chars`.
    *
    * @generated from field: string chat_template = 1;
    */
