@@ -41,3 +41,18 @@ def describe(seqs: list[list[int]]) -> dict:
     lengths = np.array([len(s) for s in seqs])
     return {"num_seqs": int(lengths.size), "tokens": int(lengths.sum()), "mean_len": round(float(lengths.mean()), 1),
             "p50_len": int(np.median(lengths)), "max_len": int(lengths.max())}
+
+
+def grpo_long(groups: int, id_limit: int, seed: int = 0, group_size: int = 16, prompt_len: int = 1024,
+              response_median: int = 256) -> list[list[int]]:
+    """Issue 18's long-prompt GRPO workload: ``groups`` prompts of exactly ``prompt_len`` tokens
+    (a math problem with few-shot context), each followed by ``group_size`` responses
+    (lognormal around ``response_median``, sigma 0.5, 8..2048 tokens). A group stays together."""
+    rng = np.random.default_rng(seed + 3)
+    seqs = []
+    for _ in range(groups):
+        prompt = random_ids(rng, prompt_len, id_limit)
+        for _ in range(group_size):
+            n = int(np.clip(rng.lognormal(np.log(response_median), 0.5), 8, 2048))
+            seqs.append(prompt + random_ids(rng, n, id_limit))
+    return seqs

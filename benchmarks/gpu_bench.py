@@ -5,14 +5,19 @@ One command on the GPU machine (random weights, real shapes, seeded workloads)::
     python benchmarks/gpu_bench.py --models qwen3-0.6b --out results.json
     python benchmarks/gpu_bench.py --models llama-3.1-8b --modes eager --out 8b.json
     python benchmarks/gpu_bench.py --models gemma2-2b --modes compile --sections hf,engine,latency --out g.json
+    python benchmarks/gpu_bench.py --models qwen3-0.6b,llama-3.1-8b --sections prefix --out prefix.json
 
 Per model and workload (lognormal lengths around 600 tokens; GRPO-like groups of 16 responses
 sharing a prompt) it measures tokens/s, model TFLOP/s and MFU against the bf16 matmul peak
 measured in the same run, and peak memory, for: transformers right-padded batches in arrival
 order and length-sorted, our engine offline (eager and/or torch.compile; CUDA graphs on), and
 our engine behind ``rewardserve serve`` driven by concurrent AsyncRewardClient calls; then
-single-request latency p50/p99 at 128, 512 and 2048 tokens, offline and end to end. It writes
-JSON after every section (a run cut short keeps what it measured) and prints a table last.
+single-request latency p50/p99 at 128, 512 and 2048 tokens, offline and end to end. The
+``prefix`` section (issue 18, ``bench_prefix.py``) runs the long-prompt GRPO workload (1,024-token
+prompts, groups of 16, responses lognormal around 256) with prefix reuse on and with
+--no-prefix-reuse, offline and streamed (8 groups in flight over StreamReward, items one by
+one). It writes JSON after every section (a run cut short keeps what it measured) and prints a
+table last.
 """
 from __future__ import annotations
 
@@ -31,18 +36,19 @@ import bench_engine  # noqa: E402
 import bench_grpc  # noqa: E402
 import bench_hf  # noqa: E402
 import bench_models  # noqa: E402
+import bench_prefix  # noqa: E402
 import bench_score  # noqa: E402
 import bench_workloads  # noqa: E402
 from bench_report import print_table, targets  # noqa: E402
 
-DEFAULTS = {  # sequences per workload: engine / transformers subset; GRPO groups
-    "qwen3-0.6b": dict(num_seqs=1024, hf_seqs=256, grpo_groups=48),
-    "llama-3.1-8b": dict(num_seqs=192, hf_seqs=64, grpo_groups=10),
-    "gemma2-2b": dict(num_seqs=512, hf_seqs=64, grpo_groups=24),
-    "gemma2-9b": dict(num_seqs=192, hf_seqs=32, grpo_groups=10),
-    "tiny": dict(num_seqs=64, hf_seqs=32, grpo_groups=2),
+DEFAULTS = {  # sequences per workload: engine / transformers subset; GRPO groups; grpo_long groups of 16
+    "qwen3-0.6b": dict(num_seqs=1024, hf_seqs=256, grpo_groups=48, long_groups=32),
+    "llama-3.1-8b": dict(num_seqs=192, hf_seqs=64, grpo_groups=10, long_groups=8),
+    "gemma2-2b": dict(num_seqs=512, hf_seqs=64, grpo_groups=24, long_groups=16),
+    "gemma2-9b": dict(num_seqs=192, hf_seqs=32, grpo_groups=10, long_groups=8),
+    "tiny": dict(num_seqs=64, hf_seqs=32, grpo_groups=2, long_groups=8),
 }
-SECTIONS = ("hf", "engine", "latency", "profile", "grpc")  # "score" runs only when named (--sections score)
+SECTIONS = ("hf", "engine", "latency", "profile", "grpc", "prefix")  # "score" only when named (--sections score)
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -54,6 +60,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--workloads", default="lognormal,grpo")
     p.add_argument("--num-seqs", type=int, default=0, help="engine workload size (0: per-model default)")
     p.add_argument("--hf-seqs", type=int, default=0, help="transformers subset size (0: per-model default)")
+    p.add_argument("--prefix-groups", type=int, default=0, help="prefix section: grpo_long groups of 16 "
+                   "(0: per-model default)")
     p.add_argument("--hf-batch-size", type=int, default=16)
     p.add_argument("--hf-orders", default="fifo,sorted", help="transformers batch orders: fifo (arrival), sorted")
     p.add_argument("--tiles-256", default="",
@@ -125,7 +133,8 @@ def bench_model(run: Run, name: str) -> None:
     cuda, sections = args.device == "cuda", args.sections.split(",")
     limit = bench_models.SAFE_ID_LIMIT[name]
     n, hf_n, groups = args.num_seqs or d["num_seqs"], args.hf_seqs or d["hf_seqs"], d["grpo_groups"]
-    loads = {"lognormal": bench_workloads.lognormal(n, limit), "grpo": bench_workloads.grpo(groups, limit)}
+    loads = {"lognormal": bench_workloads.lognormal(n, limit), "grpo": bench_workloads.grpo(groups, limit),
+             "grpo_long": bench_workloads.grpo_long(d["long_groups"], limit)}
     loads = {k: v for k, v in loads.items() if k in args.workloads.split(",")}
     run.data["models"].setdefault(name, {})["workloads"] = {k: bench_workloads.describe(v) for k, v in loads.items()}
     peak = run.data.get("peak_matmul", {}).get("tflops")
@@ -143,10 +152,34 @@ def bench_model(run: Run, name: str) -> None:
     del hf
     _free()
     for mode in args.modes.split(","):
-        bench_engine_mode(run, name, folder, mode, loads, peak, sections)
+        if set(sections) & {"engine", "latency", "profile"}:
+            bench_engine_mode(run, name, folder, mode, loads, peak, sections)
         if "grpc" in sections and mode == args.grpc_mode:  # the server right after its offline twin
             bench_server(run, name, folder, loads, peak)
+    if "prefix" in sections:
+        bench_prefix_reuse(run, name, folder, peak)
     run.save()
+
+
+def bench_prefix_reuse(run: Run, name: str, folder, peak) -> None:
+    """Issue 18: grpo_long with prefix reuse on and off, offline then streamed (--grpc-mode)."""
+    args, d = run.args, DEFAULTS.get(name, DEFAULTS["tiny"])
+    cuda = args.device == "cuda"
+    seqs = bench_workloads.grpo_long(args.prefix_groups or d["long_groups"], bench_models.SAFE_ID_LIMIT[name])
+    run.data["models"][name].setdefault("workloads", {})["grpo_long"] = bench_workloads.describe(seqs)
+    dtype = "bfloat16" if cuda else "float32"
+    mode = args.modes.split(",")[-1]
+    r = run.section(name, "prefix/grpo_long", bench_prefix.offline, folder, seqs, device=args.device, dtype=dtype,
+                    compile=mode == "compile", max_tokens=args.max_num_batched_tokens,
+                    attention_backend=args.attention_backend)
+    for key in ("reuse", "no_reuse"):
+        if isinstance(r.get(key), dict):
+            with_flops(r[key], bench_models.forward_flops(name, map(len, seqs)), peak)
+    groups = [seqs[i:i + 16] for i in range(0, len(seqs), 16)]
+    logdir = Path(args.logdir) if args.logdir else Path(args.out).parent
+    run.section(name, "prefix/grpo_long_streamed", bench_prefix.streamed, folder, groups, dtype=dtype,
+                compile=args.grpc_mode == "compile", max_tokens=args.max_num_batched_tokens,
+                attention_backend=args.attention_backend, logdir=logdir)
 
 
 def bench_engine_mode(run: Run, name: str, folder, mode: str, loads: dict, peak, sections) -> None:
@@ -242,7 +275,7 @@ def main(argv=None) -> int:
     if "score" in args.sections.split(","):  # Score on a reranker shape vs transformers (bench_score.py)
         run.section(args.score_model, "score", bench_score.run, args.score_model, Path(args.workdir), args.device,
                     args.max_num_batched_tokens, args.grpc_mode == "compile")
-    run.data["targets"] = targets(run.data)
+    run.data["targets"] = {**targets(run.data), **bench_prefix.targets(run.data)}
     run.save()
     print_table(run.data)
     return 0

@@ -5,6 +5,11 @@ int32) marks where each sequence starts. Backends, best first: the ``flash_attn`
 Triton kernel (``triton_attention``, CUDA), PyTorch's bundled FlashAttention kernel (CUDA), SDPA
 with a block-diagonal (and sliding-window) mask (CPU, or any case a kernel cannot take, such as
 Gemma2's logit soft-capping on torch's kernel; flash_attn and our Triton kernel soft-cap).
+
+Shared prefixes (``engine/prefix.py``): ``VarlenMeta.prefix`` gives each sequence a second key
+range in the same packed K/V, the prefix segment it continues; its queries sit at absolute
+positions prefix_len + i and see every prefix key (within the window). Our Triton kernel and the
+SDPA loop take it; flash_attn and torch's kernel do not (``prefix.refusal`` keeps reuse off there).
 """
 from __future__ import annotations
 
@@ -18,19 +23,28 @@ from rewardserve.engine import triton_attention
 
 ATTN_IMPLEMENTATION = "rewardserve_varlen"
 CONTEXT_ATTR = "attn_ctx"  # the attribute every module of a varlen model carries (see ``attach``)
+PREFIX_KWARG = "rs_prefix"  # VarlenMeta.prefix on its way through transformers' **kwargs
 
 
 @dataclass(frozen=True)
 class VarlenMeta:
-    """Where the packed sequences start: ``cu_seqlens`` [num_seqs + 1] int32, on the device."""
+    """Where the packed sequences start: ``cu_seqlens`` [num_seqs + 1] int32, on the device.
+
+    ``prefix`` (prefix reuse only): [2, num_seqs] int64, the first packed row of the prefix
+    segment each sequence also attends to, and that segment's length (0: none); ``max_seqlen``
+    counts query rows (a suffix's own tokens)."""
 
     cu_seqlens: torch.Tensor
     max_seqlen: int
+    prefix: torch.Tensor | None = None
 
     def as_kwargs(self) -> dict:
         """The keyword names transformers forwards untouched to the attention function."""
-        return {"cu_seq_lens_q": self.cu_seqlens, "cu_seq_lens_k": self.cu_seqlens,
-                "max_length_q": self.max_seqlen, "max_length_k": self.max_seqlen}
+        out = {"cu_seq_lens_q": self.cu_seqlens, "cu_seq_lens_k": self.cu_seqlens,
+               "max_length_q": self.max_seqlen, "max_length_k": self.max_seqlen}
+        if self.prefix is not None:
+            out[PREFIX_KWARG] = self.prefix
+        return out
 
 
 class AttentionContext:
@@ -98,6 +112,8 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: Va
     |q - k| < window (and k <= q when causal); ``softcap``: scores become softcap * tanh(score /
     softcap) (Gemma2)."""
     backend = ctx.backend
+    if meta.prefix is not None and backend in ("flash_attn", "torch"):  # no prefix path in those kernels
+        backend = "sdpa"
     if softcap and backend == "torch":  # torch's bundled kernel does not soft-cap; ours and flash_attn do
         backend = "sdpa"
     if q.dtype == torch.float32 and backend != "sdpa":  # FlashAttention kernels are 16-bit only
@@ -106,8 +122,9 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: Va
         return _flash_attn(q, k, v, meta, is_causal, scale, window, softcap)
     if backend == "triton" and q.shape[-1] in (64, 128, 256):
         return torch.ops.rewardserve.triton_varlen_attention(q, k, v, meta.cu_seqlens, meta.max_seqlen,
-                                                             is_causal, scale, window or 0, float(softcap or 0.0))
-    if backend in ("triton", "torch") and not softcap:  # torch's kernel takes the other head sizes
+                                                             is_causal, scale, window or 0, float(softcap or 0.0),
+                                                             meta.prefix)
+    if backend in ("triton", "torch") and not softcap and meta.prefix is None:  # torch's kernel takes the other head sizes
         return _torch_flash(q, k, v, meta, is_causal, scale, window, ctx.gqa_native)
     if q.is_cuda:
         ctx.cuda_fallback = True
@@ -157,13 +174,18 @@ def probe_torch_flash(device: torch.device) -> bool:
     return native
 
 
-def sequence_mask(length: int, is_causal: bool, window: int | None, device: torch.device) -> torch.Tensor | None:
-    """[n, n] bool for one sequence (True = may attend), or None when no mask is needed."""
+def sequence_mask(length: int, is_causal: bool, window: int | None, device: torch.device,
+                  prefix: int = 0) -> torch.Tensor | None:
+    """[n, prefix + n] bool for one sequence (True = may attend), or None when no mask is needed.
+
+    With a ``prefix``, keys are the prefix's (absolute positions 0..prefix-1) then the sequence's
+    own, and query i sits at position prefix + i."""
     if not is_causal and not window:
         return None
-    idx = torch.arange(length, device=device)
-    dist = idx[:, None] - idx[None, :]  # query - key
-    mask = dist >= 0 if is_causal else torch.ones(length, length, dtype=torch.bool, device=device)
+    q = torch.arange(prefix, prefix + length, device=device)
+    k = torch.arange(prefix + length, device=device)
+    dist = q[:, None] - k[None, :]  # query - key
+    mask = dist >= 0 if is_causal else torch.ones(length, prefix + length, dtype=torch.bool, device=device)
     if window:
         mask &= dist.abs() < window
     return mask
@@ -181,11 +203,17 @@ def _sdpa_masked(q, k, v, meta, is_causal, scale, window, softcap):
         k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
     out = torch.empty_like(q)
     bounds = meta.cu_seqlens.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    num_seqs = len(bounds) - 1
+    pre_start, pre_len = meta.prefix.tolist() if meta.prefix is not None else ([0] * num_seqs, [0] * num_seqs)
+    for start, end, p0, pn in zip(bounds[:-1], bounds[1:], pre_start, pre_len):
         if end == start:  # zero-length sequence (padding of a fixed-size batch)
             continue
-        qh, kh, vh = (x[start:end].transpose(0, 1) for x in (q, k, v))  # [H, n, D]
-        mask = sequence_mask(end - start, is_causal, window, q.device)
+        qh = q[start:end].transpose(0, 1)                                 # [H, n, D]
+        if pn:  # the prefix segment's keys, then the sequence's own: [H, pn + n, D]
+            kh, vh = (torch.cat([x[p0:p0 + pn], x[start:end]]).transpose(0, 1) for x in (k, v))
+        else:
+            kh, vh = (x[start:end].transpose(0, 1) for x in (k, v))
+        mask = sequence_mask(end - start, is_causal, window, q.device, pn)
         out[start:end] = _attend(qh, kh, vh, mask, scale, softcap).transpose(0, 1)
     return out  # [T, H, D]
 
@@ -216,7 +244,7 @@ class packed_call:
 
 def _packing_of(module, ctx: AttentionContext, kwargs: dict) -> VarlenMeta:
     if "cu_seq_lens_q" in kwargs:
-        return VarlenMeta(kwargs["cu_seq_lens_q"], kwargs["max_length_q"])
+        return VarlenMeta(kwargs["cu_seq_lens_q"], kwargs["max_length_q"], kwargs.get(PREFIX_KWARG))
     meta = ctx.meta
     if meta is None:  # called outside the engine's packed forward: refuse rather than mix sequences
         raise RuntimeError(f"{type(module).__name__}: packed attention called without cu_seqlens")

@@ -18,9 +18,11 @@ log = logging.getLogger(__name__)
 
 
 def eager_forward(model) -> PackedForward:
-    """The model's own packed forward (looked up at call time, so wrappers still apply)."""
-    def forward(input_ids, positions, cu_seqlens, max_seqlen):
-        return model.forward_hidden(input_ids, positions, VarlenMeta(cu_seqlens, max_seqlen))  # [T, H]
+    """The model's own packed forward (looked up at call time, so wrappers still apply).
+
+    ``prefix`` (prefix reuse): [2, S] int64, see ``VarlenMeta``; omitted or None without it."""
+    def forward(input_ids, positions, cu_seqlens, max_seqlen, prefix=None):
+        return model.forward_hidden(input_ids, positions, VarlenMeta(cu_seqlens, max_seqlen, prefix))  # [T, H]
     return forward
 
 
@@ -28,8 +30,8 @@ def compile_forward(model) -> PackedForward:
     """``model.forward_hidden`` compiled with dynamic shapes (the compile runs on first call)."""
     log.info("torch.compile of the packed backbone (dynamic shapes)")
 
-    def packed(input_ids, positions, cu_seqlens, max_seqlen):
-        return model.forward_hidden(input_ids, positions, VarlenMeta(cu_seqlens, max_seqlen))  # [T, H]
+    def packed(input_ids, positions, cu_seqlens, max_seqlen, prefix=None):
+        return model.forward_hidden(input_ids, positions, VarlenMeta(cu_seqlens, max_seqlen, prefix))  # [T, H]
     return torch.compile(packed, dynamic=True)
 
 

@@ -181,6 +181,27 @@ class ParallelConfig:
 
 
 @dataclass(frozen=True)
+class PrefixConfig:
+    """Shared prompt prefixes (a GRPO group's prompt, best-of-n): computed once per packed batch."""
+
+    prefix_reuse: bool = option(
+        True, "Sequences of one packed batch that start with the same tokens (a group's prompt, after templating) "
+              "compute that prefix once; the rest of each sequence attends to its keys. Scores equal the "
+              "--no-prefix-reuse path within float rounding; --no-prefix-reuse is the bit-exact mode whose scores "
+              "never depend on what else is in the batch. Off by itself (logged) for bidirectional encoders, "
+              "length-dependent RoPE, the padded fallback and attention kernels without a prefix path.")
+    prefix_min_tokens: int = option(
+        32, "Shortest shared prefix worth a segment of its own, in tokens.", advanced=True)
+    prefix_block_tokens: int = option(
+        16, "Shared prefixes are cut to a multiple of this many tokens (the granularity prefixes are matched at).",
+        advanced=True)
+
+    def __post_init__(self) -> None:
+        if self.prefix_min_tokens < 1 or self.prefix_block_tokens < 1:
+            raise ValueError("--prefix-min-tokens and --prefix-block-tokens must be at least 1")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """Everything the engine needs; built from the CLI or from a dict."""
 
@@ -188,6 +209,7 @@ class EngineConfig:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    prefix: PrefixConfig = field(default_factory=PrefixConfig)
 
     def with_result_limit(self, default_mb: int) -> "EngineConfig":
         """This config with --max-result-mb set to ``default_mb`` when it was left at 0 (a server

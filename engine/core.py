@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-from rewardserve.engine import pooling, score
+from rewardserve.engine import pooling, prefix, score
 from rewardserve.engine.config import EngineConfig
 from rewardserve.engine.errors import EngineError, InvalidInputError, preview
 from rewardserve.engine.loader import Loaded, check_tensor_parallel, load, model_info
@@ -49,7 +49,7 @@ def _template_pool(config: EngineConfig) -> TemplatePool | None:
 
 
 def make_runner(config: EngineConfig, loaded: Loaded, model, device: torch.device, cls: type = ModelRunner,
-                **extra: Any) -> ModelRunner:
+                prefix_reuse: bool = False, **extra: Any) -> ModelRunner:
     """A ``cls`` runner for ``model`` on ``device`` as ``config`` asks (every replica and every
     tensor-parallel rank builds its runner here, so their compiles and graphs match)."""
     head_dtype = None if config.model.head_dtype == "model" else torch.float32
@@ -60,7 +60,8 @@ def make_runner(config: EngineConfig, loaded: Loaded, model, device: torch.devic
                max_seq_len=loaded.max_model_len,
                graph_max_tokens=config.runner.cuda_graph_max_tokens,
                graph_max_seqs=config.runner.cuda_graph_max_seqs,
-               compile_warmup=config.runner.warmup_batches(config.scheduler.max_num_batched_tokens), **extra)
+               compile_warmup=config.runner.warmup_batches(config.scheduler.max_num_batched_tokens),
+               prefix_reuse=prefix_reuse, **extra)
 
 
 def _start_tensor_parallel(config: EngineConfig):
@@ -109,6 +110,10 @@ class EngineCore:
             self.tokenizer.use_request_templates(self.template_pool, config.model.request_template_cache_size)
         self.info = dataclasses.replace(model_info(config.model.served_name(), self.loaded),
                                         policy_tokenizers=self.policies.infos())
+        # Shared-prefix planning (engine/prefix.py): None when off or when this model cannot take it.
+        # Tensor parallel: off (not yet proven with sharded heads; every rank runs whole prompts).
+        self.prefix = None if self.tensor_parallel else prefix.planner_for(config.prefix, self.loaded.model,
+                                                                            self.loaded.backend)
         devices = replica_devices(self.loaded.device, config.parallel.data_parallel_size)
         # One runner per data-parallel replica (one without data parallelism); runners[0] is ``runner``.
         self.runners = replicate(self.loaded.model, devices, self._make_runner)
@@ -120,7 +125,7 @@ class EngineCore:
 
             return make_runner(self.config, self.loaded, model, device, TensorParallelRunner,
                                group=self.tensor_parallel)
-        return make_runner(self.config, self.loaded, model, device)
+        return make_runner(self.config, self.loaded, model, device, prefix_reuse=self.prefix is not None)
 
     def plan(self, task: PoolingTask | None, params: PoolingParams | None) -> tuple[pooling.ResolvedPooling, PoolingParams]:
         """Resolve pooling: request > server --pooler-config > model traits (sentence-transformers
@@ -159,6 +164,7 @@ class EngineCore:
         ``--pooler-config`` step_tag_id makes a PRM of a model without one. Policy responses
         and rendered conversations (``PolicyChat``) are re-templated first.
         """
+        check_count(conversations, self.limits, "conversations")  # before any item is read
         self.check_request_templates(conversations)
         conversations = self.retemplater.resolve_all(conversations)
         step_tag = pooling.merge(self.server_params, params).step_tag_id
@@ -206,7 +212,8 @@ class EngineCore:
         data, logits = item.result
         return EncodeResult(index=item.index, data=data, num_tokens=item.num_tokens, truncated=item.truncated,
                             pooled_positions=list(item.positions), task=item.pooling.task, logits=logits,
-                            queue_time_s=item.queue_time_s, compute_time_s=item.compute_time_s)
+                            queue_time_s=item.queue_time_s, compute_time_s=item.compute_time_s,
+                            reused_tokens=item.reused_tokens)
 
     def to_reward(self, item: WorkItem) -> RewardResult:
         return to_reward_result(item, self.labels_for(item))

@@ -11,6 +11,10 @@ Why sequence buckets: the varlen attention grid is (max_seqlen / 128, seq_cap, h
 512-token PPO call in a 65-slot graph launches 4160 CTAs of which 64 have work; the empty ones
 cost about 30 us per layer on an H100. Capturing 2-, 5-, 17- and 65-slot graphs keeps the grid
 close to the work.
+
+Prefix reuse (``prefix=True``): every graph reads the staging row's prefix region too (zeros when
+a batch shares nothing), so sharing needs no graphs of its own: a batch's buckets count its
+packed segments and computed tokens.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from rewardserve.engine.staging import Layout
 
 log = logging.getLogger(__name__)
 
-# (input_ids [T], positions [T], cu_seqlens int32 [S + 1], max_seqlen) → hidden [T, H]
+# (input_ids [T], positions [T], cu_seqlens int32 [S + 1], max_seqlen[, prefix [2, S] int64]) → hidden [T, H]
 PackedForward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 GraphKey = tuple[int, int]  # (token bucket, sequence bucket)
 
@@ -51,20 +55,21 @@ class CudaGraphs:
     """Captured forwards keyed by (token bucket, sequence bucket), sharing one static staging row."""
 
     def __init__(self, forward: PackedForward, device: torch.device, buckets: tuple[int, ...],
-                 seq_buckets: tuple[int, ...]):
+                 seq_buckets: tuple[int, ...], prefix: bool = False):
         self.forward = forward
+        self.prefix = prefix  # graphs read the staging row's prefix region (prefix reuse on)
         self.device = device
         self.buckets = tuple(sorted(buckets))
         self.seq_buckets = tuple(sorted(seq_buckets))
         self.max_seqs = self.seq_buckets[-1]
         self.keys = [(t, s) for t in self.buckets for s in self.seq_buckets if s <= t]
-        biggest = Layout(self.buckets[-1], self.max_seqs + 1, self.buckets[-1])
+        biggest = Layout(self.buckets[-1], self.max_seqs + 1, self.buckets[-1], prefix)
         self.static = torch.zeros(biggest.total, dtype=torch.int64, device=device)  # [L]
         self.graphs: dict[GraphKey, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     def layout(self, key: GraphKey, num_rows: int) -> Layout:
         """The staging layout of graph ``key``: its token bucket, its sequences + the dummy one."""
-        return Layout(key[0], key[1] + 1, num_rows)
+        return Layout(key[0], key[1] + 1, num_rows, self.prefix)
 
     def bucket_for(self, num_tokens: int, num_seqs: int) -> GraphKey | None:
         """The smallest captured graph that holds the batch, or None (run it eagerly)."""
@@ -94,21 +99,28 @@ class CudaGraphs:
         return seconds
 
     def _step(self, key: GraphKey) -> Callable[[], torch.Tensor]:
-        ids, pos, cu64, _ = self.layout(key, 0).views(self.static)
+        layout = self.layout(key, 0)
+        ids, pos, cu64, _ = layout.views(self.static)
+        prefix = layout.prefix_view(self.static)  # [2, seqs + 1] or None
 
         def step() -> torch.Tensor:
-            return self.forward(ids, pos, cu64.to(torch.int32), key[0])  # [bucket, H]
+            if prefix is None:
+                return self.forward(ids, pos, cu64.to(torch.int32), key[0])  # [bucket, H]
+            return self.forward(ids, pos, cu64.to(torch.int32), key[0], prefix)
         return step
 
     def _dummy_batch(self, key: GraphKey) -> None:
         """One sequence filling the bucket, so warm-up and capture see a valid batch. Positions
         are zero, as for the padding sequence at replay: the bucket may exceed the position table."""
         bucket = key[0]
-        ids, pos, cu64, _ = self.layout(key, 0).views(self.static)
+        layout = self.layout(key, 0)
+        ids, pos, cu64, _ = layout.views(self.static)
         ids.zero_()
         pos.zero_()
         cu64.fill_(bucket)
         cu64[0] = 0
+        if layout.prefix:
+            layout.prefix_view(self.static).zero_()
 
     def replay(self, host_row: torch.Tensor, key: GraphKey) -> tuple[torch.Tensor, torch.Tensor]:
         """Copy a staging row (pinned, laid out for ``key``) in and replay.

@@ -27,6 +27,7 @@ class WorkItem:
     compute_time_s: float = 0.0
     is_complete: bool = False       # reported to the scheduler (its tokens left the queue count)
     token_type_ids: list[int] | None = None  # segment ids of a pair (BERT-family Score), per token
+    reused_tokens: int = 0          # tokens of its shared prefix computed for another item (PackedBatch.of)
 
     @property
     def num_tokens(self) -> int:
@@ -185,8 +186,9 @@ def truncate(ids: list[int], index: int, params: PoolingParams, limits: Limits,
 
 def prepare(inputs: Sequence[Any], pooling: ResolvedPooling, params: PoolingParams,
             tokenizer: Tokenizer | None, limits: Limits, field_name: str = "inputs") -> list[WorkItem]:
-    """Validate every input; the first bad one raises, naming its field and index."""
-    check_count(inputs, limits, field_name)
+    """Validate every input; the first bad one raises, naming its field and index. The item
+    count is the caller's to admit first (``EngineCore`` calls ``check_count`` before anything,
+    re-templating included, reads an item)."""
     items = []
     for index, value in enumerate(inputs):
         item = to_input(value, index, field_name)

@@ -30,6 +30,7 @@ class RewardResult:
     step_scores: tuple[StepResult, ...] = field(default_factory=tuple)
     queue_time_s: float = 0.0
     compute_time_s: float = 0.0
+    reused_tokens: int = 0    # leading tokens not computed for it (a prompt shared in its batch)
 
 
 def to_reward_result(item, labels: tuple[str, ...]) -> RewardResult:
@@ -47,7 +48,8 @@ def to_reward_result(item, labels: tuple[str, ...]) -> RewardResult:
                   for pos, row in zip(item.positions[:rows], data[:rows]))
     return RewardResult(index=item.index, score=float(logits[-1, -1]), label_scores=_label_scores(names, data[-1]),
                         num_tokens=item.num_tokens, truncated=item.truncated, step_scores=steps,
-                        queue_time_s=item.queue_time_s, compute_time_s=item.compute_time_s)
+                        queue_time_s=item.queue_time_s, compute_time_s=item.compute_time_s,
+                        reused_tokens=item.reused_tokens)
 
 
 def _label_scores(names: tuple[str, ...], row) -> tuple[tuple[str, float], ...]:

@@ -9,6 +9,11 @@ item on the CPU. ``execute`` is the two back to back; callers that launch batch 
 collecting batch i keep the GPU busy while the host finishes and packs. A failure (CUDA out of
 memory, say) is raised to the caller, whose failure isolation (``pipeline``) splits the batch.
 
+Shared prefixes (``prefix_reuse``, planned by ``engine/prefix.py`` when the scheduler cuts the
+batch): the staging row carries each sequence's prefix segment, and on CUDA every batch carries
+that region (zeros when nothing is shared), so the compiled forward and the CUDA graphs keep one
+input signature. Without prefix reuse the forward and its inputs are those of before, bit for bit.
+
 Compile and graphs are prepared in ``warm_up`` (the server runs it before reporting SERVING; the
 offline engine runs it on its first batch). Either falls back to the eager forward, with a
 warning, when it cannot be used.
@@ -60,7 +65,7 @@ class ModelRunner:
     def __init__(self, model: PoolingModel, device: torch.device, backend: str, head_dtype: torch.dtype | None,
                  *, max_tokens: int, graph_max_tokens: int, graph_max_seqs: int,
                  compile_warmup: list[list[int]] | None = None, compile: bool = False,
-                 cuda_graphs: bool = False, max_seq_len: int | None = None):
+                 cuda_graphs: bool = False, max_seq_len: int | None = None, prefix_reuse: bool = False):
         self.model = model.to(device)
         self.device = device
         self.backend = backend
@@ -82,6 +87,7 @@ class ModelRunner:
         self.want_compile = compile and self.cuda and packs
         self.want_graphs = cuda_graphs and self.cuda and packs
         self.max_tokens = max_tokens
+        self.prefix_reuse = prefix_reuse          # batches may share prefixes (the planner said the model can)
         self.max_seq_len = max_seq_len or max_tokens  # warm-up sequences stay within the position table
         self.graph_max_tokens, self.graph_max_seqs = graph_max_tokens, graph_max_seqs  # RunnerConfig.cuda_graph_*
         # RunnerConfig.warmup_batches(): the batches (sequence lengths) compiled before serving.
@@ -96,7 +102,7 @@ class ModelRunner:
         self.gpu_ms: list[float] | None = None    # set to a list to record each batch's GPU time
         self.on_staged = None                     # (host row, layout, graph key, max_seqlen) → None: TP rank 0
         self.num_oom_splits = 0
-        self.stats: dict = {"compile": False, "cuda_graphs": False}
+        self.stats: dict = {"compile": False, "cuda_graphs": False, "prefix_reuse": prefix_reuse}
         self._warm = False
 
     def execute(self, batch: PackedBatch) -> list[Output]:
@@ -128,8 +134,9 @@ class ModelRunner:
 
     def wrap_forward(self, wrapper) -> None:
         """Replace the packed forward by ``wrapper(forward)`` (same signature: ids, positions,
-        cu_seqlens, max_seqlen → hidden [T, H]); for fault injection and tracing. Call it after
-        warm-up: compiling replaces the forward."""
+        cu_seqlens, max_seqlen[, prefix] → hidden [T, H]; ``prefix`` is passed only when the batch
+        carries the prefix region); for fault injection and tracing. Call it after warm-up:
+        compiling replaces the forward."""
         self.forward = wrapper(self.forward)
 
     @torch.inference_mode()
@@ -180,7 +187,8 @@ class ModelRunner:
             layout = self.graphs.layout(key, plan.num_rows)
         else:  # a too-short batch gets a dummy sequence (see min_tokens)
             tok_cap = max(plan.num_tokens, self.min_tokens)
-            layout = staging.Layout(tok_cap, plan.num_seqs + (tok_cap > plan.num_tokens), plan.num_rows)
+            layout = staging.Layout(tok_cap, plan.num_seqs + (tok_cap > plan.num_tokens), plan.num_rows,
+                                    self._stages_prefix(plan))
         host = torch.empty(layout.total, dtype=torch.int64, pin_memory=self.cuda)
         staging.fill(host.numpy(), plan, layout)
         return self.run_staged(host, layout, key, max(plan.max_seqlen, self.min_tokens))
@@ -197,7 +205,21 @@ class ModelRunner:
             return hidden, layout.views(row)[3]
         row = host.to(self.device, non_blocking=True)
         ids, positions, cu_seqlens, gather = layout.views(row)
-        return self.forward(ids, positions, cu_seqlens.to(torch.int32), max_seqlen), gather
+        return self._run(self.forward, layout, row, max_seqlen), gather
+
+    def _stages_prefix(self, plan: PackedBatch) -> bool:
+        """Whether a batch's row carries the prefix region: when it shares prefixes, and for every
+        batch on CUDA with prefix reuse on (one input signature for the compiled forward)."""
+        return plan.prefix is not None or (self.prefix_reuse and self.cuda)
+
+    @staticmethod
+    def _run(forward, layout: staging.Layout, row: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+        """Call ``forward`` on a device row laid out by ``layout`` → hidden [T, H]."""
+        ids, positions, cu_seqlens, _ = layout.views(row)
+        prefix = layout.prefix_view(row)  # [2, S] or None
+        if prefix is None:
+            return forward(ids, positions, cu_seqlens.to(torch.int32), max_seqlen)
+        return forward(ids, positions, cu_seqlens.to(torch.int32), max_seqlen, prefix)
 
     @staticmethod
     def _pool(hidden: torch.Tensor, gather: torch.Tensor, plan: PackedBatch) -> tuple[torch.Tensor, list[int]]:
@@ -242,11 +264,10 @@ class ModelRunner:
         cap = self.max_seq_len
         items = [_Dummy(min(cap, n - start)) for n in lengths for start in range(0, n, cap)]
         plan = PackedBatch.of(items)
-        layout = staging.Layout(plan.num_tokens, plan.num_seqs, plan.num_rows)
+        layout = staging.Layout(plan.num_tokens, plan.num_seqs, plan.num_rows, self._stages_prefix(plan))
         host = torch.empty(layout.total, dtype=torch.int64)
         staging.fill(host.numpy(), plan, layout)
-        ids, positions, cu_seqlens, _ = layout.views(host.to(self.device))
-        forward(ids, positions, cu_seqlens.to(torch.int32), max(plan.max_seqlen, 2))
+        self._run(forward, layout, host.to(self.device), max(plan.max_seqlen, 2))
 
     def _compile(self, max_tokens: int) -> None:
         """Compile, then run the shapes serving will see (``compile_warmup``: by default many
@@ -278,7 +299,8 @@ class ModelRunner:
             return
         buckets = token_buckets(min(self.graph_max_tokens, max_tokens))
         log.info("capturing CUDA graphs for %d token buckets (up to %d tokens)", len(buckets), buckets[-1])
-        graphs = CudaGraphs(self.forward, self.device, buckets, seq_buckets(self.graph_max_seqs))
+        graphs = CudaGraphs(self.forward, self.device, buckets, seq_buckets(self.graph_max_seqs),
+                            prefix=self.prefix_reuse)
         try:
             seconds = graphs.capture()
         except Exception:  # noqa: BLE001

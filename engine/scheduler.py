@@ -4,6 +4,10 @@ Order: priority (lower first), then arrival. A batch is filled up to ``max_num_b
 and ``max_num_seqs``; an item that does not fit is skipped for this batch but stays at the head
 of the queue, so it leads the next one (no head-of-line blocking, no starvation). Expired and
 cancelled work is dropped when a batch is cut, before any compute.
+
+With prefix reuse (a ``PrefixPlanner``), the token budget counts computed tokens: an item that
+shares a prompt with one already in the batch adds only its own tokens, so a GRPO group of
+16 x (1,024-token prompt + 256) costs 5,120 of the budget, not 20,480, and fits one batch.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import Callable
 from rewardserve.engine.batch import PackedBatch
 from rewardserve.engine.config import SchedulerConfig
 from rewardserve.engine.errors import DeadlineExceededError, EngineOverloadedError
+from rewardserve.engine.prefix import PrefixPlanner
 from rewardserve.engine.prepare import WorkItem
 
 
@@ -66,8 +71,9 @@ class Scheduler:
     """Thread-safe queue between the event loop (submit/cancel) and the GPU thread (next_batch)."""
 
     def __init__(self, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic, *,
-                 bounded: bool = True):
+                 bounded: bool = True, prefix: PrefixPlanner | None = None):
         self.config = config
+        self.prefix = prefix    # shared-prefix planner (None: prefix reuse off for this model or server)
         self.clock = clock
         self.bounded = bounded  # False (the offline engine): the caller's list is the queue, never refused
         self.stats = SchedulerStats()
@@ -196,10 +202,11 @@ class Scheduler:
             if timeout is None:  # the GPU is idle; with a batch in flight, waiting would delay its replies
                 self._wait_for_fuller_batch()
             batch, expired = self._cut()
+        packed = self._plan(batch)  # outside the lock: submitters need not wait for the planning
         for request in expired:
             self.stats.num_expired += 1
             self.fail(request, DeadlineExceededError(f"request {request.request_id}: deadline passed in the queue"))
-        return PackedBatch.of(batch)
+        return packed
 
     def _wait_for_fuller_batch(self) -> None:
         """Optional operator trade: hold an idle GPU up to max_wait_ms for a fuller batch."""
@@ -213,9 +220,20 @@ class Scheduler:
             self.stats.num_held += 1
             self._cond.wait_for(full, remaining)
 
+    def _plan(self, batch: list[WorkItem]) -> PackedBatch:
+        """The packed batch of ``batch``; with prefix reuse, its shared prefixes. The cut counted
+        tokens from below (``BatchTokens``): items from the end go back to the queue (they lead the
+        next cut) while the plan computes more than the budget."""
+        packed = PackedBatch.of(batch, self.prefix)
+        while self.prefix is not None and len(batch) > 1 and packed.num_tokens > self.config.max_num_batched_tokens:
+            self.requeue([batch.pop()])
+            packed = PackedBatch.of(batch, self.prefix)
+        return packed
+
     def _cut(self) -> tuple[list[WorkItem], list[Request]]:
         cfg, now = self.config, self.clock()
         batch, skipped, expired, tokens = [], [], [], 0
+        counter = self.prefix.counter() if self.prefix is not None else None
         while self._heap and len(batch) < cfg.max_num_seqs and len(skipped) < cfg.max_skips:
             entry = heapq.heappop(self._heap)
             item = entry[-1]
@@ -225,11 +243,14 @@ class Scheduler:
             if request.deadline is not None and now > request.deadline:
                 expired.append(request) if request not in expired else None
                 continue
-            if batch and tokens + item.num_tokens > cfg.max_num_batched_tokens:
+            cost = counter.cost(item) if counter is not None else item.num_tokens
+            if batch and tokens + cost > cfg.max_num_batched_tokens:
                 skipped.append(entry)
                 continue
             batch.append(item)
-            tokens += item.num_tokens
+            tokens += cost
+            if counter is not None:
+                counter.add(item)
         for entry in skipped:
             heapq.heappush(self._heap, entry)
         return batch, expired

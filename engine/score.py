@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from rewardserve.engine.errors import InvalidInputError, ItemError, UnsupportedTaskError
-from rewardserve.engine.prepare import WorkItem, check_tokens, integer_ids, to_input
+from rewardserve.engine.prepare import WorkItem, check_count, check_tokens, integer_ids, to_input
 from rewardserve.engine.pooling import pooled_positions
 from rewardserve.engine.score_types import ScoreMethod, ScoreOutput, ScoreParams, ScoreResult
 from rewardserve.engine.types import ChatInput, PoolingParams, PoolingTask, TextInput, TokensInput
@@ -74,8 +74,7 @@ def prepare_score(core: "EngineCore", query: Any, documents: Sequence[Any], para
         raise InvalidInputError("top_n", f"must be a non-negative integer, not {params.top_n!r}")
     if params.instruction is not None and method != ScoreMethod.DECODER_RERANKER:
         raise InvalidInputError("instruction", f"only decoder rerankers take one; this model scores by {method.value}")
-    if not documents:
-        raise InvalidInputError("documents", "must not be empty")
+    check_count(documents, core.limits, "documents")  # empty, or over --max-items-per-request
     if method == ScoreMethod.EMBEDDING_COSINE:
         return _cosine_plan(core, query, documents, params)
     resolved, _ = core.plan(PoolingTask.CLASSIFY, None)

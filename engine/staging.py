@@ -5,13 +5,19 @@ writes the row into pinned memory from torch's caching host allocator, which kee
 the copy that reads it is done, so batches can be launched back to back). Layout of the
 row (int64, each region starting on a multiple of ``ALIGN`` elements)::
 
-    [input_ids: tok_cap][positions: tok_cap][cu_seqlens: seq_cap + 1][gather: num_rows]
+    [input_ids: tok_cap][positions: tok_cap][cu_seqlens: seq_cap + 1][prefix: 2 x seq_cap][gather: num_rows]
 
 ``tok_cap``/``seq_cap`` are the real token/sequence counts for an eager or compiled forward, and
 the bucket's capacities for a CUDA-graph replay. Graph padding: tokens ``T..tok_cap`` form one
 dummy sequence (ids 0, positions 0: always a valid position), and the ``cu_seqlens`` entries after it repeat
 ``tok_cap`` (zero-length sequences), so the real sequences never attend to padding.
 ``gather`` holds the packed row of every pooled position, item after item.
+
+``prefix`` (only in a layout made with ``prefix=True``: prefix reuse on) holds, per sequence,
+the first row of the prefix segment it also attends to, then (second half) that segment's
+length; 0 and 0 for a sequence without one, and for the padding. Its positions continue after
+the prefix (``engine/prefix.py``). Prefix reuse keeps this one layout for every batch, so
+compiled graphs and CUDA graphs see one input signature whether a batch shares prefixes or not.
 """
 from __future__ import annotations
 
@@ -40,6 +46,7 @@ class Layout:
     tok_cap: int
     seq_cap: int  # number of sequences the cu_seqlens region describes
     num_rows: int
+    prefix: bool = False  # has the prefix region (2 x seq_cap)
 
     @property
     def pos_start(self) -> int:
@@ -50,8 +57,12 @@ class Layout:
         return self.pos_start + _up(self.tok_cap)
 
     @property
-    def gather_start(self) -> int:
+    def prefix_start(self) -> int:
         return self.cu_start + _up(self.seq_cap + 1)
+
+    @property
+    def gather_start(self) -> int:
+        return self.prefix_start + (_up(2 * self.seq_cap) if self.prefix else 0)
 
     @property
     def total(self) -> int:
@@ -64,29 +75,82 @@ class Layout:
                 row[self.cu_start:self.cu_start + self.seq_cap + 1],
                 row[self.gather_start:self.gather_start + self.num_rows])
 
+    def prefix_view(self, row: torch.Tensor) -> torch.Tensor | None:
+        """row → prefix [2, seq_cap] (first row of each sequence's prefix segment; its length),
+        or None in a layout without the region."""
+        if not self.prefix:
+            return None
+        return row[self.prefix_start:self.prefix_start + 2 * self.seq_cap].view(2, self.seq_cap)
+
 
 def fill(row: np.ndarray, p: PackedBatch, layout: Layout) -> None:
     """Write a batch into ``row`` (int64 numpy view of the staging buffer) following ``layout``."""
-    items = p.items
+    if p.prefix is not None and not layout.prefix:
+        raise ValueError("a batch with shared prefixes needs a layout with the prefix region")
     t, cap = p.num_tokens, layout.tok_cap
-    starts = np.zeros(p.num_seqs, dtype=np.int64)
+    starts = np.zeros(p.num_seqs, dtype=np.int64)   # [S] first row of each segment
     np.cumsum(p.lengths[:-1], out=starts[1:])
     ids = row[:cap]
-    ids[:t] = np.fromiter(chain.from_iterable(it.token_ids for it in items), dtype=np.int64, count=t)
-    ids[t:] = 0
     pos = row[layout.pos_start:layout.pos_start + cap]
-    pos[:t] = np.arange(t, dtype=np.int64) - np.repeat(starts, p.lengths)
+    if p.prefix is None:
+        _fill_items(ids, pos, p, starts)
+    else:
+        _fill_segments(ids, pos, p, starts)
+    ids[t:] = 0
     pos[t:] = 0  # the dummy padding sequence
-    if any(getattr(it, "token_type_ids", None) for it in items):
-        segments = chain.from_iterable(it.token_type_ids or [0] * len(it.token_ids) for it in items)
-        pos[:t] |= np.fromiter(segments, dtype=np.int64, count=t) << SEGMENT_SHIFT
     cu = row[layout.cu_start:layout.cu_start + layout.seq_cap + 1]
     cu[0] = 0
     np.cumsum(p.lengths, out=cu[1:p.num_seqs + 1])
     cu[p.num_seqs + 1:] = cap  # padding sequence, then zero-length sequences
-    rows = np.fromiter(chain.from_iterable(it.positions for it in items), dtype=np.int64, count=p.num_rows)
-    rows += np.repeat(starts, p.row_counts)
-    row[layout.gather_start:layout.gather_start + p.num_rows] = rows
+    if layout.prefix:
+        _fill_prefix(row[layout.prefix_start:layout.prefix_start + 2 * layout.seq_cap], p, starts, layout.seq_cap)
+    row[layout.gather_start:layout.gather_start + p.num_rows] = _gather_rows(p, starts)
+
+
+def _fill_items(ids: np.ndarray, pos: np.ndarray, p: PackedBatch, starts: np.ndarray) -> None:
+    """One segment per item: ids, positions from 0, segment ids above ``SEGMENT_SHIFT``."""
+    items, t = p.items, p.num_tokens
+    ids[:t] = np.fromiter(chain.from_iterable(it.token_ids for it in items), dtype=np.int64, count=t)
+    pos[:t] = np.arange(t, dtype=np.int64) - np.repeat(starts, p.lengths)
+    if any(getattr(it, "token_type_ids", None) for it in items):
+        segments = chain.from_iterable(it.token_type_ids or [0] * len(it.token_ids) for it in items)
+        pos[:t] |= np.fromiter(segments, dtype=np.int64, count=t) << SEGMENT_SHIFT
+
+
+def _fill_segments(ids: np.ndarray, pos: np.ndarray, p: PackedBatch, starts: np.ndarray) -> None:
+    """Shared prefixes: each segment is a slice of its item; a suffix's positions continue after
+    its prefix (the positions the whole sequence would give those tokens)."""
+    plan, items, t = p.prefix, p.items, p.num_tokens
+    spans = list(zip(plan.src_item.tolist(), plan.starts.tolist(), plan.lengths.tolist()))
+    ids[:t] = np.fromiter(chain.from_iterable(items[i].token_ids[a:a + n] for i, a, n in spans),
+                          dtype=np.int64, count=t)
+    pos[:t] = np.arange(t, dtype=np.int64) - np.repeat(starts - plan.starts, plan.lengths)
+
+
+def _fill_prefix(region: np.ndarray, p: PackedBatch, starts: np.ndarray, seq_cap: int) -> None:
+    """[2 x seq_cap]: first row of each segment's prefix segment, then its length (0, 0: none)."""
+    region[:] = 0
+    if p.prefix is None:
+        return
+    plan, n = p.prefix, p.num_seqs
+    has = plan.prefix_seg >= 0
+    region[:n][has] = starts[plan.prefix_seg[has]]
+    region[seq_cap:seq_cap + n][has] = plan.lengths[plan.prefix_seg[has]]
+
+
+def _gather_rows(p: PackedBatch, starts: np.ndarray) -> np.ndarray:
+    """The packed row of every pooled position [num_rows]; with shared prefixes a position in the
+    prefix reads the prefix segment's row (MEAN, ALL and STEP cover the whole sequence)."""
+    rows = np.fromiter(chain.from_iterable(it.positions for it in p.items), dtype=np.int64, count=p.num_rows)
+    if p.prefix is None:
+        return rows + np.repeat(starts, p.row_counts)
+    plan = p.prefix
+    own = starts[plan.item_seg]                                         # [n] first row of each item's segment
+    pre_seg = plan.prefix_seg[plan.item_seg]                            # [n] its prefix segment (-1: none)
+    pre = np.where(pre_seg >= 0, starts[np.maximum(pre_seg, 0)], 0)     # [n]
+    per_row = lambda values: np.repeat(values, p.row_counts)            # noqa: E731  [n] → [num_rows]
+    shared = per_row(plan.shared)
+    return np.where(rows < shared, per_row(pre) + rows, per_row(own) + rows - shared)
 
 
 def split_segments(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,12 @@ FlashAttention.
 Layout: q [T, H, D], k/v [T, Hkv, D] (any row/head strides, unit stride over D), packed rows
 split by ``cu_seqlens`` [S + 1] int32. Causal or not, GQA (H % Hkv == 0), an optional sliding window
 (left of the query when causal, both sides when not) and optional logit soft-capping (Gemma2).
+
+Shared prefixes (``prefix`` [2, S] int64: first row and length of the prefix segment each
+sequence continues; 0 = none): a sequence's queries sit at absolute positions prefix_len + i and
+attend to every key of its prefix segment first (a second key range in the same packed K/V,
+windowed on absolute positions), then to their own keys as usual. Without ``prefix`` the kernel
+is compiled without that loop.
 """
 from __future__ import annotations
 
@@ -76,10 +82,45 @@ if triton is not None:
         return acc, l_i, m_new
 
     @triton.jit
-    def _varlen_fwd(Q, K, V, Out, cu_seqlens, qk_scale, softcap, window,
+    def _attend_prefix(acc, l_i, m_i, q, K, V, Prefix, seq, head, m_start, offs_m, offs_n, offs_d,
+                       stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, softcap, window,
+                       GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
+        """The keys of the sequence's prefix segment (none when its length is 0): all precede the
+        tile's queries, at absolute positions pre_len + offs_m; only a window masks inside."""
+        pre_start = tl.load(Prefix + seq)
+        pre_len = tl.load(Prefix + tl.num_programs(1) + seq)
+        kp_base = K + pre_start * stride_kt + (head // GROUP) * stride_kh
+        vp_base = V + pre_start * stride_vt + (head // GROUP) * stride_vh
+        offs_qa = offs_m + pre_len                                  # [BM] absolute query positions
+        full = pre_len // BLOCK_N * BLOCK_N                         # blocks with no key past the prefix
+        lo = 0
+        mid_lo = 0
+        if HAS_WINDOW:  # the tile's first query sees keys from pre_len + m_start - window + 1 on
+            lo = tl.maximum(0, pre_len + m_start - window + 1) // BLOCK_N * BLOCK_N
+            mid_lo = tl.minimum(tl.cdiv(tl.maximum(0, pre_len + m_start + BLOCK_M - window), BLOCK_N) * BLOCK_N,
+                                full)
+            mid_lo = tl.maximum(mid_lo, lo)
+        for n_start in tl.range(lo, mid_lo, BLOCK_N):
+            acc, l_i, m_i = _attend_block(acc, l_i, m_i, q, kp_base, vp_base, n_start, offs_qa, offs_n, offs_d,
+                                          pre_len, stride_kt, stride_vt, qk_scale, softcap, window,
+                                          True, IS_CAUSAL, HAS_WINDOW, HAS_SOFTCAP)
+        for n_start in tl.range(mid_lo, full, BLOCK_N):
+            acc, l_i, m_i = _attend_block(acc, l_i, m_i, q, kp_base, vp_base, n_start, offs_qa, offs_n, offs_d,
+                                          pre_len, stride_kt, stride_vt, qk_scale, softcap, window,
+                                          False, IS_CAUSAL, HAS_WINDOW, HAS_SOFTCAP)
+        for n_start in tl.range(tl.maximum(full, lo), pre_len, BLOCK_N):
+            acc, l_i, m_i = _attend_block(acc, l_i, m_i, q, kp_base, vp_base, n_start, offs_qa, offs_n, offs_d,
+                                          pre_len, stride_kt, stride_vt, qk_scale, softcap, window,
+                                          True, IS_CAUSAL, HAS_WINDOW, HAS_SOFTCAP)
+        return acc, l_i, m_i
+
+    @triton.jit
+    def _varlen_fwd(Q, K, V, Out, cu_seqlens, Prefix, qk_scale, softcap, window,
                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
+                    IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+                    HAS_PREFIX: tl.constexpr):
         """Grid (query blocks of the longest sequence, sequences, heads); idle programs exit."""
         seq = tl.program_id(1)
         head = tl.program_id(2)
@@ -100,6 +141,10 @@ if triton is not None:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        if HAS_PREFIX:
+            acc, l_i, m_i = _attend_prefix(acc, l_i, m_i, q, K, V, Prefix, seq, head, m_start, offs_m, offs_n,
+                                           offs_d, stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, softcap,
+                                           window, GROUP, BLOCK_M, BLOCK_N, IS_CAUSAL, HAS_WINDOW, HAS_SOFTCAP)
         # Keys [lo, hi) split in three runs of whole key blocks: [lo, mid_lo) masked (a window's
         # left edge), [mid_lo, mid_hi) seen by every query of the tile (no mask), [mid_hi, hi)
         # masked (the diagonal, the sequence's tail, a two-sided window's right edge).
@@ -159,8 +204,11 @@ def pick_tiles(head_dim: int) -> dict:
 
 def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, *,
            is_causal: bool, scale: float, window: int | None = None, softcap: float | None = None,
-           tiles: dict | None = None) -> torch.Tensor:
+           tiles: dict | None = None, prefix: torch.Tensor | None = None) -> torch.Tensor:
     """q [T, H, D], k/v [T, Hkv, D] → out [T, H, D] (q's dtype).
+
+    ``prefix``: [2, S] int64 (contiguous), each sequence's prefix segment (first row, length);
+    ``max_seqlen`` counts query rows.
 
     ``window``: keys with q - k < window (and k - q < window when not causal, as Gemma3's
     bidirectional layers); ``softcap``: scores become ``softcap * tanh(score / softcap)`` (Gemma2)
@@ -175,22 +223,26 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.
     # With soft-capping the kernel scales q·k by scale / cap inside the tanh and multiplies by
     # cap * log2(e) after it; without, by scale * log2(e) (its exp2 works in log2 units).
     qk_scale, cap = (scale / softcap, softcap * LOG2E) if softcap else (scale * LOG2E, 0.0)
-    _varlen_fwd[grid](q, k, v, out, cu_seqlens, qk_scale, cap, window or 0,
+    if prefix is not None and (prefix.shape != (2, num_seqs) or not prefix.is_contiguous()):
+        raise ValueError(f"prefix must be a contiguous [2, {num_seqs}] tensor, got {tuple(prefix.shape)}")
+    _varlen_fwd[grid](q, k, v, out, cu_seqlens, cu_seqlens if prefix is None else prefix, qk_scale, cap, window or 0,
                       q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                       out.stride(0), out.stride(1), GROUP=num_heads // k.shape[1], HEAD_DIM=head_dim,
-                      IS_CAUSAL=is_causal, HAS_WINDOW=bool(window), HAS_SOFTCAP=bool(softcap), **tiles)
+                      IS_CAUSAL=is_causal, HAS_WINDOW=bool(window), HAS_SOFTCAP=bool(softcap),
+                      HAS_PREFIX=prefix is not None, **tiles)
     return out
 
 
 @torch.library.custom_op("rewardserve::triton_varlen_attention", mutates_args=())
 def triton_varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                             max_seqlen: int, is_causal: bool, scale: float, window: int,
-                            softcap: float = 0.0) -> torch.Tensor:
-    """The kernel as one opaque op for torch.compile and CUDA graphs (``window`` / ``softcap`` 0 = none)."""
+                            softcap: float = 0.0, prefix: torch.Tensor | None = None) -> torch.Tensor:
+    """The kernel as one opaque op for torch.compile and CUDA graphs (``window`` / ``softcap`` 0 = none;
+    ``prefix`` None = no shared prefixes)."""
     return launch(q, k, v, cu_seqlens, max_seqlen, is_causal=is_causal, scale=scale, window=window or None,
-                  softcap=softcap or None)
+                  softcap=softcap or None, prefix=prefix)
 
 
 @triton_varlen_attention.register_fake
-def _(q, k, v, cu_seqlens, max_seqlen, is_causal, scale, window, softcap=0.0):
+def _(q, k, v, cu_seqlens, max_seqlen, is_causal, scale, window, softcap=0.0, prefix=None):
     return torch.empty_like(q)

@@ -147,6 +147,7 @@ class EncodeResult:
     logits: torch.Tensor | None = None
     queue_time_s: float = 0.0
     compute_time_s: float = 0.0
+    reused_tokens: int = 0            # leading tokens not computed for it: a shared prefix computed once
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,7 @@ def add_encode_results(field: Any, results: Sequence[EncodeResult]) -> None:
 
 def _fill_encode_result(message: pb.EncodeResult, result: EncodeResult) -> None:
     message.index, message.num_tokens, message.truncated = result.index, result.num_tokens, result.truncated
+    message.reused_tokens = result.reused_tokens
     message.pooled_positions.extend(result.pooled_positions)
     fill_float_tensor(message.data, result.data)
 
@@ -218,13 +219,15 @@ def chat_result(result: RewardResult) -> pb.ChatRewardResult:
     """One conversation's reward."""
     return pb.ChatRewardResult(index=result.index, score=result.score, label_scores=label_scores(result.label_scores),
                                step_scores=[step_score(s) for s in result.step_scores],
-                               num_tokens=result.num_tokens, truncated=result.truncated)
+                               num_tokens=result.num_tokens, truncated=result.truncated,
+                               reused_tokens=result.reused_tokens)
 
 
 def usage(results: Sequence[EncodeResult | RewardResult]) -> dict[str, int]:
     """Tokens and sequences the request cost, as Usage fields: a reply built with a dict holds
     no Usage message that its constructor would copy."""
-    return {"prompt_tokens": sum(r.num_tokens for r in results), "num_sequences": len(results)}
+    return {"prompt_tokens": sum(r.num_tokens for r in results), "num_sequences": len(results),
+            "reused_tokens": sum(r.reused_tokens for r in results)}
 
 
 def timing(results: Sequence[EncodeResult | RewardResult], total_s: float) -> dict[str, float]:

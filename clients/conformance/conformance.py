@@ -25,8 +25,8 @@ from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
 CASES = Path(__file__).with_name("cases.json")
 _REQUESTS = {"encode": pb.EncodeRequest, "chatReward": pb.ChatRewardRequest,
-             "modelInfo": pb.GetModelInfoRequest}
-_METHODS = {"encode": "Encode", "chatReward": "ChatReward", "modelInfo": "GetModelInfo"}
+             "modelInfo": pb.GetModelInfoRequest, "score": pb.ScoreRequest}
+_METHODS = {"encode": "Encode", "chatReward": "ChatReward", "modelInfo": "GetModelInfo", "score": "Score"}
 _ZERO: tuple = (None, 0, 0.0, False, "", [], {})  # what proto3 JSON leaves out
 
 
@@ -213,6 +213,13 @@ def _chat_kwargs(request: dict) -> dict:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
+def _score_kwargs(request: dict) -> dict:
+    truncation = request.get("truncation", {})
+    kwargs = {"top_n": request.get("topN", 0), "truncate_prompt_tokens": truncation.get("truncatePromptTokens"),
+              "instruction": request.get("instruction"), "priority": request.get("priority", 0)}
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
 def _tensor(data) -> dict:
     return {"shape": list(data.shape), "values": [float(v) for v in data.ravel().tolist()]}
 
@@ -245,6 +252,13 @@ def _encode_json(reply) -> dict:
 
 def _chat_json(reply) -> dict:
     return {"model": reply.model, "results": [_chat_result(r) for r in reply.results], "usage": _usage(reply.usage)}
+
+
+def _score_json(reply) -> dict:
+    results = [{"index": r.index, "score": float(r.score), "numTokens": r.num_tokens, "truncated": r.truncated,
+                **({"logit": float(r.logit)} if r.logit is not None else {})} for r in reply.results]
+    return {"model": reply.model, "method": f"SCORE_METHOD_{reply.method.upper()}", "results": results,
+            "usage": _usage(reply.usage)}
 
 
 def _model_info_json(info) -> dict:
@@ -283,6 +297,9 @@ def _python_call(client: RewardClient, case: dict) -> Any:
     if case["call"] == "chatReward":
         conversations = [_conversation(c) for c in request.get("conversations", [])]
         return _outcome(lambda: _chat_json(client.chat_reward(conversations, **_chat_kwargs(request))))
+    if case["call"] == "score":
+        query, documents = _input(request.get("query", {})), [_input(d) for d in request.get("documents", [])]
+        return _outcome(lambda: _score_json(client.score(query, documents, **_score_kwargs(request))))
     items = [(i.get("id", ""), _conversation(i["conversation"]) if "conversation" in i else None, i.get("groupId", ""))
              for i in request["items"]]
     options = request.get("options", {})

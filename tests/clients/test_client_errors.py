@@ -73,7 +73,7 @@ REFUSALS = [
     ("chat_reward", ([GOOD],), {"chat_template": 5}, "chat_template: invalid value 5 (int)"),
     ("score", ("q", ["d"]), {"top_n": -1}, "top_n: must be a non-negative integer, got -1"),
     ("score", ("q", ["d"]), {"top_n": True}, "top_n: must be a non-negative integer, got True"),
-    ("score", ("q", []), {}, "documents: must not be empty"),
+    ("score", ("q", []), {}, "documents: must not be empty (score)"),
     ("score", ("q", 5), {}, "documents: expected a list of texts or token id lists, got int"),
     ("score", ({"text": "q"}, ["d"]), {}, "query: expected str or a sequence of token ids, got dict"),
     ("score", ("q", ["d", [1, -2]]), {}, "documents[1].token_ids[1]: token ids are integers in [0, 2**32)"),

@@ -52,24 +52,39 @@ def cross_encoder(tmp_path_factory):
 
 
 @torch.no_grad()
-def _hf_logits(folder, token_types: bool = True) -> torch.Tensor:
+def _hf_logits(folder, token_types: bool = True, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     tok = tf.AutoTokenizer.from_pretrained(str(folder))
-    model = tf.BertForSequenceClassification.from_pretrained(str(folder), dtype=torch.float32).cuda().eval()
+    model = tf.BertForSequenceClassification.from_pretrained(str(folder), dtype=dtype).cuda().eval()
     enc = tok([QUERY] * len(DOCS), DOCS, padding=True, return_tensors="pt").to("cuda")
     if not token_types:
         enc.pop("token_type_ids")
     return model(**enc).logits[:, 0].float().cpu()
 
 
+def test_cross_encoder_score_fp32_equals_transformers_with_segment_ids(cross_encoder):
+    """float32 on the GPU: the segment-id path is exact up to kernel rounding."""
+    from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig
+    from rewardserve.engine.engine import Engine
+
+    engine = Engine(EngineConfig(model=ModelConfig(model=str(cross_encoder), dtype="float32"),
+                                 runner=RunnerConfig(device="cuda", compile=False, cuda_graphs=False)))
+    got = torch.tensor([r.logit for r in engine.score(QUERY, DOCS).results])
+    want, untyped = _hf_logits(cross_encoder), _hf_logits(cross_encoder, token_types=False)
+    assert _rel_abs(got, want) < 5e-3
+    assert _rel_abs(got, untyped) > 10 * _rel_abs(got, want)  # the segment ids are read
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 def test_cross_encoder_score_bf16_equals_transformers_with_segment_ids(cross_encoder, mode):
+    """bfloat16: within the parity suite's budget, 2x transformers-bf16's own distance from
+    float32 plus 2e-2 (a random-weight BERT's logits move ~0.2 in bf16 in transformers too)."""
     engine = _engine(cross_encoder, mode)
     got = torch.tensor([r.logit for r in engine.score(QUERY, DOCS).results])
     want = _hf_logits(cross_encoder)
-    assert _rel_abs(got, want) < TOL_ABS
+    hf_bf16 = (_hf_logits(cross_encoder, dtype=torch.bfloat16) - want).abs()
+    assert bool(((got - want).abs() <= 2 * hf_bf16.max() + 2e-2).all()), (got, want, hf_bf16.max())
     alone = torch.tensor([engine.score(QUERY, [d]).results[0].logit for d in DOCS[:6]])
     assert _rel_abs(alone, got[:6]) < 1e-2
-    assert _rel_abs(got, _hf_logits(cross_encoder, token_types=False)) > _rel_abs(got, want)  # types seen
 
 
 @pytest.mark.parametrize("mode", list(MODES))

@@ -88,12 +88,22 @@ def test_text_over_the_char_limit_is_refused_before_tokenizing():
         prepare(["ok", "y" * 1001], PLAN, PoolingParams(), NoTokenizing(), Limits(400, 8, max_chars=1000))
 
 
-def test_item_count_is_checked_before_any_item_is_read():
+@pytest.mark.parametrize("entry", ["prepare", "prepare_chat"])
+def test_item_count_is_checked_before_any_item_is_read(demo_engine, entry):
     class Unreadable(list):
         def __iter__(self):
             raise AssertionError("read an item of a request over the item limit")
-    with pytest.raises(InvalidInputError, match="inputs: has 5 items, more than the limit of 4"):
-        prepare(Unreadable([[1]] * 5), PLAN, PoolingParams(), None, Limits(400, 8, max_items=4))
+
+        def __getitem__(self, index):
+            raise AssertionError("read an item of a request over the item limit")
+    core = demo_engine.core
+    field = "inputs" if entry == "prepare" else "conversations"
+    too_many = core.limits.max_items + 1
+    with pytest.raises(InvalidInputError, match=f"{field}: has {too_many} items, more than the limit"):
+        if entry == "prepare":
+            core.prepare(Unreadable([[1]] * too_many), None, None)
+        else:
+            core.prepare_chat(Unreadable([None] * too_many), None)
 
 
 def test_token_ids_are_counted_before_they_are_copied():

@@ -133,6 +133,9 @@ def test_errors_name_the_field_and_item(cross_encoder):
         engine.score("", ["a"])
     with pytest.raises(InvalidInputError, match=r"^documents: must not be empty"):
         engine.score(QUERY, [])
+    too_many = engine.core.limits.max_items + 1  # the one item-count rule Encode and ChatReward use
+    with pytest.raises(InvalidInputError, match=rf"^documents: has {too_many} items, more than the limit"):
+        engine.score(QUERY, ["a"] * too_many)
     with pytest.raises(InvalidInputError, match=r"^documents\[0\]: must be text or token ids"):
         engine.score(QUERY, [{"messages": [{"role": "user", "content": "hi"}]}])
     with pytest.raises(InvalidInputError, match=r"^instruction: only decoder rerankers"):

@@ -9,7 +9,7 @@ import { fromJson, toJson, type JsonValue } from "@bufbuild/protobuf";
 import {
   ChatRewardRequestSchema, ChatRewardResponseSchema, ChatRewardResultSchema, EncodeRequestSchema,
   EncodeResponseSchema, GetModelInfoResponseSchema, grpcCodeName, RewardClient, RewardServeError,
-  StreamItemSchema, StreamRewardOptionsSchema,
+  type ScoreInput, ScoreRequestSchema, ScoreResponseSchema, type ScoreItem, StreamItemSchema, StreamRewardOptionsSchema,
 } from "../src/index.js";
 
 type Json = JsonValue;
@@ -60,6 +60,19 @@ async function outcome(call: () => Promise<Json>): Promise<Outcome> {
   }
 }
 
+/** A ScoreInput message as the argument `RewardClient.score` takes: text, or token ids. */
+const scoreItem = (input: ScoreInput | undefined): ScoreItem =>
+  input?.input.case === "tokenIds" ? input.input.value.ids : input?.input.case === "text" ? input.input.value : [];
+
+async function score(client: RewardClient, request: Json): Promise<Json> {
+  const r = fromJson(ScoreRequestSchema, request);
+  const reply = await client.score(scoreItem(r.query), r.documents.map(scoreItem), {
+    topN: r.topN, truncatePromptTokens: r.truncation?.truncatePromptTokens, truncationSide: r.truncation?.side,
+    instruction: r.instruction || undefined, priority: r.priority, requestId: r.requestId || undefined,
+  });
+  return toJson(ScoreResponseSchema, reply);
+}
+
 async function run(client: RewardClient, c: Case): Promise<unknown> {
   switch (c.call) {
     case "modelInfo":
@@ -68,6 +81,8 @@ async function run(client: RewardClient, c: Case): Promise<unknown> {
       return outcome(async () => toJson(EncodeResponseSchema, await client.encode(fromJson(EncodeRequestSchema, c.request))));
     case "chatReward":
       return outcome(async () => toJson(ChatRewardResponseSchema, await client.chatReward(fromJson(ChatRewardRequestSchema, c.request))));
+    case "score":
+      return outcome(() => score(client, c.request));
     case "streamReward": {
       const answers: Record<string, Record<string, any>[]> = {};
       const items = (c.request.items as Json[]).map((item) => fromJson(StreamItemSchema, item));

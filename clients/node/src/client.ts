@@ -16,10 +16,11 @@ import { type Client, type Transport, createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import {
   type ChatRewardResponse, type ChatRewardResult, ChatRewardRequestSchema, type EncodeResponse, EncodeRequestSchema,
-  type GetModelInfoResponse, RewardService, type StreamItemSchema, type StreamRewardOptionsSchema,
+  type GetModelInfoResponse, RewardService, type ScoreResponse, type StreamItemSchema, type StreamRewardOptionsSchema,
   type StreamRewardRequest, StreamRewardRequestSchema, type StreamRewardResponse,
 } from "./gen/rewardserve/v1/reward_service_pb.js";
 import { REQUEST_ID_KEY, RewardServeError, toRewardServeError } from "./errors.js";
+import { type ScoreFields, type ScoreItem, scoreRequest } from "./score.js";
 import { DEFAULT_RETRY_POLICY, REAL_ENVIRONMENT, type RetryEnvironment, type RetryPolicy,
   withRetries } from "./retry.js";
 
@@ -71,6 +72,9 @@ export type EncodeRequestInit = MessageInitShape<typeof EncodeRequestSchema>;
 export type ChatRewardRequestInit = MessageInitShape<typeof ChatRewardRequestSchema>;
 export type StreamItemInit = MessageInitShape<typeof StreamItemSchema>;
 export type StreamRewardOptionsInit = MessageInitShape<typeof StreamRewardOptionsSchema>;
+
+/** Options of one Score call: the request's fields and the call's own. */
+export interface ScoreOptions extends CallOptions, ScoreFields {}
 
 /** Options of one StreamReward call. */
 export interface StreamOptions extends CallOptions {
@@ -136,6 +140,19 @@ export class RewardClient {
     const message = create(ChatRewardRequestSchema, request);
     message.requestId ||= randomUUID();
     return this.unary((opts) => this.client.chatReward(message, opts), message.requestId, options);
+  }
+
+  /**
+   * Score `query` against each document (Score RPC): cross-encoders and rerankers read each
+   * pair, embedding models give cosine similarities. Query and documents are texts or token ids
+   * (without special tokens). Results come in document order, or the best `topN` best first.
+   * Bad arguments are refused before sending (RewardServeError, INVALID_ARGUMENT, the message
+   * leading with the parameter, e.g. `documents: must not be empty (score)`).
+   */
+  async score(query: ScoreItem, documents: readonly ScoreItem[] | string,
+              options: ScoreOptions = {}): Promise<ScoreResponse> {
+    const message = scoreRequest(query, documents, options, options.requestId || randomUUID());
+    return this.unary((opts) => this.client.score(message, opts), message.requestId, options);
   }
 
   /** Describe the served model (pin it: tokenizer and chat template hashes, labels, limits). */

@@ -69,7 +69,7 @@ def score_request(query: ScoreInput, documents: Iterable[ScoreInput], *, top_n: 
                                f"got {type(documents).__name__}")
     documents = [documents] if isinstance(documents, str) else list(documents)
     if not documents:
-        raise invalid_argument("documents: must not be empty")
+        raise invalid_argument("documents: must not be empty (score)")
     if instruction is not None and not isinstance(instruction, str):
         raise invalid_argument(f"instruction: expected a str, got {type(instruction).__name__}")
     request = build_message(pb.ScoreRequest, top_n=top_n, instruction=instruction or "", priority=priority,

@@ -200,6 +200,11 @@ func run(client *rewardserve.Client, c testCase) interface{} {
 	case "chatReward":
 		reply, err := client.ChatReward(ctx, parse(whole, &pb.ChatRewardRequest{}).(*pb.ChatRewardRequest))
 		return outcome(reply, err)
+	case "score":
+		req := parse(whole, &pb.ScoreRequest{}).(*pb.ScoreRequest)
+		reply, err := client.Score(ctx, req.Query, req.Documents, rewardserve.ScoreOptions{TopN: req.TopN,
+			Truncation: req.Truncation, Instruction: req.Instruction, Priority: req.Priority, RequestID: req.RequestId})
+		return outcome(reply, err)
 	case "streamReward":
 		var rawItems []json.RawMessage
 		if err := json.Unmarshal(c.Request["items"], &rawItems); err != nil {

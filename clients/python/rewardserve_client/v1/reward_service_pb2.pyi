@@ -105,12 +105,14 @@ class FloatTensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("prompt_tokens", "num_sequences")
+    __slots__ = ("prompt_tokens", "num_sequences", "reused_tokens")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NUM_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    REUSED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     num_sequences: int
-    def __init__(self, prompt_tokens: _Optional[int] = ..., num_sequences: _Optional[int] = ...) -> None: ...
+    reused_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., num_sequences: _Optional[int] = ..., reused_tokens: _Optional[int] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("queue_seconds", "compute_seconds", "total_seconds")
@@ -143,18 +145,20 @@ class EncodeRequest(_message.Message):
     def __init__(self, task: _Optional[_Union[PoolingTask, str]] = ..., inputs: _Optional[_Iterable[_Union[EncodeInput, _Mapping]]] = ..., pooling: _Optional[_Union[PoolingParams, _Mapping]] = ..., truncation: _Optional[_Union[Truncation, _Mapping]] = ..., add_special_tokens: bool = ..., priority: _Optional[int] = ..., request_id: _Optional[str] = ..., chat_options: _Optional[_Union[ChatOptions, _Mapping]] = ...) -> None: ...
 
 class EncodeResult(_message.Message):
-    __slots__ = ("index", "data", "num_tokens", "truncated", "pooled_positions")
+    __slots__ = ("index", "data", "num_tokens", "truncated", "pooled_positions", "reused_tokens")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     POOLED_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    REUSED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     index: int
     data: FloatTensor
     num_tokens: int
     truncated: bool
     pooled_positions: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, index: _Optional[int] = ..., data: _Optional[_Union[FloatTensor, _Mapping]] = ..., num_tokens: _Optional[int] = ..., truncated: bool = ..., pooled_positions: _Optional[_Iterable[int]] = ...) -> None: ...
+    reused_tokens: int
+    def __init__(self, index: _Optional[int] = ..., data: _Optional[_Union[FloatTensor, _Mapping]] = ..., num_tokens: _Optional[int] = ..., truncated: bool = ..., pooled_positions: _Optional[_Iterable[int]] = ..., reused_tokens: _Optional[int] = ...) -> None: ...
 
 class EncodeResponse(_message.Message):
     __slots__ = ("request_id", "model", "task", "results", "usage", "timing")
@@ -281,7 +285,7 @@ class StepScore(_message.Message):
     def __init__(self, position: _Optional[int] = ..., score: _Optional[float] = ..., label_scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ...) -> None: ...
 
 class ChatRewardResult(_message.Message):
-    __slots__ = ("index", "score", "label_scores", "step_scores", "num_tokens", "truncated", "group_index", "response_index", "group_id")
+    __slots__ = ("index", "score", "label_scores", "step_scores", "num_tokens", "truncated", "group_index", "response_index", "group_id", "reused_tokens")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     LABEL_SCORES_FIELD_NUMBER: _ClassVar[int]
@@ -291,6 +295,7 @@ class ChatRewardResult(_message.Message):
     GROUP_INDEX_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_INDEX_FIELD_NUMBER: _ClassVar[int]
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    REUSED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     index: int
     score: float
     label_scores: _containers.RepeatedCompositeFieldContainer[LabelScore]
@@ -300,7 +305,8 @@ class ChatRewardResult(_message.Message):
     group_index: int
     response_index: int
     group_id: str
-    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., label_scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., step_scores: _Optional[_Iterable[_Union[StepScore, _Mapping]]] = ..., num_tokens: _Optional[int] = ..., truncated: bool = ..., group_index: _Optional[int] = ..., response_index: _Optional[int] = ..., group_id: _Optional[str] = ...) -> None: ...
+    reused_tokens: int
+    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., label_scores: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., step_scores: _Optional[_Iterable[_Union[StepScore, _Mapping]]] = ..., num_tokens: _Optional[int] = ..., truncated: bool = ..., group_index: _Optional[int] = ..., response_index: _Optional[int] = ..., group_id: _Optional[str] = ..., reused_tokens: _Optional[int] = ...) -> None: ...
 
 class ChatRewardResponse(_message.Message):
     __slots__ = ("request_id", "model", "results", "usage", "timing")

@@ -7,6 +7,10 @@ import dev.rewardserve.v1.GetModelInfoRequest;
 import dev.rewardserve.v1.GetModelInfoResponse;
 import dev.rewardserve.v1.PoolingTask;
 import dev.rewardserve.v1.RewardServiceGrpc;
+import dev.rewardserve.v1.ScoreInput;
+import dev.rewardserve.v1.ScoreMethod;
+import dev.rewardserve.v1.ScoreRequest;
+import dev.rewardserve.v1.ScoreResponse;
 import dev.rewardserve.v1.TokenIds;
 import io.grpc.ManagedChannel;
 import io.grpc.Metadata;
@@ -55,6 +59,27 @@ public final class Smoke {
       } catch (StatusRuntimeException e) {
         check(e.getStatus().getCode() == Status.Code.INVALID_ARGUMENT
             && e.getStatus().getDescription().startsWith("inputs[0]"), "bad input: " + e.getStatus());
+        passed++;
+      }
+
+      // Score: the demo model (one label) reads each (query, document) pair as a cross-encoder.
+      ScoreResponse scored = stub.withDeadlineAfter(30, TimeUnit.SECONDS).score(ScoreRequest.newBuilder()
+          .setQuery(ScoreInput.newBuilder().setText("What is the answer?"))
+          .addDocuments(ScoreInput.newBuilder().setText("The answer is 42."))
+          .addDocuments(ScoreInput.newBuilder().setTokenIds(TokenIds.newBuilder().addIds(5).addIds(6)))
+          .build());
+      check(scored.getResultsCount() == 2 && scored.getResults(0).getIndex() == 0
+          && scored.getResults(1).getIndex() == 1 && scored.getResults(1).hasLogit()
+          && scored.getMethod() == ScoreMethod.SCORE_METHOD_CROSS_ENCODER, "score: " + scored);
+      passed++;
+
+      try {
+        stub.withDeadlineAfter(30, TimeUnit.SECONDS).score(ScoreRequest.newBuilder()
+            .setQuery(ScoreInput.newBuilder().setText("q")).build());
+        check(false, "a Score without documents was accepted");
+      } catch (StatusRuntimeException e) {
+        check(e.getStatus().getCode() == Status.Code.INVALID_ARGUMENT
+            && e.getStatus().getDescription().startsWith("documents"), "score without documents: " + e.getStatus());
         passed++;
       }
     } finally {
