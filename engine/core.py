@@ -70,13 +70,24 @@ def _start_tensor_parallel(config: EngineConfig):
     parallel = config.parallel
     if parallel.tensor_parallel_size == 1:
         return None
-    if parallel.data_parallel_size > 1:
-        raise EngineError("--data-parallel-size with --tensor-parallel-size is not supported yet: run one "
-                          "tensor-parallel server per GPU group (pods behind the mesh, see the README)")
     check_tensor_parallel(config)
+    if parallel.data_parallel_size > 1:  # D groups of T GPUs each
+        from rewardserve.engine.remote_replica import check_devices
+
+        check_devices(config)
     from rewardserve.engine.tensor_parallel import TensorParallelGroup
 
     return TensorParallelGroup(config)
+
+
+def _start_remote(config: EngineConfig) -> list:
+    """Data parallel over tensor-parallel groups: the leader processes of replicas 1..D-1
+    (``remote_replica.RemoteRunner``; none otherwise)."""
+    if config.parallel.tensor_parallel_size == 1 or config.parallel.data_parallel_size == 1:
+        return []
+    from rewardserve.engine.remote_replica import start_remote
+
+    return start_remote(config)
 
 
 class EngineCore:
@@ -84,15 +95,20 @@ class EngineCore:
 
     def __init__(self, config: EngineConfig):
         self.config = config
-        # Tensor parallel: ranks 1..N-1 start and load their shards while this process loads rank 0's.
+        # Tensor parallel: ranks 1..N-1 start and load their shards while this process loads rank 0's;
+        # with data parallel too, replicas 1..D-1 are leader processes, each with its own group
+        # (engine/remote_replica.py), loading meanwhile as well.
         self.tensor_parallel = _start_tensor_parallel(config)
+        self.remote: list = []
         try:
+            self.remote = _start_remote(config)
             self.loaded = load(config, self.tensor_parallel.shard if self.tensor_parallel else None)
             if self.tensor_parallel:
                 self.tensor_parallel.connect(self.loaded.model, self.loaded.device)
+            for replica in self.remote:
+                replica.connect()
         except BaseException:
-            if self.tensor_parallel:
-                self.tensor_parallel.close()
+            self._close_parallel()
             raise
         self.traits = self.loaded.model.traits
         self.tokenizer = self.loaded.tokenizer
@@ -114,9 +130,12 @@ class EngineCore:
         # Tensor parallel: off (not yet proven with sharded heads; every rank runs whole prompts).
         self.prefix = None if self.tensor_parallel else prefix.planner_for(config.prefix, self.loaded.model,
                                                                             self.loaded.backend)
-        devices = replica_devices(self.loaded.device, config.parallel.data_parallel_size)
         # One runner per data-parallel replica (one without data parallelism); runners[0] is ``runner``.
-        self.runners = replicate(self.loaded.model, devices, self._make_runner)
+        if self.remote:  # replica 0 here, the others in their leaders
+            self.runners = [self._make_runner(self.loaded.model, self.loaded.device), *self.remote]
+        else:
+            devices = replica_devices(self.loaded.device, config.parallel.data_parallel_size)
+            self.runners = replicate(self.loaded.model, devices, self._make_runner)
         self.runner = self.runners[0]
 
     def _make_runner(self, model, device: torch.device) -> ModelRunner:
@@ -204,6 +223,12 @@ class EngineCore:
         with the process)."""
         if self.template_pool is not None:
             self.template_pool.close()
+        self._close_parallel()
+
+    def _close_parallel(self) -> None:
+        from rewardserve.engine.remote_replica import close_all
+
+        close_all(self.remote)
         if self.tensor_parallel:
             self.tensor_parallel.close()
 

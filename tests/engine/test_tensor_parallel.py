@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from rewardserve.engine.config import EngineConfig, ModelConfig, ParallelConfig, RunnerConfig
+from rewardserve.engine.config import ParallelConfig
 from rewardserve.engine.engine import Engine
 from rewardserve.engine.errors import EngineError
 from rewardserve.engine.types import PoolingParams, PoolingType
@@ -63,11 +63,5 @@ def test_unsupported_setups_are_refused_before_any_rank_starts(tmp_path, demo_mo
     (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
     with pytest.raises(EngineError, match="--tensor-parallel-size 2: encoder models"):
         Engine.from_model(str(bert), device="cpu", tensor_parallel_size=2)
-    both = EngineConfig(model=ModelConfig(model=str(demo_model_dir)), runner=RunnerConfig(device="cpu"),
-                        parallel=ParallelConfig(data_parallel_size=2, tensor_parallel_size=2))
-    with pytest.raises(EngineError, match="--data-parallel-size"):
-        from rewardserve.engine.async_engine import AsyncEngine
-
-        AsyncEngine.from_config(both)
     with pytest.raises(ValueError, match="--tensor-parallel-size must be at least 1"):
         ParallelConfig(tensor_parallel_size=0)
