@@ -162,7 +162,8 @@ class ParallelConfig:
 
     data_parallel_size: int = option(
         1, "Model replicas behind this one endpoint, each on its own device (cuda:0..N-1 under --device auto "
-           "or cuda; replicas on cuda:K start at K); each packed batch goes to the least-loaded replica.")
+           "or cuda; replicas on cuda:K start at K), or with --tensor-parallel-size T on its own T devices "
+           "(replica r on cuda:K+r*T..K+(r+1)*T-1); each packed batch goes to the least-loaded replica.")
     tensor_parallel_size: int = option(
         1, "Split the model's attention heads and MLP columns over this many devices (cuda:K..K+N-1, or N "
            "processes on the CPU), one rank process each, driven by this process; for models too big for one "

@@ -122,6 +122,7 @@ class RemoteRunner:
         self.device = torch.device(self.config.runner.device)
         self.stats: dict = {}
         self.rank_pids: list[int] = []  # the group's ranks 1..T-1 (children of the leader)
+        self.num_batches = 0  # batches sent to the leader (each computed there, or failed)
         self._ids = count()
         self._replies: dict[int, tuple] = {}
         self._send_lock = threading.Lock()
@@ -153,6 +154,7 @@ class RemoteRunner:
 
     def launch(self, batch: PackedBatch) -> _Sent:
         items = [WireItem(it.token_ids, it.positions, it.pooling) for it in batch.items]
+        self.num_batches += 1
         return _Sent(self._send("batch", items), batch)
 
     def collect(self, pending: _Sent) -> list[Output]:

@@ -14,7 +14,9 @@ import torch
 
 from rewardserve.engine.async_engine import AsyncEngine
 from rewardserve.engine.config import EngineConfig, ModelConfig, ParallelConfig, RunnerConfig, SchedulerConfig
-from rewardserve.engine.remote_replica import RemoteRunner
+from rewardserve.engine.errors import EngineError, ItemFailedError
+from rewardserve.engine.remote_replica import RemoteRunner, portable, replica_config
+from rewardserve.engine.tensor_parallel import RankLost
 from rewardserve.engine.types import PoolingParams, PoolingType
 
 from test_replicas import Held  # tests/engine is on sys.path (prepend imports)
@@ -72,7 +74,7 @@ async def test_two_tensor_parallel_replicas_equal_one_rank(demo_model_dir, demo_
         first = asyncio.create_task(calls[0])
         await asyncio.to_thread(held[0].entered.wait, 30)  # replica 0 is busy with the first request
         rest = await asyncio.wait_for(asyncio.gather(*calls[1:]), 120)  # so replica 1 (the leader) computes the rest
-        assert held[0].batches == 0 and not first.done()
+        assert held[0].batches == 0 and not first.done() and engine.core.runners[1].num_batches == len(rest)
         held[0].gate.set()
         assert_close([await first, *rest], want)
         assert engine.stats().replicas_alive == 2 and engine.is_ready
@@ -107,4 +109,38 @@ async def test_a_lost_process_of_replica_1_leaves_replica_0_serving(demo_model_d
     finally:
         for h in held:
             h.gate.set()
+        await engine.shutdown(5)
+
+
+def test_errors_come_back_as_their_own_type_or_a_portable_one():
+    oom = torch.OutOfMemoryError("CUDA out of memory (injected)")
+    assert portable(oom) is oom  # out of memory still splits the batch
+    lost = RankLost("tensor-parallel rank 1 died (exit code -9)")
+    assert portable(lost) is lost
+    item = ItemFailedError("inputs", "could not be computed", 3)  # its __init__ does not unpickle
+    back = portable(item)
+    assert type(back) is EngineError and "ItemFailedError" in str(back) and "could not be computed" in str(back)
+    odd = portable(ValueError(lambda: 0))  # an argument that does not pickle
+    assert type(odd) is RuntimeError and str(odd).startswith("ValueError: ")
+
+
+def test_each_replica_group_gets_its_own_devices(demo_model_dir):
+    cfg = replica_config(config(demo_model_dir), 1)
+    assert cfg.runner.device == "cpu" and cfg.parallel.data_parallel_size == 1
+    assert cfg.parallel.tensor_parallel_size == 2
+
+
+async def test_a_lost_rank_of_replica_0_leaves_the_leader_serving(demo_model_dir, demo_engine, caplog):
+    """The serving process's own group fails: replica 1 (the leader) computes everything."""
+    want = expected(demo_engine)
+    engine = await started(demo_model_dir)
+    try:
+        engine.core.tensor_parallel.processes[0].kill()  # replica 0's rank 1
+        got = await asyncio.wait_for(asyncio.gather(*requests(engine, demo_engine)), 120)
+        assert_close(got, want)
+        stats = engine.stats()
+        assert stats.replicas_alive == 1 and stats.num_failed_items == 0 and engine.is_ready
+        assert engine.core.runners[1].num_batches >= len(want)
+        assert "replica 0 (cpu) lost" in caplog.text
+    finally:
         await engine.shutdown(5)
