@@ -219,16 +219,17 @@ class EngineCore:
             raise InvalidInputError("chat_template", REQUEST_TEMPLATES_OFF)
 
     def close(self) -> None:
-        """Stop the request-template workers and the tensor-parallel ranks (the model itself goes
-        with the process)."""
+        """Stop the request-template workers, the tensor-parallel ranks and the other replicas'
+        leaders (the model itself goes with the process)."""
         if self.template_pool is not None:
             self.template_pool.close()
         self._close_parallel()
 
     def _close_parallel(self) -> None:
-        from rewardserve.engine.remote_replica import close_all
+        if self.remote:
+            from rewardserve.engine.remote_replica import close_all
 
-        close_all(self.remote)
+            close_all(self.remote)
         if self.tensor_parallel:
             self.tensor_parallel.close()
 

@@ -24,7 +24,8 @@ A rank that dies: a watcher thread on rank 0 sees its process end, logs it, mark
 lost and aborts the NCCL group (a collective waiting for the dead rank returns an error instead
 of waiting out the timeout; gloo fails such a collective by itself). Every later batch fails
 at once with ``RankLost``: the offline engine raises it, a server's batch pipeline probes the
-runner, marks its replica lost and goes NOT_SERVING (pods get restarted by their probes).
+runner, marks its replica lost and goes NOT_SERVING (pods get restarted by their probes; with
+data parallelism the other replicas keep serving, see ``remote_replica``).
 Nothing waits forever: every collective has the timeout.
 """
 from __future__ import annotations
