@@ -131,5 +131,6 @@ class ReplicaSet:
             left = self.num_alive
         log.error("replica %d (%s) lost (%s): %d sequence(s) go back to the queue; %d of %d replicas left",
                   index, self.replicas[index].runner.device, lost.cause, len(items), left, len(self.replicas))
+        self.replicas[index].runner.close()  # a remote leader and its ranks give their GPUs back now
         if left == 0:
             self.scheduler.abort(EngineUnavailableError("no replica left: every device failed"))

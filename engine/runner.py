@@ -147,6 +147,10 @@ class ModelRunner:
         if self.cuda:
             torch.cuda.synchronize(self.device)
 
+    def close(self) -> None:
+        """A lost replica's runner: nothing to stop (it lives in the serving process; a tensor-
+        parallel group's ranks are the engine's to close)."""
+
     def release_memory(self) -> None:
         """Give cached device memory back (after an out-of-memory failure, before a retry)."""
         if self.cuda:
