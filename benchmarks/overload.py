@@ -388,11 +388,13 @@ class Bench:
         codes: dict[str, int] = {}
         start = time.monotonic()
         asyncio.run(self._send_templates(n, size, codes))
-        seconds = time.monotonic() - start
+        stop = time.monotonic()
         time.sleep(1.0)
         after = self._rss()
-        return {"templates": n, "template_bytes": size, "seconds": seconds, "codes": codes,
-                "before": before, "after": after, "growth_mb": after["server_mb"] - before["server_mb"]}
+        out = {"templates": n, "template_bytes": size, "seconds": stop - start, "codes": codes,
+               "before": before, "after": after, "growth_mb": after["server_mb"] - before["server_mb"]}
+        self._health(out, start, stop)
+        return out
 
     async def _send_templates(self, n: int, size: int, codes: dict) -> None:
         from rewardserve_client import AsyncRewardClient, RewardServeError
@@ -442,22 +444,25 @@ class Bench:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        start = time.monotonic()
         with grpc.insecure_channel(self.server.target) as channel:
             threads = [threading.Thread(target=send, args=(channel,)) for _ in range(n)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
+        stop = time.monotonic()
         time.sleep(1.0)
         done.set()
         sampler.join()
         after = self._rss()
         codes = {c: sum(1 for x, *_ in results if x == c) for c, *_ in results}
-        return {"requests": n, "request_mb": mb, "codes": codes,
-                "call_p50_ms": ms([s for _, s, _ in results], 50), "detail": results[0][2] if results else "",
-                "before": before, "peak_server_mb": peak[0], "after": after,
-                "growth_mb": after["server_mb"] - before["server_mb"],
-                "peak_growth_mb": peak[0] - before["server_mb"]}
+        out = {"requests": n, "request_mb": mb, "codes": codes,
+               "call_p50_ms": ms([s for _, s, _ in results], 50), "detail": results[0][2] if results else "",
+               "before": before, "peak_server_mb": peak[0], "after": after,
+               "growth_mb": after["server_mb"] - before["server_mb"], "peak_growth_mb": peak[0] - before["server_mb"]}
+        self._health(out, start, stop)
+        return out
 
     def _cpu(self):
         """A function of the elapsed seconds giving the server's and this process's CPU use
@@ -554,8 +559,9 @@ def print_table(result: dict) -> None:
         if key in result:
             r = result[key]
             print(f"{key}: server RSS {r['before']['server_mb']:.0f} -> {r['after']['server_mb']:.0f} MB "
-                  f"(+{r['growth_mb']:.0f}), codes {r['codes']}"
-                  + (f", peak +{r['peak_growth_mb']:.0f} MB" if "peak_growth_mb" in r else ""))
+                  f"({r['growth_mb']:+.0f}), codes {r['codes']}"
+                  + (f", peak +{r['peak_growth_mb']:.0f} MB" if "peak_growth_mb" in r else "")
+                  + f", health p99 {f(r['health']['p99_ms'])} ms (max {f(r['health']['max_ms'])})")
     for t in result["targets"]:
         print(f"  {'MET ' if t['met'] else 'MISS' if t['met'] is not None else '  - '} {t['target']}: "
               f"{f(t['measured'], '.2f')}")
