@@ -7,7 +7,8 @@ one process: a caller costs the client little CPU, and a pool of processes would
 of the same few cores from the server. Health is polled from a process of its own, so this
 process's event loop never delays a probe. Phases:
 
-  capacity   16 callers, no deadline: sequences/s
+  capacity   16 callers, no deadline: sequences/s (again after each flood: the machine's other
+             load drifts, so each flood is compared with the mean of the two around it)
   flood      256 and 512 callers, 2 s deadlines: goodput (OK sequences/s) as % of capacity;
              OK / RESOURCE_EXHAUSTED / DEADLINE_EXCEEDED / other; refusal latency server-side
              (``rewardserve_refusal_seconds``); sequences the server computed for nobody
@@ -22,7 +23,7 @@ refused with RESOURCE_EXHAUSTED after the client's own retries waits the server'
 (jittered as the client's retries are) before its next call. One server serves every phase;
 each phase's first ``--warmup`` seconds are not counted.
 
-    python benchmarks/overload.py --out /tmp/overload.json           # about 3 minutes
+    python benchmarks/overload.py --out /tmp/overload.json           # about 3.5 minutes
     python benchmarks/overload.py --quick                            # every phase, about 40 s
 """
 from __future__ import annotations
@@ -314,17 +315,13 @@ class Bench:
         self._health(out, start, stop)
         return out
 
-    def flood(self, n: int, capacity: dict) -> dict:
+    def flood(self, n: int) -> dict:
         before, cpu = self.metrics.scrape(), self._cpu()
         callers = Callers(self.server.target, n, timeout=self.args.deadline)
         start, stop = asyncio.run(callers.run(encode_call(self.requests, self.args.deadline), self.args.flood_seconds))
         out = {"callers": n, "deadline_s": self.args.deadline, **callers.summary(*self._window(start, stop)),
                **cpu(stop - start)}
         after = self.metrics.scrape()
-        out["goodput_pct_of_capacity"] = 100 * out["ok_seqs_per_s"] / capacity["ok_seqs_per_s"]
-        # The same per core-second the server got: on a shared machine its share of the cores varies.
-        per_core = lambda r: r["ok_seqs_per_s"] / r["server_cores"] if r["server_cores"] else 0.0  # noqa: E731
-        out["goodput_pct_of_capacity_per_server_core"] = 100 * per_core(out) / per_core(capacity)
         out["refusal_server"] = histogram_quantiles(after, before, "rewardserve_refusal_seconds", grpc_method="Encode")
         out["server_codes"] = {c: int(delta(after, before, "grpc_server_handled_total", grpc_method="Encode",
                                             grpc_code=c))
@@ -342,6 +339,18 @@ class Bench:
         out["tok_per_s"] = {"wall": tokens / (stop - start), "compute": tokens / compute_s if compute_s else None}
         self._health(out, start, stop)
         return out
+
+    @staticmethod
+    def score(flood: dict, capacities: list[dict]) -> None:
+        """Goodput as % of the capacity measured just before and just after the flood (their
+        mean: the machine's other load drifts), and the same per core-second the server got."""
+        mean = lambda values: sum(values) / len(values)  # noqa: E731
+        per_core = lambda r: r["ok_seqs_per_s"] / r["server_cores"] if r["server_cores"] else 0.0  # noqa: E731
+        capacity = mean([c["ok_seqs_per_s"] for c in capacities])
+        flood["capacity_seqs_per_s"] = capacity
+        flood["goodput_pct_of_capacity"] = 100 * flood["ok_seqs_per_s"] / capacity
+        core_capacity = mean([per_core(c) for c in capacities])
+        flood["goodput_pct_of_capacity_per_server_core"] = 100 * per_core(flood) / core_capacity
 
     def template(self) -> dict:
         seconds = self.args.template_seconds
@@ -542,7 +551,8 @@ def print_table(result: dict) -> None:
     print(f"{'phase':14} {'OK seq/s':>9} {'% cap':>6} {'OK':>6} {'RE':>6} {'DE':>5} {'other':>5} "
           f"{'OK p99':>8} {'refuse p50/p99 (server)':>24} {'health p99':>10} {'srv cores':>9}")
     rows = [("capacity", cap)] if cap else []
-    rows += [(f"flood {k}", v) for k, v in result.get("floods", {}).items()]
+    for (k, v), again in zip(result.get("floods", {}).items(), result.get("capacity_rechecks", [])):
+        rows += [(f"flood {k}", v), ("capacity", again)]
     for name, r in rows:
         codes = r["codes"]
         other = sum(v for c, v in codes.items() if c not in ("OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"))
@@ -585,7 +595,12 @@ def run(args: argparse.Namespace) -> dict:
         if "capacity" in phases or "flood" in phases:
             result["capacity"] = bench.capacity()
         if "flood" in phases:
-            result["floods"] = {str(n): bench.flood(n, result["capacity"]) for n in args.flood_callers}
+            result["floods"], result["capacity_rechecks"], before = {}, [], result["capacity"]
+            for n in args.flood_callers:
+                flood = bench.flood(n)
+                result["capacity_rechecks"].append(after := bench.capacity())  # the same 16 callers again
+                bench.score(flood, [before, after])
+                result["floods"][str(n)], before = flood, after
         if "template" in phases:
             result["template"] = bench.template()
         if "rss" in phases:
