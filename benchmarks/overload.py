@@ -288,6 +288,7 @@ class Bench:
         self.args, self.server, self.metrics, self.health = args, server, metrics, health
         self.pid = server.proc.pid
         self.health_windows: list[tuple[dict, float, float]] = []
+        self.rss_start_mb = rss_mb(self.pid)  # the server just started: every later phase is measured against it too
         work = Workload(400, args.median_tokens, 4 * args.median_tokens, args.seqs_per_request, args.seed)
         self.requests = [work.next_request() for _ in range(512)]
         rng = random.Random(args.seed)
@@ -401,7 +402,8 @@ class Bench:
         time.sleep(1.0)
         after = self._rss()
         out = {"templates": n, "template_bytes": size, "seconds": stop - start, "codes": codes,
-               "before": before, "after": after, "growth_mb": after["server_mb"] - before["server_mb"]}
+               "before": before, "after": after, "growth_mb": after["server_mb"] - before["server_mb"],
+               "growth_since_start_mb": after["server_mb"] - self.rss_start_mb}
         self._health(out, start, stop)
         return out
 
@@ -469,7 +471,8 @@ class Bench:
         out = {"requests": n, "request_mb": mb, "codes": codes,
                "call_p50_ms": ms([s for _, s, _ in results], 50), "detail": results[0][2] if results else "",
                "before": before, "peak_server_mb": peak[0], "after": after,
-               "growth_mb": after["server_mb"] - before["server_mb"], "peak_growth_mb": peak[0] - before["server_mb"]}
+               "growth_mb": after["server_mb"] - before["server_mb"], "peak_growth_mb": peak[0] - before["server_mb"],
+               "growth_since_start_mb": after["server_mb"] - self.rss_start_mb}
         self._health(out, start, stop)
         return out
 
@@ -590,7 +593,7 @@ def run(args: argparse.Namespace) -> dict:
     cpu0, phases = resource.getrusage(resource.RUSAGE_SELF), set(args.phases)
     try:
         result["server"] = {"args": server.args[3:], "ready_s": server.ready_s, "log": str(log),
-                            "rss_start_mb": rss_mb(bench.pid)}
+                            "rss_start_mb": bench.rss_start_mb}
         asyncio.run(_warm(server.target, bench.requests))
         if "capacity" in phases or "flood" in phases:
             result["capacity"] = bench.capacity()
