@@ -26,14 +26,18 @@ class Server:
     """``rewardserve serve`` in a subprocess; ``start`` waits until health says SERVING."""
 
     def __init__(self, folder, log_path: Path, *, dtype: str, compile: bool, graphs: bool, max_tokens: int,
-                 extra: tuple[str, ...] = ()):
+                 extra: tuple[str, ...] = (), unbounded_queue: bool = True):
+        """``folder`` None serves the built-in demo model. ``unbounded_queue`` lifts the admission
+        limits (saturation runs must never be refused); overload runs keep the server's defaults."""
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.log_path = log_path
-        self.args = [sys.executable, "-c", SERVE, "serve", "--model", str(folder), "--host", "127.0.0.1",
+        model = ["--model", str(folder)] if folder is not None else []
+        queue = ["--max-queue-requests", "100000", "--max-queue-tokens", "100000000"] if unbounded_queue else []
+        self.args = [sys.executable, "-c", SERVE, "serve", *model, "--host", "127.0.0.1",
                      "--port", str(self.port), "--dtype", dtype, "--max-num-batched-tokens", str(max_tokens),
                      "--compile" if compile else "--no-compile", "--cuda-graphs" if graphs else "--no-cuda-graphs",
-                     "--max-queue-requests", "100000", "--max-queue-tokens", "100000000", *extra]
+                     *queue, *extra]
         self.proc: subprocess.Popen | None = None
         self.ready_s = 0.0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,16 @@ from rewardserve.engine.config import SchedulerConfig
 from rewardserve.engine.errors import DeadlineExceededError, EngineOverloadedError
 from rewardserve.engine.prefix import PrefixPlanner
 from rewardserve.engine.prepare import WorkItem
+
+# Deadline-aware admission queues a call only when the queue's expected wait is under this share
+# of its remaining deadline: the estimate is a mean (half the calls wait longer), and the reply
+# still has to be computed and sent. A shorter queue costs no throughput (a few batches keep
+# the device busy); a queue filled to the deadline computes its tail for callers who have gone.
+ADMIT_DEADLINE_FRACTION = 0.5
+# Retry delays grow with the share of recent calls refused (a decaying count over this many
+# seconds): under a sustained flood each refused caller comes back less often, so refusals
+# (each costs the server a gRPC call) stay a small part of its work.
+REFUSAL_MEMORY_S = 1.0
 
 
 @dataclass
@@ -83,6 +94,7 @@ class Scheduler:
         self._closed = False
         self._aborted: Exception | None = None  # set by abort: no device is left to compute anything
         self.throughput_tok_s = config.initial_throughput_tok_s  # refined from measured batches
+        self._decisions = [0.0, 0.0, clock()]  # recent admitted, refused (decaying), last update
 
     def submit(self, request: Request) -> None:
         """Queue a request's items, or refuse it (EngineOverloadedError) when the queue is full."""
@@ -115,6 +127,7 @@ class Scheduler:
         full_tokens = stats.queued_tokens + request.num_tokens > cfg.max_queue_tokens
         self._refuse_if_full(full_requests, full_tokens)
         self._refuse_if_too_late(request.deadline, request.num_tokens)
+        self._note_decision(refused=False)
 
     def expected_wait_s(self, num_tokens: int = 0) -> float:
         """Seconds until ``num_tokens`` more would be computed behind today's queue, at the
@@ -128,12 +141,33 @@ class Scheduler:
             return
         wait = self.expected_wait_s(num_tokens)
         remaining = deadline - self.clock()
-        if wait > remaining:
-            self.stats.num_rejected += 1
-            retry = min(5.0, max(0.05, self.expected_wait_s() - max(0.0, remaining)))
-            raise EngineOverloadedError(f"the queue holds about {wait:.2f}s of work, more than the "
+        if wait > ADMIT_DEADLINE_FRACTION * remaining:
+            # A retry of this call would meet the same queue with less time left: the delay is at
+            # least its remaining time (the client gives this call up) and the queue's drain time.
+            retry = self._retry_delay(max(self.expected_wait_s(), remaining))
+            raise EngineOverloadedError(f"the queue holds about {wait:.2f}s of work, more than half the "
                                         f"{max(0.0, remaining):.2f}s left before the deadline: retry after "
                                         f"{retry:.2f}s", retry)
+
+    def _retry_delay(self, base_s: float) -> float:
+        """Count a refusal; its retry delay: ``base_s`` stretched by 1 / (1 - the share of recent
+        decisions that were refusals), i.e. by the attempts a caller should expect to need (one
+        admission assumed besides, so that a lone refusal after a quiet spell stretches little)."""
+        admitted, refused = self._decay()
+        self._note_decision(refused=True)
+        self.stats.num_rejected += 1
+        share = refused / (admitted + refused + 1.0)
+        return min(5.0, max(0.05, base_s / max(0.2, 1.0 - share)))
+
+    def _decay(self) -> tuple[float, float]:
+        now = self.clock()
+        keep = math.exp(-max(0.0, now - self._decisions[2]) / REFUSAL_MEMORY_S)
+        self._decisions = [self._decisions[0] * keep, self._decisions[1] * keep, now]
+        return self._decisions[0], self._decisions[1]
+
+    def _note_decision(self, refused: bool) -> None:
+        self._decay()
+        self._decisions[1 if refused else 0] += 1.0
 
     def count_dropped(self, reason: str) -> None:
         """Count work dropped before it reached the queue (``expired`` or ``cancelled`` while
@@ -145,8 +179,7 @@ class Scheduler:
     def _refuse_if_full(self, full_requests: bool, full_tokens: bool) -> None:
         stats = self.stats
         if full_requests or full_tokens:
-            stats.num_rejected += 1
-            retry = min(5.0, max(0.05, stats.queued_tokens / self.throughput_tok_s))
+            retry = self._retry_delay(stats.queued_tokens / self.throughput_tok_s)
             what = "requests" if full_requests else "tokens"
             raise EngineOverloadedError(f"queue full ({what}): retry after {retry:.2f}s", retry)
 

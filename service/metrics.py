@@ -28,6 +28,8 @@ from rewardserve.engine.api import BatchItem, EngineAPI
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60)
 TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
 SEQ_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Refusals must be fast (a refused caller retries elsewhere or later): fine steps below 100 ms.
+REFUSAL_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5)
 
 
 class ServerMetrics:
@@ -42,6 +44,9 @@ class ServerMetrics:
                                    [*labels, "grpc_code"], registry=r)
         self.rpc_latency = Histogram("grpc_server_handling_seconds", "RPC duration until the server's last reply "
                                      "(a whole stream for streams)", labels, buckets=LATENCY_BUCKETS, registry=r)
+        self.refusal_latency = Histogram("rewardserve_refusal_seconds", "Time from a call's start on the server "
+                                         "to its RESOURCE_EXHAUSTED answer (admission refusals)", ["grpc_method"],
+                                         buckets=REFUSAL_BUCKETS, registry=r)
         self.health_checks = Counter("rewardserve_health_checks", "gRPC health calls (apart from the RPC series)",
                                      ["grpc_method"], registry=r)
         self.batch_seqs = Histogram("rewardserve_batch_sequences", "Sequences per packed forward pass",
@@ -187,7 +192,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.CANCELLED  # the client went away: whatever the handler did, not OK
         code = code or context.code() or grpc.StatusCode.OK
         name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-        self.metrics.rpc_latency.labels(*labels).observe(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        self.metrics.rpc_latency.labels(*labels).observe(elapsed)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            self.metrics.refusal_latency.labels(labels[2]).observe(elapsed)
         self.metrics.rpc_handled.labels(*labels, name).inc()
 
 

@@ -135,9 +135,14 @@ async def _handle(method: Callable[[Any, Any, CallScope], Awaitable[Any]], servi
         failure = to_failure(exc, scope.request_id)
         _log_call(method.__name__, scope, failure.code)
         await _settle(header)  # the status must not overtake the initial metadata
-        # abort() raises: the lines below run only on success.
-        await context.abort(failure.code, failure.message,
-                            tuple(scope.trailing_metadata) + failure.trailing_metadata)
+        # The status is set and the handler returns, rather than context.abort(): gRPC keeps
+        # abort's exception on the call's state, in a reference cycle with this call's frames
+        # and so with its request, which then lived until the next full garbage collection (a
+        # refused 50 MB request: +500 MB per call).
+        context.set_code(failure.code)
+        context.set_details(failure.message)
+        context.set_trailing_metadata(tuple(scope.trailing_metadata) + failure.trailing_metadata)
+        return None
     finally:
         _drop(header)  # cancelled call: nothing more may be sent
     if scope.trailing_metadata:

@@ -13,7 +13,7 @@ import pytest
 from rewardserve_client.v1 import reward_service_pb2 as pb
 from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
-from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig
+from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig, SchedulerConfig
 from rewardserve.service.server import RewardServer
 from service_testlib import local_config
 
@@ -82,6 +82,29 @@ async def test_metrics_count_rpcs_batches_tokens_and_queue(demo_model_dir):
     assert sample(text, "rewardserve_queue_time_seconds_count") == 7
     assert "rewardserve_queue_requests 0.0" in text and "rewardserve_queue_tokens 0.0" in text
     assert sample(text, "rewardserve_dropped_requests_total", reason="expired") == 0
+
+
+async def test_refusals_are_timed_apart(demo_model_dir):
+    # 1 token/s assumed until a batch is measured: a call with a deadline is refused at once
+    # (deadline-aware admission); one without is computed. Only the refusal is in the histogram.
+    engine = EngineConfig(model=ModelConfig(model=str(demo_model_dir)), runner=RunnerConfig(device="cpu"),
+                          scheduler=SchedulerConfig(initial_throughput_tok_s=1.0))
+    server_cfg = dataclasses.replace(local_config().server, metrics_port=free_port())
+    config = dataclasses.replace(local_config(), engine=engine, server=server_cfg)
+    request = pb.EncodeRequest(inputs=[pb.EncodeInput(token_ids=pb.TokenIds(ids=[5] * 10))])
+    async with RewardServer(config) as server:
+        await asyncio.wait_for(server.wait_ready(), 120)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.RewardServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Encode(request, timeout=5)
+            await stub.Encode(request)
+        text = await scrape(server.metrics_port)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert sample(text, "rewardserve_refusal_seconds_count", grpc_method="Encode") == 1
+    assert sample(text, "rewardserve_refusal_seconds_bucket", grpc_method="Encode", le="+Inf") == 1
+    assert sample(text, "grpc_server_handling_seconds_count", grpc_type="unary",
+                  grpc_service="rewardserve.v1.RewardService", grpc_method="Encode") == 2
 
 
 def test_drop_and_fault_counters_come_from_engine_stats():
