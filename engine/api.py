@@ -51,6 +51,7 @@ class BatchItem(Protocol):
     def num_tokens(self) -> int: ...
 
     queue_time_s: float
+    reused_tokens: int  # tokens of its shared prompt not computed for it (0 with --no-prefix-reuse)
 
 
 # observer(items of the batch, seconds from launch to results); called on the engine's GPU thread

@@ -52,7 +52,10 @@ class ServerMetrics:
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.compute_time = Histogram("rewardserve_compute_time_seconds", "Time of one packed forward pass",
                                       buckets=LATENCY_BUCKETS, registry=r)
-        self.tokens = Counter("rewardserve_tokens", "Tokens computed (rate() gives tokens/s)", registry=r)
+        self.tokens = Counter("rewardserve_tokens", "Tokens of the sequences scored, every token of every sequence "
+                              "(rate() gives tokens/s)", registry=r)
+        self.reused_tokens = Counter("rewardserve_reused_tokens", "Tokens of rewardserve_tokens not computed: a "
+                                     "prompt shared with another sequence (shared-prompt reuse)", registry=r)
         self.sequences = Counter("rewardserve_sequences", "Sequences computed", registry=r)
         self.stream_items = Counter("rewardserve_stream_items", "StreamReward answers by status code", ["code"],
                                     registry=r)
@@ -77,6 +80,7 @@ class ServerMetrics:
         self.batch_tokens.observe(num_tokens)
         self.compute_time.observe(compute_s)
         self.tokens.inc(num_tokens)
+        self.reused_tokens.inc(sum(item.reused_tokens for item in items))
         self.sequences.inc(len(items))
         for item in items:
             self.queue_time.observe(max(0.0, item.queue_time_s))
