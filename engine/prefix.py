@@ -45,6 +45,10 @@ class PrefixPlan:
     src_item, starts, lengths, prefix_seg: [S] int64; item_seg, shared, reused: [n] int64.
     ``reused[i]``: tokens of item i not computed for it (its shared prefix, except for the group's
     first item, for which the prefix is computed); sum(item lengths) - sum(reused) = sum(lengths).
+
+    With the prefix cache, ``cached[s]`` tokens (positions 0..cached-1) come from cached blocks
+    instead: a root segment (``prefix_seg`` -1, an item's or a group's) then starts at token
+    ``cached[s]``, and the segments continuing it read the same blocks.
     """
 
     src_item: np.ndarray
@@ -54,6 +58,8 @@ class PrefixPlan:
     item_seg: np.ndarray
     shared: np.ndarray
     reused: np.ndarray
+    cached: np.ndarray | None = None     # [S] leading tokens read from the prefix cache (engine/prefix_cache.py)
+    table_off: np.ndarray | None = None  # [S] where each segment's cached blocks start in the block table
 
     @property
     def num_groups(self) -> int:
