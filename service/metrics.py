@@ -114,6 +114,21 @@ class _EngineCollector:
         yield CounterMetricFamily("rewardserve_oom_splits", "Batches split after CUDA out of memory",
                                   value=stats.num_oom_splits)
         yield CounterMetricFamily("rewardserve_failed_items", "Sequences that failed alone", value=stats.num_failed_items)
+        yield from _prefix_cache_metrics(stats)
+
+
+def _prefix_cache_metrics(stats):
+    """The prefix cache (--prefix-cache-gb): hit rate = rate(hit) / rate(queried); memory now."""
+    yield CounterMetricFamily("rewardserve_prefix_cache_queried_tokens", "Prompt tokens (whole blocks) looked up "
+                              "in the prefix cache", value=stats.prefix_cache_queried_tokens)
+    yield CounterMetricFamily("rewardserve_prefix_cache_hit_tokens", "Of those, tokens read from the cache instead "
+                              "of computed", value=stats.prefix_cache_hit_tokens)
+    yield CounterMetricFamily("rewardserve_prefix_cache_evicted_blocks", "Cache blocks evicted for newer ones "
+                              "(least recently used first)", value=stats.prefix_cache_evicted_blocks)
+    yield GaugeMetricFamily("rewardserve_prefix_cache_used_bytes", "Device memory holding cached prefix keys and "
+                            "values", value=stats.prefix_cache_used_bytes)
+    yield GaugeMetricFamily("rewardserve_prefix_cache_capacity_bytes", "Device memory of the prefix cache "
+                            "(0: no cache)", value=stats.prefix_cache_capacity_bytes)
 
 
 class _MalformedCollector:

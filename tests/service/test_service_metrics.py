@@ -98,7 +98,10 @@ def test_drop_and_fault_counters_come_from_engine_stats():
 
     engine = FakeEngine()
     engine.engine_stats = EngineStats(queued_requests=3, queued_tokens=120, num_rejected=4, num_expired=5,
-                                      num_cancelled=6, num_oom_splits=7, num_failed_items=8)
+                                      num_cancelled=6, num_oom_splits=7, num_failed_items=8,
+                                      prefix_cache_queried_tokens=640, prefix_cache_hit_tokens=480,
+                                      prefix_cache_evicted_blocks=3, prefix_cache_used_bytes=4096,
+                                      prefix_cache_capacity_bytes=8192)
     metrics = ServerMetrics()
     metrics.bind_engine(engine)
     text = generate_latest(metrics.registry).decode()
@@ -106,3 +109,8 @@ def test_drop_and_fault_counters_come_from_engine_stats():
     for reason, value in (("rejected", 4), ("expired", 5), ("cancelled", 6)):
         assert sample(text, "rewardserve_dropped_requests_total", reason=reason) == value
     assert sample(text, "rewardserve_oom_splits_total") == 7 and sample(text, "rewardserve_failed_items_total") == 8
+    assert sample(text, "rewardserve_prefix_cache_queried_tokens_total") == 640
+    assert sample(text, "rewardserve_prefix_cache_hit_tokens_total") == 480
+    assert sample(text, "rewardserve_prefix_cache_evicted_blocks_total") == 3
+    assert sample(text, "rewardserve_prefix_cache_used_bytes") == 4096
+    assert sample(text, "rewardserve_prefix_cache_capacity_bytes") == 8192
