@@ -39,7 +39,7 @@ class AsyncEngine:
 
     def __init__(self, core: EngineCore, observers: Sequence[BatchObserver] = ()):
         self.core = core
-        self.scheduler = Scheduler(core.config.scheduler, prefix=core.prefix)
+        self.scheduler = Scheduler(core.config.scheduler, prefix=core.prefix, cached=core.cache_probe)
         self.replicas = ReplicaSet(self.scheduler, core.runners, observers)  # observers run on GPU threads
         self._pool = ThreadPoolExecutor(core.config.scheduler.tokenizer_workers, thread_name_prefix="tokenize")
         self._started = False

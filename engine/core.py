@@ -91,6 +91,14 @@ class EngineCore:
                            compile_warmup=config.runner.warmup_batches(config.scheduler.max_num_batched_tokens),
                            prefix_reuse=self.prefix is not None, prefix_cache=self._cache_spec())
 
+    @property
+    def cache_probe(self):
+        """The prefix cache's probe for the scheduler (``BlockCache.probe``), or None: no cache,
+        or several replicas (each has its own cache, and batches are cut on any replica's thread)."""
+        if len(self.runners) != 1 or self.runner.cache is None:
+            return None
+        return self.runner.cache.probe
+
     def _cache_spec(self) -> CacheSpec | None:
         """The prefix cache each runner keeps (None: off). Block names start from the model's
         identity: its path and revision, dtype and quantisation (a block's keys depend on them)."""

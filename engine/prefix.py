@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from torch import nn
@@ -151,18 +151,20 @@ class PrefixPlanner:
             return whole, [(run, length)]
         return best, parts
 
-    def counter(self) -> "BatchTokens":
+    def counter(self, cached: Callable[[Sequence[int]], int] | None = None) -> "BatchTokens":
         """A fresh count of computed tokens for one batch cut (see ``BatchTokens``)."""
-        return BatchTokens(self)
+        return BatchTokens(self, cached)
 
 
 class BatchTokens:
     """Tokens a batch cut will compute, item by item: an item sharing a prefix with one already
-    in the batch adds only its own tokens. An estimate from below (``plan`` groups one level
-    deep); the scheduler checks the final plan against its budget."""
+    in the batch, or whose prompt the prefix cache holds (``cached``: token ids → cached tokens),
+    adds only the rest. An estimate (``plan`` groups one level deep); the scheduler checks the
+    final plan against its budget."""
 
-    def __init__(self, planner: PrefixPlanner):
+    def __init__(self, planner: PrefixPlanner, cached: Callable[[Sequence[int]], int] | None = None):
         self.planner = planner
+        self.cached = cached
         self.firsts: dict[tuple, Sequence[int]] = {}  # first tokens → the first item's token ids
 
     def cost(self, item) -> int:
@@ -171,10 +173,13 @@ class BatchTokens:
         if not p._eligible(item):
             return len(ids)
         other = self.firsts.get(tuple(ids[:p.key_tokens]))
-        if other is None:
-            return len(ids)
-        shared = p._floor(min(common_prefix(ids, other, p.key_tokens), len(ids) - 1, len(other) - 1))
-        return len(ids) - shared if shared >= p.min_tokens else len(ids)
+        shared = 0
+        if other is not None:
+            shared = p._floor(min(common_prefix(ids, other, p.key_tokens), len(ids) - 1, len(other) - 1))
+            shared = shared if shared >= p.min_tokens else 0
+        if self.cached is not None and shared < len(ids) - 1:
+            shared = max(shared, self.cached(ids))
+        return len(ids) - shared
 
     def add(self, item) -> None:
         if self.planner._eligible(item):

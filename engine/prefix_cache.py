@@ -129,6 +129,12 @@ class BlockCache:
             out.append(block)
         return out
 
+    def probe(self, token_ids: Sequence[int]) -> int:
+        """Tokens of ``token_ids`` a batch would read from the cache now (its leading cached
+        blocks, one token left to compute); changes nothing. The scheduler's estimate."""
+        names = self.chain(token_ids, (len(token_ids) - 1) // self.block_tokens)
+        return len(self.cached_blocks(names)) * self.block_tokens
+
     # -- one batch ---------------------------------------------------------------------------
     def assign(self, batch: PackedBatch) -> CachedBatch:
         """Read the cached leading blocks of every segment starting at token 0, store its full

@@ -125,3 +125,37 @@ def test_cache_is_off_without_reuse_or_at_zero(ckpt):
     assert zero.core.runner.cache is None and default_cpu.core.runner.cache is None
     with pytest.raises(ValueError, match="prefix-cache-gb"):
         PrefixConfig(prefix_cache_gb=-1)
+
+
+def test_the_budget_counts_cached_prompts_as_free(ckpt):
+    """Budget 300 tokens: four 240-token items sharing a 200-token prompt cost 240 + 3 x 48 = 384
+    when nothing is cached (two batches); once an earlier call cached the prompt, each costs
+    48 and the four run as one batch, with the scores of the no-reuse path."""
+    from rewardserve.engine.config import SchedulerConfig
+
+    BUILDERS["qwen3"]().save_pretrained(str(ckpt))
+    sched = SchedulerConfig(max_num_batched_tokens=300)
+
+    def make(cache_gb) -> Engine:
+        return Engine(EngineConfig(model=ModelConfig(model=str(ckpt), dtype="float32"), runner=RunnerConfig(device="cpu"),
+                                   scheduler=sched, prefix=PrefixConfig(prefix_cache_gb=cache_gb)))
+    cached, plain = make(0.01), make(0)
+    rng = random.Random(3)
+    prompt = ids(rng, 200)
+    group = [prompt + ids(rng, 40) for _ in range(4)]
+    batches = {}
+
+    def counting(name):
+        def wrap(inner):
+            def forward(*args):
+                batches[name] = batches.get(name, 0) + 1
+                return inner(*args)
+            return forward
+        return wrap
+    cached.encode([prompt + ids(rng, 10)], "classify")
+    cached.core.wrap_forward(counting("cached"))
+    plain.core.wrap_forward(counting("plain"))
+    got, want = cached.encode(group, "classify"), plain.encode(group, "classify")
+    assert batches == {"cached": 1, "plain": 2}
+    assert_close(got, want)
+    assert [r.reused_tokens for r in got] == [192] * 4
