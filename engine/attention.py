@@ -301,12 +301,25 @@ def hf_attention_forward(module, query, key, value, attention_mask, scaling=None
     if meta.cache is not None:  # prefix cache: store this layer's keys and values, read cached ones
         layer = module.rs_cache_layer  # set on each attention module by ``attach_cache``
         kc, vc = meta.cache.k[layer], meta.cache.v[layer]      # [num_slots, Hkv, D]
-        kc.index_copy_(0, meta.cache.slots, k)
-        vc.index_copy_(0, meta.cache.slots, v)
+        torch.ops.rewardserve.store_kv(kc, vc, meta.cache.slots, k, v)
         pools = (kc, vc, ctx.cache_block)
     out = varlen_attention(q, k, v, meta, is_causal=is_causal, scale=scale, window=sliding_window, softcap=softcap,
                            ctx=ctx, pools=pools)
     return out.unsqueeze(0), None
+
+
+@torch.library.custom_op("rewardserve::store_kv", mutates_args=("kc", "vc"))
+def store_kv(kc: torch.Tensor, vc: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """kc/vc [num_slots, Hkv, D] (one layer's pools) get k/v [T, Hkv, D] at rows ``slots`` [T].
+    One opaque op that declares what it mutates: compile writes the pools in place (no copy of
+    a pool per forward) and CUDA graphs capture a plain scatter."""
+    kc.index_copy_(0, slots, k)
+    vc.index_copy_(0, slots, v)
+
+
+@store_kv.register_fake
+def _(kc, vc, slots, k, v) -> None:
+    return None
 
 
 def cache_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

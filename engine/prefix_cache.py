@@ -16,7 +16,7 @@ was assigned, and the GPU runs batches in launch order on one stream, so a block
 rewritten for a later batch is never read by an earlier one. A batch whose forward fails has
 its new blocks dropped (``discard``): they may hold nothing.
 
-Device side (``KVPool``): K and V pools [layers, num_blocks * block_tokens, kv_heads, head_dim]
+Device side (``KVPool``): K and V pools, per layer [num_blocks * block_tokens, kv_heads, head_dim]
 in the model's dtype; the attention hook writes layer l's computed keys into ``k[l]`` through
 the batch's slot mapping and reads cached ones through its block table.
 """
@@ -43,12 +43,12 @@ TRASH_BLOCK = 0
 class CacheTensors(NamedTuple):
     """What the forward needs of the cache: table [blk_cap] int64 (block ids, sequences index it
     from their table offset), slots [T] int64 (pool row each packed token writes to), and the
-    pools k, v [layers, num_slots, kv_heads, head_dim]."""
+    pools k, v: per layer [num_slots, kv_heads, head_dim] (``KVPool``)."""
 
     table: torch.Tensor
     slots: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
+    k: tuple[torch.Tensor, ...]
+    v: tuple[torch.Tensor, ...]
 
 
 @dataclass
@@ -260,13 +260,17 @@ def _skip_cached(batch: PackedBatch, plan: PrefixPlan, cached: np.ndarray, table
 
 
 class KVPool:
-    """The device pools: k, v [layers, num_blocks * block_tokens, kv_heads, head_dim]."""
+    """The device pools: k, v one tensor per layer, each [num_blocks * block_tokens, kv_heads, head_dim].
+
+    Separate tensors, not views of one [layers, ...] tensor: torch.compile (dynamic shapes)
+    mutating a view of a graph input through a custom op wrote at the base's offset 0 (torch
+    2.13, seen on the CPU); whole tensors are written in place correctly."""
 
     def __init__(self, num_layers: int, num_blocks: int, block_tokens: int, kv_heads: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device):
-        shape = (num_layers, num_blocks * block_tokens, kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        shape = (num_blocks * block_tokens, kv_heads, head_dim)
+        self.k = tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers))
+        self.v = tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers))
 
 
 def block_bytes(num_layers: int, block_tokens: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:

@@ -50,7 +50,7 @@ def build(case, num_blocks: int = 40):
             table += [free.pop() for _ in range(cached[s] // BLOCK)]
         prefix[2, s], prefix[3, s] = cached[root], prefix[3, root]
     cache = CacheTensors(torch.tensor(table or [0], dtype=torch.int64), torch.zeros(total, dtype=torch.int64),
-                         pool_k[None], pool_v[None])
+                         (pool_k,), (pool_v,))
     return q, k, v, cu, prefix, cache, max(lengths)
 
 

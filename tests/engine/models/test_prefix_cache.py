@@ -70,7 +70,7 @@ def test_eviction_keeps_answers_right(ckpt):
     BUILDERS["qwen3"]().save_pretrained(str(ckpt))
     probe = cached_engines(ckpt)[0]
     pool = probe.core.runner.pool
-    per_block = block_bytes(pool.k.shape[0], BLOCK, pool.k.shape[2], pool.k.shape[3], pool.k.dtype)
+    per_block = block_bytes(len(pool.k), BLOCK, pool.k[0].shape[1], pool.k[0].shape[2], pool.k[0].dtype)
     on, off = cached_engines(ckpt, cache_gb=9 * per_block / 2**30)  # 9 blocks: the trash block and 8
     assert on.core.runner.cache.num_blocks == 9
     rng = random.Random(1)
