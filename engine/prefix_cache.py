@@ -180,6 +180,7 @@ class BlockCache:
                 if block is None:
                     break
                 seg.append(s), blk.append(j - skip), dest.append(block), new.append(block)
+            self._touch([name for name in names if name in self.blocks])  # the chain's head most recent
         as_array = lambda values: np.asarray(values, dtype=np.int64)  # noqa: E731
         self.stats.stored_blocks += len(new)
         self.stats.used_bytes = len(self.blocks) * self.block_bytes
