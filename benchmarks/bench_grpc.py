@@ -26,7 +26,7 @@ class Server:
     """``rewardserve serve`` in a subprocess; ``start`` waits until health says SERVING."""
 
     def __init__(self, folder, log_path: Path, *, dtype: str, compile: bool, graphs: bool, max_tokens: int,
-                 extra: tuple[str, ...] = ()):
+                 extra: tuple[str, ...] = (), prefix_cache_gb: str | None = "0"):
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -34,6 +34,10 @@ class Server:
                      "--port", str(self.port), "--dtype", dtype, "--max-num-batched-tokens", str(max_tokens),
                      "--compile" if compile else "--no-compile", "--cuda-graphs" if graphs else "--no-cuda-graphs",
                      "--max-queue-requests", "100000", "--max-queue-tokens", "100000000", *extra]
+        # The prefix cache off by default here: the sections repeat the same ids (see
+        # bench_engine.make_engine); None: the server's default size.
+        if prefix_cache_gb is not None:
+            self.args += ["--prefix-cache-gb", prefix_cache_gb]
         self.proc: subprocess.Popen | None = None
         self.ready_s = 0.0
 
