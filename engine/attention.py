@@ -310,11 +310,17 @@ def hf_attention_forward(module, query, key, value, attention_mask, scaling=None
 
 @torch.library.custom_op("rewardserve::store_kv", mutates_args=("kc", "vc"))
 def store_kv(kc: torch.Tensor, vc: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    """kc/vc [num_slots, Hkv, D] (one layer's pools) get k/v [T, Hkv, D] at rows ``slots`` [T].
-    One opaque op that declares what it mutates: compile writes the pools in place (no copy of
-    a pool per forward) and CUDA graphs capture a plain scatter."""
-    kc.index_copy_(0, slots, k)
-    vc.index_copy_(0, slots, v)
+    """kc/vc [num_slots, Hkv, D] (one layer's pools) get k/v [T, Hkv, D] at rows ``slots`` [T];
+    rows with slot -1 (nothing to store) are skipped. One opaque op that declares what it
+    mutates: compile writes the pools in place (no copy of a pool per forward). CUDA: a Triton
+    kernel that moves only the stored rows (no host sync, so CUDA graphs capture it); the CPU
+    picks the rows first."""
+    if k.is_cuda and triton_attention.is_available():
+        triton_attention.store_kv(kc, vc, slots, k, v)
+        return
+    rows = (slots >= 0).nonzero().squeeze(1)
+    kc.index_copy_(0, slots[rows], k[rows])
+    vc.index_copy_(0, slots[rows], v[rows])
 
 
 @store_kv.register_fake

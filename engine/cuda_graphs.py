@@ -129,10 +129,10 @@ class CudaGraphs:
         cu64[0] = 0
         if layout.prefix:
             layout.prefix_view(self.static).zero_()
-        if layout.cache_blocks:  # nothing read, every row written to the trash block
+        if layout.cache_blocks:  # nothing read, nothing stored
             table, slots = layout.cache_views(self.static)
             table.zero_()
-            slots.zero_()
+            slots.fill_(-1)
 
     def replay(self, host_row: torch.Tensor, key: GraphKey) -> tuple[torch.Tensor, torch.Tensor]:
         """Copy a staging row (pinned, laid out for ``key``) in and replay.

@@ -3,8 +3,7 @@
 Host side (``BlockCache``): bookkeeping owned by one runner's thread. A block holds the keys and
 values of ``block_tokens`` consecutive tokens at every layer; it is named by a chained hash of its
 tokens, every token before it, and the model's identity (path, revision, adapter, dtype): a
-block's keys depend on everything before it, so equal names mean equal keys. Block 0 is never
-handed out: packed rows with nothing to store write there (the trash block, see ``slots``).
+block's keys depend on everything before it, so equal names mean equal keys.
 
 ``BlockCache.assign`` turns a packed batch into one that reads what is cached and stores what it
 computes: every segment that starts at token 0 (a shared prefix segment, or an item sharing
@@ -36,9 +35,6 @@ from rewardserve.engine.batch import PackedBatch
 from rewardserve.engine.prefix import PrefixPlan
 
 log = logging.getLogger(__name__)
-
-TRASH_BLOCK = 0
-
 
 class CacheTensors(NamedTuple):
     """What the forward needs of the cache: table [blk_cap] int64 (block ids, sequences index it
@@ -96,16 +92,16 @@ class BlockCache:
 
     def __init__(self, num_blocks: int, block_tokens: int, identity: bytes, block_bytes: int = 0,
                  table_capacity: int | None = None):
-        if num_blocks < 2:
-            raise ValueError("a prefix cache needs at least 2 blocks (block 0 takes padding writes)")
+        if num_blocks < 1:
+            raise ValueError("a prefix cache needs at least one block")
         self.block_tokens = block_tokens
         self.identity = identity
         self.num_blocks = num_blocks
         self.block_bytes = block_bytes
         self.table_capacity = table_capacity  # block-table entries one batch may read (None: unbounded)
-        self.free = list(range(num_blocks - 1, TRASH_BLOCK, -1))   # pop() hands out low ids first
+        self.free = list(range(num_blocks - 1, -1, -1))            # pop() hands out low ids first
         self.blocks: OrderedDict[bytes, int] = OrderedDict()       # hash → block, least recent first
-        self.stats = CacheStats(capacity_bytes=(num_blocks - 1) * block_bytes)
+        self.stats = CacheStats(capacity_bytes=num_blocks * block_bytes)
 
     # -- names -------------------------------------------------------------------------------
     def chain(self, token_ids: Sequence[int], num_blocks: int) -> list[bytes]:

@@ -279,8 +279,8 @@ class ModelRunner:
                 return
             gb = 0.1 * torch.cuda.mem_get_info(self.device)[0] / 2**30
         num_blocks = int(gb * 2**30 // per_block)
-        if num_blocks < 2:
-            log.info("prefix cache off (--prefix-cache-gb %.3g holds less than two %d-byte blocks)", gb, per_block)
+        if num_blocks < 1:
+            log.info("prefix cache off (--prefix-cache-gb %.3g holds no %d-byte block)", gb, per_block)
             return
         self.pool = KVPool(len(layers), num_blocks, spec.block_tokens, kv_heads, head_dim, dtype, self.device)
         self.cache_table = max(256, 4 * max(self.max_tokens, self.max_seq_len) // spec.block_tokens)
@@ -288,8 +288,8 @@ class ModelRunner:
         attention.attach_cache(layers, self.attention, spec.block_tokens)
         self.stats["prefix_cache_gb"] = round(num_blocks * per_block / 2**30, 3)
         log.info("prefix cache: %.2f GiB on %s, %d blocks of %d tokens (%d tokens, %d layers x %d kv heads x %d)",
-                 num_blocks * per_block / 2**30, self.device, num_blocks - 1, spec.block_tokens,
-                 (num_blocks - 1) * spec.block_tokens, len(layers), kv_heads, head_dim)
+                 num_blocks * per_block / 2**30, self.device, num_blocks, spec.block_tokens,
+                 num_blocks * spec.block_tokens, len(layers), kv_heads, head_dim)
 
     @staticmethod
     def _pool(hidden: torch.Tensor, gather: torch.Tensor, plan: PackedBatch) -> tuple[torch.Tensor, list[int]]:

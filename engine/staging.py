@@ -23,7 +23,7 @@ compiled graphs and CUDA graphs see one input signature whether a batch shares p
 With the prefix cache (``cache_blocks`` > 0, ``engine/prefix_cache.py``) the prefix region has
 two more rows: the tokens each sequence reads from cached blocks, and where its blocks start in
 ``table`` (a fixed ``cache_blocks`` entries: block ids); ``slots`` gives the pool row every packed
-token's keys and values are written to (the trash block's rows for tokens nothing stores).
+token's keys and values are written to (-1: not stored).
 """
 from __future__ import annotations
 
@@ -179,18 +179,17 @@ def _fill_prefix(region: np.ndarray, p: PackedBatch, starts: np.ndarray, seq_cap
 
 def _fill_cache(row: np.ndarray, layout: Layout, starts: np.ndarray, cache: "CachedBatch | None") -> None:
     """Block table, and the pool row of every packed token: a stored block's tokens go to its
-    block; every other row to the trash block (rows 0..B-1 of the pool, never read)."""
+    block; every other row has slot -1 (not stored)."""
     table = row[layout.table_start:layout.table_start + layout.cache_blocks]
     slots = row[layout.slots_start:layout.slots_start + layout.tok_cap]
     table[:] = 0
+    slots[:] = -1  # nothing to store
     if cache is None:
-        slots[:] = 0
         return
     if len(cache.table) > layout.cache_blocks:
         raise ValueError(f"block table of {len(cache.table)} entries exceeds the layout's {layout.cache_blocks}")
     table[:len(cache.table)] = cache.table
     block = cache.block_tokens
-    slots[:] = np.arange(layout.tok_cap, dtype=np.int64) % block
     w = cache.writes
     if len(w.dest):
         offs = np.arange(block, dtype=np.int64)

@@ -228,6 +228,35 @@ if triton is not None:
         tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=(offs_m < seqlen)[:, None])
 
 
+if triton is not None:
+    @triton.jit
+    def _store_kv(K, V, KC, VC, Slots, stride_kt, stride_kh, stride_vt, stride_vh, stride_ct, stride_ch,
+                  KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Grid (T,): row t of k/v [T, Hkv, D] to pool row Slots[t] of KC/VC; a negative slot: skip."""
+        t = tl.program_id(0)
+        slot = tl.load(Slots + t)
+        if slot < 0:
+            return
+        offs_h = tl.arange(0, BLOCK_H)[:, None]
+        offs_d = tl.arange(0, BLOCK_D)[None, :]
+        mask = (offs_h < KV_HEADS) & (offs_d < HEAD_DIM)
+        k = tl.load(K + t * stride_kt + offs_h * stride_kh + offs_d, mask=mask)
+        v = tl.load(V + t * stride_vt + offs_h * stride_vh + offs_d, mask=mask)
+        tl.store(KC + slot * stride_ct + offs_h * stride_ch + offs_d, k, mask=mask)
+        tl.store(VC + slot * stride_ct + offs_h * stride_ch + offs_d, v, mask=mask)
+
+
+def store_kv(kc: torch.Tensor, vc: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """kc/vc [num_slots, Hkv, D] get rows t of k/v [T, Hkv, D] at ``slots[t]`` [T] int64, rows with
+    a negative slot skipped (the prefix cache's stores: only rows of blocks being stored move)."""
+    if any(x.stride(-1) != 1 for x in (k, v, kc, vc)) or kc.stride() != vc.stride():
+        raise ValueError("store_kv needs unit-stride heads and pools of one layout")
+    kv_heads, head_dim = k.shape[1], k.shape[2]
+    _store_kv[(k.shape[0],)](k, v, kc, vc, slots, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                             kc.stride(0), kc.stride(1), KV_HEADS=kv_heads, HEAD_DIM=head_dim,
+                             BLOCK_H=triton.next_power_of_2(kv_heads), BLOCK_D=triton.next_power_of_2(head_dim))
+
+
 # 256-wide heads: q [BM, 256] plus num_stages x (k and v [BN, 256]) in bf16 must fit an SM's
 # 227 KiB of shared memory, and the fp32 accumulator [BM, 256] the registers. H200 sweep of the
 # candidates (benchmarks/bench_attention.py --models gemma2-2b, soft-capped, 8 / 4 heads;

@@ -30,7 +30,7 @@ CASES = [
 
 def build(case, num_blocks: int = 40):
     """q [T, H, D], k/v [T, Hkv, D], cu [S + 1] int32, prefix [4, S], cache tensors, max length,
-    block size. Roots' cached tokens live in shuffled pool blocks (block 0 left as trash)."""
+    block size. Roots' cached tokens live in shuffled pool blocks (block 0 unused)."""
     lengths, parents, cached, heads, kv_heads, head_dim, _, _ = case
     gen = torch.Generator().manual_seed(sum(lengths) + sum(cached))
     total = sum(lengths)
@@ -76,6 +76,28 @@ def run_case(case, dtype: torch.dtype, device: str, tiles: dict | None) -> float
     return (got.float().cpu() - want).abs().max().item() if want.numel() else 0.0
 
 
+STORE_CASES = [(37, 2, 64), (20, 3, 128), (9, 1, 80)]  # rows, kv heads, head_dim (80: masked lanes)
+
+
+def run_store_case(case, dtype: torch.dtype, device: str) -> float:
+    """The Triton store of k/v rows into pool slots (negative: skipped) against index_copy_;
+    k/v laid out as the attention hook sees them ([Hkv, T, D] transposed)."""
+    from rewardserve.engine import triton_attention
+
+    rows, kv_heads, head_dim = case
+    gen = torch.Generator().manual_seed(rows)
+    k, v = (torch.randn(kv_heads, rows, head_dim, generator=gen).to(dtype).float().transpose(0, 1)
+            for _ in range(2))  # [T, Hkv, D], values the dtype holds exactly
+    slots = torch.randperm(4 * rows, generator=gen)[:rows]
+    slots[torch.rand(rows, generator=gen) < 0.3] = -1
+    want_k, want_v = (torch.zeros(4 * rows, kv_heads, head_dim) for _ in range(2))
+    keep = slots >= 0
+    want_k[slots[keep]], want_v[slots[keep]] = k[keep], v[keep]
+    kc, vc = (torch.zeros(4 * rows, kv_heads, head_dim, dtype=dtype, device=device) for _ in range(2))
+    triton_attention.store_kv(kc, vc, slots.to(device), k.to(device=device, dtype=dtype), v.to(device=device, dtype=dtype))
+    return max((kc.float().cpu() - want_k).abs().max().item(), (vc.float().cpu() - want_v).abs().max().item())
+
+
 if __name__ == "__main__":
     from triton_cases import patch_interpreter
 
@@ -85,5 +107,7 @@ if __name__ == "__main__":
     runs = [(torch.float32, name) for name in tiles] + [(torch.float16, "default")]
     errors = {f"{dtype}/{name}/{i}": run_case(case, dtype, "cpu", tiles[name]) for dtype, name in runs
               for i, case in enumerate(CASES)}
+    errors.update({f"{dtype}/store/{i}": run_store_case(case, dtype, "cpu") for dtype in (torch.float32, torch.float16)
+                   for i, case in enumerate(STORE_CASES)})
     print(json.dumps(errors))
     sys.exit(0)

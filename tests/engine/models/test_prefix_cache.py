@@ -71,8 +71,8 @@ def test_eviction_keeps_answers_right(ckpt):
     probe = cached_engines(ckpt)[0]
     pool = probe.core.runner.pool
     per_block = block_bytes(len(pool.k), BLOCK, pool.k[0].shape[1], pool.k[0].shape[2], pool.k[0].dtype)
-    on, off = cached_engines(ckpt, cache_gb=9 * per_block / 2**30)  # 9 blocks: the trash block and 8
-    assert on.core.runner.cache.num_blocks == 9
+    on, off = cached_engines(ckpt, cache_gb=8.5 * per_block / 2**30)
+    assert on.core.runner.cache.num_blocks == 8
     rng = random.Random(1)
     a, b = ids(rng, 100), ids(rng, 100)
     calls = [[a + ids(rng, 5)], [b + ids(rng, 9)], [a + ids(rng, 12)], [a + ids(rng, 3)], [b + ids(rng, 4)]]
