@@ -171,7 +171,8 @@ class ParallelConfig:
 
 @dataclass(frozen=True)
 class PrefixConfig:
-    """Shared prompt prefixes (a GRPO group's prompt, best-of-n): computed once per packed batch."""
+    """Shared prompt prefixes (a GRPO group's prompt, best-of-n): computed once per packed batch,
+    and kept across batches in the prefix cache (``engine/prefix_cache.py``)."""
 
     prefix_reuse: bool = option(
         True, "Sequences of one packed batch that start with the same tokens (a group's prompt, after templating) "

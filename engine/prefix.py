@@ -15,6 +15,9 @@ the whole sequence would.
 
 Every member keeps at least one token of its own (its suffix holds the LAST row). Prefixes are
 cut to whole blocks of ``prefix_block_tokens`` and must hold ``prefix_min_tokens``.
+
+Across batches, the runner's prefix cache (``engine/prefix_cache.py``) then lets a plan's
+segments that start at token 0 skip what earlier batches computed (``PrefixPlan.cached``).
 """
 from __future__ import annotations
 
