@@ -107,7 +107,10 @@ def main_encode(argv: list[str] | None = None) -> int:
         torch_setup.configure(torch_setup.cache_dir_from(os.environ))
         engine = Engine(config)
         progress = args.progress if args.progress is not None else len(inputs) > 64
-        results = engine.encode(inputs, task=args.task, progress=progress)
+        try:
+            results = engine.encode(inputs, task=args.task, progress=progress)
+        finally:
+            engine.close()  # tensor-parallel ranks stop with their "stop" message
     except (EngineError, ValueError, OSError) as exc:  # bad input, options or files: one line, no traceback
         print(f"rewardserve encode: error: {exc}", file=sys.stderr)
         return 2

@@ -162,11 +162,23 @@ class ParallelConfig:
 
     data_parallel_size: int = option(
         1, "Model replicas behind this one endpoint, each on its own device (cuda:0..N-1 under --device auto "
-           "or cuda; replicas on cuda:K start at K); each packed batch goes to the least-loaded replica.")
+           "or cuda; replicas on cuda:K start at K), or with --tensor-parallel-size T on its own T devices "
+           "(replica r on cuda:K+r*T..K+(r+1)*T-1); each packed batch goes to the least-loaded replica.")
+    tensor_parallel_size: int = option(
+        1, "Split the model's attention heads and MLP columns over this many devices (cuda:K..K+N-1, or N "
+           "processes on the CPU), one rank process each, driven by this process; for models too big for one "
+           "GPU. Llama, Qwen2, Qwen3, Mistral and Gemma2 backbones (with their reward heads).")
+    tensor_parallel_timeout_s: float = option(
+        600.0, "Tensor parallel: how long a rank waits for the others inside one collective before it fails "
+               "(a hung or lost rank then stops the engine instead of hanging it).", advanced=True)
 
     def __post_init__(self) -> None:
         if self.data_parallel_size < 1:
             raise ValueError(f"--data-parallel-size must be at least 1, not {self.data_parallel_size}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"--tensor-parallel-size must be at least 1, not {self.tensor_parallel_size}")
+        if self.tensor_parallel_timeout_s <= 0:
+            raise ValueError(f"--tensor-parallel-timeout-s must be positive, not {self.tensor_parallel_timeout_s}")
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import torch
 
 from rewardserve.engine import pooling, prefix, score
 from rewardserve.engine.config import EngineConfig
-from rewardserve.engine.errors import InvalidInputError, preview
-from rewardserve.engine.loader import load, model_info
+from rewardserve.engine.errors import EngineError, InvalidInputError, preview
+from rewardserve.engine.loader import Loaded, check_tensor_parallel, load, model_info
 from rewardserve.engine.policy import PolicyTokenizers
 from rewardserve.engine.prepare import Limits, WorkItem, check_count, prepare, resolve_max_chars
 from rewardserve.engine.retemplate import Retemplater
@@ -49,12 +49,68 @@ def _template_pool(config: EngineConfig) -> TemplatePool | None:
                         m.request_template_max_chars, m.request_template_memory_mb * 1024 * 1024)
 
 
+def make_runner(config: EngineConfig, loaded: Loaded, model, device: torch.device, cls: type = ModelRunner,
+                prefix_reuse: bool = False, **extra: Any) -> ModelRunner:
+    """A ``cls`` runner for ``model`` on ``device`` as ``config`` asks (every replica and every
+    tensor-parallel rank builds its runner here, so their compiles and graphs match)."""
+    head_dtype = None if config.model.head_dtype == "model" else torch.float32
+    speed = config.runner.for_device(device.type)  # compile and graphs: on for CUDA
+    return cls(model, device, loaded.backend, head_dtype,
+               compile=speed.compile, cuda_graphs=speed.cuda_graphs,
+               max_tokens=config.scheduler.max_num_batched_tokens,
+               max_seq_len=loaded.max_model_len,
+               graph_max_tokens=config.runner.cuda_graph_max_tokens,
+               graph_max_seqs=config.runner.cuda_graph_max_seqs,
+               compile_warmup=config.runner.warmup_batches(config.scheduler.max_num_batched_tokens),
+               prefix_reuse=prefix_reuse, **extra)
+
+
+def _start_tensor_parallel(config: EngineConfig):
+    """The tensor-parallel group's rank processes (None without tensor parallelism), started
+    once the checkpoint and options are known to be servable that way."""
+    parallel = config.parallel
+    if parallel.tensor_parallel_size == 1:
+        return None
+    check_tensor_parallel(config)
+    if parallel.data_parallel_size > 1:  # D groups of T GPUs each
+        from rewardserve.engine.remote_replica import check_devices
+
+        check_devices(config)
+    from rewardserve.engine.tensor_parallel import TensorParallelGroup
+
+    return TensorParallelGroup(config)
+
+
+def _start_remote(config: EngineConfig) -> list:
+    """Data parallel over tensor-parallel groups: the leader processes of replicas 1..D-1
+    (``remote_replica.RemoteRunner``; none otherwise)."""
+    if config.parallel.tensor_parallel_size == 1 or config.parallel.data_parallel_size == 1:
+        return []
+    from rewardserve.engine.remote_replica import start_remote
+
+    return start_remote(config)
+
+
 class EngineCore:
     """Loads the model once; turns requests into WorkItems and outputs into results."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
-        self.loaded = load(config)
+        # Tensor parallel: ranks 1..N-1 start and load their shards while this process loads rank 0's;
+        # with data parallel too, replicas 1..D-1 are leader processes, each with its own group
+        # (engine/remote_replica.py), loading meanwhile as well.
+        self.tensor_parallel = _start_tensor_parallel(config)
+        self.remote: list = []
+        try:
+            self.remote = _start_remote(config)
+            self.loaded = load(config, self.tensor_parallel.shard if self.tensor_parallel else None)
+            if self.tensor_parallel:
+                self.tensor_parallel.connect(self.loaded.model, self.loaded.device)
+            for replica in self.remote:
+                replica.connect()
+        except BaseException:
+            self._close_parallel()
+            raise
         self.traits = self.loaded.model.traits
         self.tokenizer = self.loaded.tokenizer
         self.server_params = pooling.server_params(config.model.pooler_overrides())
@@ -72,24 +128,25 @@ class EngineCore:
         self.info = dataclasses.replace(model_info(config.model.served_name(), self.loaded),
                                         policy_tokenizers=self.policies.infos())
         # Shared-prefix planning (engine/prefix.py): None when off or when this model cannot take it.
-        self.prefix = prefix.planner_for(config.prefix, self.loaded.model, self.loaded.backend)
-        devices = replica_devices(self.loaded.device, config.parallel.data_parallel_size)
+        # Tensor parallel: off (not yet proven with sharded heads; every rank runs whole prompts).
+        self.prefix = None if self.tensor_parallel else prefix.planner_for(config.prefix, self.loaded.model,
+                                                                            self.loaded.backend)
         # One runner per data-parallel replica (one without data parallelism); runners[0] is ``runner``.
-        self.runners = replicate(self.loaded.model, devices, self._make_runner)
+        if self.remote:  # replica 0 here, the others in their leaders
+            self.runners = [self._make_runner(self.loaded.model, self.loaded.device), *self.remote]
+        else:
+            devices = replica_devices(self.loaded.device, config.parallel.data_parallel_size)
+            self.runners = replicate(self.loaded.model, devices, self._make_runner)
         self.runner = self.runners[0]
 
     def _make_runner(self, model, device: torch.device) -> ModelRunner:
-        config = self.config
-        head_dtype = None if config.model.head_dtype == "model" else torch.float32
-        speed = config.runner.for_device(device.type)  # compile and graphs: on for CUDA
-        return ModelRunner(model, device, self.loaded.backend, head_dtype,
-                           compile=speed.compile, cuda_graphs=speed.cuda_graphs,
-                           max_tokens=config.scheduler.max_num_batched_tokens,
-                           max_seq_len=self.loaded.max_model_len,
-                           graph_max_tokens=config.runner.cuda_graph_max_tokens,
-                           graph_max_seqs=config.runner.cuda_graph_max_seqs,
-                           compile_warmup=config.runner.warmup_batches(config.scheduler.max_num_batched_tokens),
-                           prefix_reuse=self.prefix is not None, prefix_cache=self._cache_spec())
+        if self.tensor_parallel:
+            from rewardserve.engine.tensor_parallel import TensorParallelRunner
+
+            return make_runner(self.config, self.loaded, model, device, TensorParallelRunner,
+                               group=self.tensor_parallel)
+        return make_runner(self.config, self.loaded, model, device, prefix_reuse=self.prefix is not None,
+                           prefix_cache=self._cache_spec())
 
     @property
     def cache_probe(self):
@@ -182,9 +239,19 @@ class EngineCore:
             raise InvalidInputError("chat_template", REQUEST_TEMPLATES_OFF)
 
     def close(self) -> None:
-        """Stop the request-template workers (the model itself goes with the process)."""
+        """Stop the request-template workers, the tensor-parallel ranks and the other replicas'
+        leaders (the model itself goes with the process)."""
         if self.template_pool is not None:
             self.template_pool.close()
+        self._close_parallel()
+
+    def _close_parallel(self) -> None:
+        if self.remote:
+            from rewardserve.engine.remote_replica import close_all
+
+            close_all(self.remote)
+        if self.tensor_parallel:
+            self.tensor_parallel.close()
 
     @staticmethod
     def to_result(item: WorkItem) -> EncodeResult:

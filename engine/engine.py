@@ -5,7 +5,7 @@ import uuid
 from typing import Any, Sequence
 
 from rewardserve.engine.api import BatchObserver
-from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig, SchedulerConfig
+from rewardserve.engine.config import EngineConfig, ModelConfig, ParallelConfig, RunnerConfig, SchedulerConfig
 from rewardserve.engine.core import EngineCore
 from rewardserve.engine.errors import EngineError, ItemFailedError
 from rewardserve.engine.pipeline import BatchLoop
@@ -36,17 +36,33 @@ class Engine:
         self.loop = BatchLoop(self.scheduler, self.core.runner)
 
     @classmethod
-    def from_model(cls, model: str, *, device: str = "auto", **model_options: Any) -> "Engine":
+    def from_model(cls, model: str, *, device: str = "auto", tensor_parallel_size: int = 1,
+                   **model_options: Any) -> "Engine":
         """Shortcut: ``Engine.from_model("dir", dtype="float32")``. As an entry point for library
         users it applies the process-wide torch settings (``torch_setup``; the compile cache under
-        TORCHINDUCTOR_CACHE_DIR or $XDG_CACHE_HOME/rewardserve/inductor)."""
+        TORCHINDUCTOR_CACHE_DIR or $XDG_CACHE_HOME/rewardserve/inductor).
+
+        ``tensor_parallel_size=N`` splits the model over N devices (N rank processes started
+        here; ``close`` stops them)."""
         import os
 
         from rewardserve.engine import torch_setup
 
         torch_setup.configure(torch_setup.cache_dir_from(os.environ))
         return cls(EngineConfig(model=ModelConfig(model=model, **model_options), runner=RunnerConfig(device=device),
-                                scheduler=SchedulerConfig()))
+                                scheduler=SchedulerConfig(),
+                                parallel=ParallelConfig(tensor_parallel_size=tensor_parallel_size)))
+
+    def close(self) -> None:
+        """Stop the engine's helper processes (tensor-parallel ranks, request-template workers).
+        The engine cannot encode afterwards."""
+        self.core.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @property
     def info(self) -> ModelInfo:

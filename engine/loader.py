@@ -17,6 +17,7 @@ from rewardserve.engine.models.base import PoolingModel
 from rewardserve.engine.models.fused import fuse_projections
 from rewardserve.engine.models.registry import LoadSpec, load_model
 from rewardserve.engine.models.rotary import per_sequence_rotary, tabulate_rotary
+from rewardserve.engine.models.sharded import Shard
 from rewardserve.engine.models.weights import read_hf_config
 from rewardserve.engine.tokenizer import Tokenizer
 from rewardserve.engine.types import ModelInfo
@@ -115,6 +116,36 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def rank_device(device: torch.device, shard: Shard | None) -> torch.device:
+    """Tensor-parallel rank r's device: ``device`` + r on CUDA (cuda:K..K+N-1), the CPU on the CPU."""
+    if shard is None or device.type != "cuda":
+        return device
+    first = device.index or 0
+    count = torch.cuda.device_count()
+    if first + shard.world > count:
+        raise EngineError(f"--tensor-parallel-size {shard.world} from cuda:{first} needs GPUs up to "
+                          f"cuda:{first + shard.world - 1}; this machine has {count}")
+    return torch.device("cuda", first + shard.rank)
+
+
+def check_tensor_parallel(config: EngineConfig) -> None:
+    """Refuse, before any rank process starts, a model or option that tensor parallelism cannot
+    serve (one-line EngineError): the adapter, the head counts, the devices."""
+    world = config.parallel.tensor_parallel_size
+    if world == 1:
+        return
+    if not config.model.model:
+        raise EngineError("no model given: pass --model DIR|HUB_ID")
+    from rewardserve.engine.models.registry import adapter_name
+    from rewardserve.engine.models.sharded import check_supported
+
+    folder = resolve_folder(config.model.model, config.model.revision)
+    hf_config = _readable(folder, read_hf_config, (OSError, ValueError))
+    spec = LoadSpec(folder, hf_config, config.model, torch.float32, None)
+    check_supported(adapter_name(spec), hf_config, world)
+    rank_device(resolve_device(config.runner.device), Shard(world - 1, world))
+
+
 def resolve_dtype(name: str, hf_config, device: torch.device) -> torch.dtype:
     """auto: the checkpoint's dtype on CUDA; float32 on the CPU (bf16 matmuls are slow there)."""
     if name != "auto":
@@ -145,20 +176,21 @@ def speed_up_packed(model: PoolingModel, max_len: int, dtype: torch.dtype) -> No
         fuse_projections(model)
 
 
-def load(config: EngineConfig) -> Loaded:
-    """Everything the engine needs, on its device."""
+def load(config: EngineConfig, shard: Shard | None = None) -> Loaded:
+    """Everything the engine needs, on its device; under tensor parallelism (``shard``) this
+    rank's part of the model, on this rank's device."""
     if not config.model.model:
         raise EngineError("no model given: pass --model DIR|HUB_ID")
     start = time.monotonic()
     log.info("loading %s", config.model.model)
     folder = resolve_folder(config.model.model, config.model.revision)
     hf_config = _readable(folder, read_hf_config, (OSError, ValueError))
-    device = resolve_device(config.runner.device)
+    device = rank_device(resolve_device(config.runner.device), shard)
     dtype = resolve_dtype(config.model.dtype, hf_config, device)
     backend = attention.resolve_backend(config.runner.attention_backend, device)
     tokenizer = load_tokenizer(config, folder)
     spec = LoadSpec(folder, hf_config, config.model, dtype, tokenizer.hf if tokenizer else None,
-                    config.model.pooler_overrides())
+                    config.model.pooler_overrides(), shard)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a server log is no terminal: no weight-loading bars

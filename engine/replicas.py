@@ -102,7 +102,7 @@ class ReplicaSet:
         without a cache). Plain int reads of another thread's counters: a snapshot, never torn."""
         totals: dict[str, int] = {}
         for replica in self.replicas:
-            cache = replica.runner.cache
+            cache = getattr(replica.runner, "cache", None)  # a remote replica's runner keeps none here
             for name, value in (dataclasses.asdict(cache.stats).items() if cache is not None else ()):
                 totals[name] = totals.get(name, 0) + value
         return totals
@@ -142,5 +142,6 @@ class ReplicaSet:
             left = self.num_alive
         log.error("replica %d (%s) lost (%s): %d sequence(s) go back to the queue; %d of %d replicas left",
                   index, self.replicas[index].runner.device, lost.cause, len(items), left, len(self.replicas))
+        self.replicas[index].runner.close()  # a remote leader and its ranks give their GPUs back now
         if left == 0:
             self.scheduler.abort(EngineUnavailableError("no replica left: every device failed"))

@@ -119,6 +119,7 @@ class ModelRunner:
         self.graphs: CudaGraphs | None = None
         self.use_graphs = True                    # benchmarks may turn replay off
         self.gpu_ms: list[float] | None = None    # set to a list to record each batch's GPU time
+        self.on_staged = None                     # (host row, layout, graph key, max_seqlen) → None: TP rank 0
         self.num_oom_splits = 0
         self.stats: dict = {"compile": False, "cuda_graphs": False, "prefix_reuse": prefix_reuse}
         self._warm = False
@@ -178,6 +179,10 @@ class ModelRunner:
         if self.cuda:
             torch.cuda.synchronize(self.device)
 
+    def close(self) -> None:
+        """A lost replica's runner: nothing to stop (it lives in the serving process; a tensor-
+        parallel group's ranks are the engine's to close)."""
+
     def release_memory(self) -> None:
         """Give cached device memory back (after an out-of-memory failure, before a retry)."""
         if self.cuda:
@@ -227,12 +232,20 @@ class ModelRunner:
                                     self._stages_prefix(plan), self.cache_table)
         host = torch.empty(layout.total, dtype=torch.int64, pin_memory=self.cuda)
         staging.fill(host.numpy(), plan, layout, cached)
+        return self.run_staged(host, layout, key, max(plan.max_seqlen, self.min_tokens))
+
+    def run_staged(self, host: torch.Tensor, layout: staging.Layout, key, max_seqlen: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run one filled staging row [layout.total]: CUDA graph ``key`` (None: the eager or
+        compiled forward) → hidden [T or bucket, H] and the gather rows. ``on_staged`` (tensor
+        parallel, rank 0) sees the row first; the other ranks run the rows it sends here."""
+        if self.on_staged is not None:
+            self.on_staged(host, layout, key, max_seqlen)
         if key is not None:
             hidden, row = self.graphs.replay(host, key)        # [bucket, H]
             return hidden, layout.views(row)[3]
         row = host.to(self.device, non_blocking=True)
         ids, positions, cu_seqlens, gather = layout.views(row)
-        max_seqlen = max(plan.max_seqlen, self.min_tokens)
         return self._run(self.forward, layout, row, max_seqlen), gather
 
     def _stages_prefix(self, plan: PackedBatch) -> bool:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from rewardserve.engine.errors import EngineError
-from rewardserve.engine.models.base import PoolingModel, default_activation
+from rewardserve.engine.models.base import ModelTraits, PoolingModel, default_activation
 from rewardserve.engine.models.registry import LoadSpec
 from rewardserve.engine.models.seq_cls import PackedDecoder, decoder_traits, text_config
 from rewardserve.engine.models.weights import read_tensor
@@ -61,6 +61,10 @@ def load(spec: LoadSpec) -> PoolingModel:
         convert = "classify" if score_weight is not None or any(k in spec.pooler_overrides for k in hints) else "embed"
     if convert not in ("classify", "embed"):
         raise EngineError(f"{spec.architecture} is a generative model: serve it with --convert classify or embed")
+    if spec.shard is not None:  # tensor parallel: this rank's backbone shard, the head on rank 0
+        from rewardserve.engine.models.sharded import sharded_decoder
+
+        return sharded_decoder(spec, lambda spec, backbone: _sharded_head(spec, backbone, convert))
     hf, loading = AutoModelForCausalLM.from_pretrained(str(spec.folder), dtype=spec.dtype, trust_remote_code=False,
                                                        output_loading_info=True)
     backbone = getattr(hf, hf.base_model_prefix, None) or hf.base_model
@@ -76,7 +80,29 @@ def load(spec: LoadSpec) -> PoolingModel:
         activation = default_activation(num, getattr(spec.hf_config, "problem_type", None))
         return PackedDecoder(backbone, head, decoder_traits(spec, num_labels=num, activation=activation))
     if spec.pooler_overrides.get("classifier_from_token"):
-        return _from_tokens(spec, backbone, lm_head)
+        return PackedDecoder(backbone, *_from_tokens(spec, lm_head))
+    return PackedDecoder(backbone, *_full_lm_head(spec, backbone, lm_head))
+
+
+def _sharded_head(spec: LoadSpec, backbone: nn.Module, convert: str) -> tuple[nn.Module | None, ModelTraits]:
+    """Rank 0's head under tensor parallelism, read from the checkpoint alone: ``score.*``, else
+    rows of (or the whole) ``lm_head`` (the tied input embedding where the config ties them)."""
+    from rewardserve.engine.models.sharded import read_linear
+
+    if convert == "embed":
+        return None, decoder_traits(spec, num_labels=0, activation="identity", normalize=True)
+    head = read_linear(spec.folder, "score", spec.dtype)
+    if head is not None:
+        num = head.out_features
+        return head, decoder_traits(spec, num_labels=num,
+                                    activation=default_activation(num, getattr(spec.hf_config, "problem_type", None)))
+    lm_head = read_linear(spec.folder, "lm_head", spec.dtype)
+    if lm_head is None and getattr(text_config(spec.hf_config), "tie_word_embeddings", False):
+        lm_head = read_linear(spec.folder, "model.embed_tokens", spec.dtype)
+    if lm_head is None:
+        _refuse_made_up_lm_head(spec, nn.Module(), lm_head, {"lm_head.weight"})
+    if spec.pooler_overrides.get("classifier_from_token"):
+        return _from_tokens(spec, lm_head)
     return _full_lm_head(spec, backbone, lm_head)
 
 
@@ -84,7 +110,7 @@ def _refuse_made_up_lm_head(spec: LoadSpec, hf: nn.Module, lm_head: nn.Module, m
     """A head built from LM-head rows needs LM-head weights in the checkpoint: transformers
     fills a missing one with random values (a ``*Model`` backbone has none), which would be
     served as a score head. Tied embeddings are the LM head, so they pass."""
-    names = {f"{name}.weight" for name, module in hf.named_modules() if module is lm_head}
+    names = {f"{name}.weight" for name, module in hf.named_modules() if module is lm_head} or {"lm_head.weight"}
     if names & set(missing):
         raise EngineError(f"{spec.architecture} checkpoint {spec.folder} has no score head weights (score.weight) "
                           f"and no LM head ({', '.join(sorted(names))}) to build one from, so --convert classify would "
@@ -123,7 +149,7 @@ def _int_id(value: Any, what: str) -> int:
     return value
 
 
-def _from_tokens(spec: LoadSpec, backbone: nn.Module, lm_head: nn.Linear) -> PoolingModel:
+def _from_tokens(spec: LoadSpec, lm_head: nn.Linear) -> tuple[nn.Module, ModelTraits]:
     """Score rows taken from the LM head: chosen token rows, or the 2-way softmax difference."""
     tokens = spec.pooler_overrides["classifier_from_token"]
     method = spec.pooler_overrides.get("method", "no_post_processing")
@@ -137,14 +163,13 @@ def _from_tokens(spec: LoadSpec, backbone: nn.Module, lm_head: nn.Linear) -> Poo
         if len(ids) != 2:
             raise EngineError(f"from_2_way_softmax needs exactly 2 tokens [negative, positive], got {len(ids)}")
         head = _linear(rows[1:] - rows[:1], None if bias is None else bias[1:] - bias[:1])  # [1, H]
-        return PackedDecoder(backbone, head, decoder_traits(spec, num_labels=1, activation="sigmoid",
-                                                            labels=(names[1],)))
+        return head, decoder_traits(spec, num_labels=1, activation="sigmoid", labels=(names[1],))
     head = _linear(rows, bias)
-    traits = decoder_traits(spec, num_labels=len(ids), activation=default_activation(len(ids), None), labels=names)
-    return PackedDecoder(backbone, head, traits)
+    return head, decoder_traits(spec, num_labels=len(ids), activation=default_activation(len(ids), None),
+                                labels=names)
 
 
-def _full_lm_head(spec: LoadSpec, backbone: nn.Module, lm_head: nn.Linear) -> PoolingModel:
+def _full_lm_head(spec: LoadSpec, backbone: nn.Module, lm_head: nn.Linear) -> tuple[nn.Module, ModelTraits]:
     """The whole LM head as the score head (math-shepherd PRMs): logits [N, vocab]."""
     over = spec.pooler_overrides
     returned = tuple(_int_id(t, "returned_token_ids") for t in over["returned_token_ids"]) \
@@ -158,4 +183,4 @@ def _full_lm_head(spec: LoadSpec, backbone: nn.Module, lm_head: nn.Linear) -> Po
     vocab = int(lm_head.out_features)
     traits = decoder_traits(spec, num_labels=vocab, activation="softmax", step=True, labels=(),
                             returned_token_ids=returned, step_tag_id=step)
-    return PackedDecoder(backbone, head, traits)
+    return head, traits

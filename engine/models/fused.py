@@ -40,12 +40,13 @@ def concat_linear(parts: list[nn.Linear]) -> nn.Linear:
     """One Linear whose output is the parts' outputs side by side: weight [sum(out), in]."""
     has_bias = parts[0].bias is not None
     ref = parts[0].weight
+    # Built on meta and given the concatenations: no initialised copy besides them at load time.
     fused = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts), bias=has_bias,
-                      device=ref.device, dtype=ref.dtype)
+                      device="meta", dtype=ref.dtype)
     with torch.no_grad():
-        fused.weight.copy_(torch.cat([p.weight for p in parts]))
+        fused.weight = nn.Parameter(torch.cat([p.weight for p in parts]), requires_grad=ref.requires_grad)
         if has_bias:
-            fused.bias.copy_(torch.cat([p.bias for p in parts]))
+            fused.bias = nn.Parameter(torch.cat([p.bias for p in parts]), requires_grad=ref.requires_grad)
     return fused
 
 
@@ -91,7 +92,10 @@ def _fuse_mlp(module: nn.Module) -> None:
 def fuse_projections(model: nn.Module) -> int:
     """Fuse every eligible attention and MLP module under ``model`` in place; returns how many."""
     count = 0
-    for module in list(model.modules()):
+    # Only the attention and MLP modules are listed: a list of every module would keep each
+    # replaced q/k/v/gate/up Linear alive until the loop ends (twice the projections' memory).
+    targets = [m for m in model.modules() if type(m).__name__ in FUSABLE_ATTENTION or type(m).__name__ in FUSABLE_MLP]
+    for module in targets:
         name = type(module).__name__
         if name in FUSABLE_ATTENTION and all(hasattr(module, p) for p in ("q_proj", "k_proj", "v_proj")):
             _fuse_attention(module)

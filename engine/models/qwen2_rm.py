@@ -13,10 +13,12 @@ Checkpoint layout (Qwen2.5-Math-RM-72B / Qwen2.5-Math-PRM-7B, config model_type 
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import nn
 
 from rewardserve.engine.errors import EngineError
-from rewardserve.engine.models.base import PoolingModel
+from rewardserve.engine.models.base import ModelTraits, PoolingModel
 from rewardserve.engine.models.registry import LoadSpec
 from rewardserve.engine.models.seq_cls import PackedDecoder, decoder_traits
 from rewardserve.engine.models.weights import build_with_weights, load_state_dict
@@ -29,14 +31,29 @@ def load(spec: LoadSpec) -> PoolingModel:
     """Build the Qwen2 backbone from ``model.*`` and the MLP head from ``score.{0,2}``."""
     from transformers import Qwen2Config, Qwen2Model
 
-    process = spec.architecture == "Qwen2ForProcessRewardModel"
-    state = load_state_dict(spec.folder)
     config = Qwen2Config.from_dict(spec.hf_config.to_dict())
+    if spec.shard is not None:  # tensor parallel: this rank's backbone shard, the head on rank 0
+        from rewardserve.engine.models.sharded import sharded_decoder
+
+        return sharded_decoder(replace(spec, hf_config=config), _sharded_head)
+    state = load_state_dict(spec.folder)
     config._attn_implementation = "sdpa"  # switched to varlen by PackedDecoder
     backbone_state = {k[len("model."):]: v for k, v in state.items()
                       if k.startswith("model.") and not k.endswith("rotary_emb.inv_freq")}
     backbone = build_with_weights(Qwen2Model, config, backbone_state, spec.dtype)
     head = _mlp_head(state, spec)
+    return PackedDecoder(backbone, head, _traits(spec, head))
+
+
+def _sharded_head(spec: LoadSpec, backbone: nn.Module) -> tuple[nn.Module, ModelTraits]:
+    """The score MLP, read alone (``score.*``), and the traits."""
+    head = _mlp_head(load_state_dict(spec.folder, keep=lambda name: name.startswith("score.")), spec)
+    return head, _traits(spec, head)
+
+
+def _traits(spec: LoadSpec, head: nn.Sequential) -> ModelTraits:
+    """Outcome RM: one raw reward at LAST; process RM: STEP pooling, softmax over (wrong, right)."""
+    process = spec.architecture == "Qwen2ForProcessRewardModel"
     num_labels = head[2].out_features
     if process:
         traits = decoder_traits(spec, num_labels=num_labels, activation="softmax", step=True,
@@ -45,7 +62,7 @@ def load(spec: LoadSpec) -> PoolingModel:
     else:
         traits = decoder_traits(spec, num_labels=num_labels, activation="identity",
                                 labels=("reward",) if num_labels == 1 else None)
-    return PackedDecoder(backbone, head, traits)
+    return traits
 
 
 def _mlp_head(state: dict, spec: LoadSpec) -> nn.Sequential:

@@ -38,6 +38,13 @@ class LoadSpec:
     dtype: torch.dtype
     tokenizer: Any                 # transformers fast tokenizer (may be None for token-only use)
     pooler_overrides: dict[str, Any] = field(default_factory=dict)
+    shard: Any = None              # sharded.Shard: this rank's part under tensor parallelism (None: all of it)
+
+    @property
+    def head_rank(self) -> bool:
+        """Whether this process builds the score head: always, but rank 0 only under tensor
+        parallelism (it pools and scores; the other ranks run the backbone)."""
+        return self.shard is None or self.shard.rank == 0
 
     @property
     def architecture(self) -> str:
@@ -65,6 +72,11 @@ def adapter_name(spec: LoadSpec) -> str:
 
 def load_model(spec: LoadSpec) -> PoolingModel:
     """Build the adapter's model on the CPU; the runner moves it to the device."""
-    module = importlib.import_module(f"rewardserve.engine.models.{adapter_name(spec)}")
+    name = adapter_name(spec)
+    if spec.shard is not None:
+        from rewardserve.engine.models.sharded import check_supported
+
+        check_supported(name, spec.hf_config, spec.shard.world)
+    module = importlib.import_module(f"rewardserve.engine.models.{name}")
     model = module.load(spec)
     return model.eval()

@@ -83,8 +83,14 @@ def decoder_traits(spec: LoadSpec, *, num_labels: int, activation: str, step: bo
 
 
 def load(spec: LoadSpec) -> PoolingModel:
-    """Load any decoder ``*ForSequenceClassification`` with transformers (no remote code)."""
+    """Load any decoder ``*ForSequenceClassification`` with transformers (no remote code); under
+    tensor parallelism this rank's backbone shard, and the ``score`` head on rank 0."""
     from transformers import AutoModelForSequenceClassification
+
+    if spec.shard is not None:
+        from rewardserve.engine.models.sharded import sharded_decoder
+
+        return sharded_decoder(spec, _sharded_head)
 
     hf = AutoModelForSequenceClassification.from_pretrained(str(spec.folder), dtype=spec.dtype,
                                                             trust_remote_code=False)
@@ -95,3 +101,15 @@ def load(spec: LoadSpec) -> PoolingModel:
     num_labels = int(head.out_features)
     activation = default_activation(num_labels, getattr(spec.hf_config, "problem_type", None))
     return PackedDecoder(backbone, head, decoder_traits(spec, num_labels=num_labels, activation=activation))
+
+
+def _sharded_head(spec: LoadSpec, backbone: nn.Module) -> tuple[nn.Module, ModelTraits]:
+    """The ``score`` Linear(hidden, num_labels) read from the checkpoint, and the traits."""
+    from rewardserve.engine.models.sharded import read_linear
+
+    head = read_linear(spec.folder, "score", spec.dtype)
+    if head is None:
+        raise EngineError(f"{spec.architecture}: no Linear score head (expected score.weight in the checkpoint)")
+    num_labels = int(head.out_features)
+    activation = default_activation(num_labels, getattr(spec.hf_config, "problem_type", None))
+    return head, decoder_traits(spec, num_labels=num_labels, activation=activation)

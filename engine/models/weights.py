@@ -86,12 +86,18 @@ def build_with_weights(cls: type[nn.Module], config: Any, state: dict[str, torch
         model = cls(config)
     state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
+    return rebuild_buffers(model, config)
+
+
+def rebuild_buffers(model: nn.Module, config: Any) -> nn.Module:
+    """Rebuild, on the CPU, every module of ``model`` that still has a meta buffer (rotary
+    ``inv_freq``: not in checkpoints); then any parameter or buffer left on meta is an error."""
     for name, module in list(model.named_modules()):
         if any(b.is_meta for b in module.buffers(recurse=False)):
             _replace(model, name, type(module)(config=config))
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
-        raise EngineError(f"{cls.__name__}: no weights for {', '.join(left[:5])}")
+        raise EngineError(f"{type(model).__name__}: no weights for {', '.join(left[:5])}")
     return model
 
 
