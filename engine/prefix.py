@@ -154,18 +154,18 @@ class PrefixPlanner:
             return whole, [(run, length)]
         return best, parts
 
-    def counter(self, cached: Callable[[Sequence[int]], int] | None = None) -> "BatchTokens":
+    def counter(self, cached: Callable[[object], int] | None = None) -> "BatchTokens":
         """A fresh count of computed tokens for one batch cut (see ``BatchTokens``)."""
         return BatchTokens(self, cached)
 
 
 class BatchTokens:
     """Tokens a batch cut will compute, item by item: an item sharing a prefix with one already
-    in the batch, or whose prompt the prefix cache holds (``cached``: token ids → cached tokens),
+    in the batch, or whose prompt the prefix cache holds (``cached``: item → cached tokens),
     adds only the rest. An estimate (``plan`` groups one level deep); the scheduler checks the
     final plan against its budget."""
 
-    def __init__(self, planner: PrefixPlanner, cached: Callable[[Sequence[int]], int] | None = None):
+    def __init__(self, planner: PrefixPlanner, cached: Callable[[object], int] | None = None):
         self.planner = planner
         self.cached = cached
         self.firsts: dict[tuple, Sequence[int]] = {}  # first tokens → the first item's token ids
@@ -181,7 +181,7 @@ class BatchTokens:
             shared = p._floor(min(common_prefix(ids, other, p.key_tokens), len(ids) - 1, len(other) - 1))
             shared = shared if shared >= p.min_tokens else 0
         if self.cached is not None and shared < len(ids) - 1:
-            shared = max(shared, self.cached(ids))
+            shared = max(shared, self.cached(item))
         return len(ids) - shared
 
     def add(self, item) -> None:

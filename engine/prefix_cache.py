@@ -115,6 +115,18 @@ class BlockCache:
             out.append(parent)
         return out
 
+    def names_of(self, item, num_blocks: int) -> list[bytes]:
+        """``chain`` of an item's tokens, kept on the item (``block_names``): the scheduler's
+        probes and the batch's assign hash each prompt once."""
+        memo = getattr(item, "block_names", None)
+        if memo is None or memo[0] != self.identity or len(memo[1]) < num_blocks:
+            memo = (self.identity, self.chain(item.token_ids, len(item.token_ids) // self.block_tokens))
+            try:
+                item.block_names = memo
+            except AttributeError:  # an item type without the slot: hash again next time
+                pass
+        return memo[1][:num_blocks]
+
     def cached_blocks(self, names: Sequence[bytes]) -> list[int]:
         """Pool blocks of the leading cached names (stops at the first miss)."""
         out = []
@@ -125,10 +137,10 @@ class BlockCache:
             out.append(block)
         return out
 
-    def probe(self, token_ids: Sequence[int]) -> int:
-        """Tokens of ``token_ids`` a batch would read from the cache now (its leading cached
-        blocks, one token left to compute); changes nothing. The scheduler's estimate."""
-        names = self.chain(token_ids, (len(token_ids) - 1) // self.block_tokens)
+    def probe(self, item) -> int:
+        """Tokens of ``item`` (``token_ids``) a batch would read from the cache now (its leading
+        cached blocks, one token left to compute); changes nothing. The scheduler's estimate."""
+        names = self.names_of(item, (len(item.token_ids) - 1) // self.block_tokens)
         return len(self.cached_blocks(names)) * self.block_tokens
 
     # -- one batch ---------------------------------------------------------------------------
@@ -148,7 +160,7 @@ class BlockCache:
         names_of: dict[int, list[bytes]] = {}
         for s in roots.tolist():  # reads first: a batch reads only blocks cached before it
             item, length = batch.items[int(plan.src_item[s])], int(plan.lengths[s])
-            names = self.chain(item.token_ids, length // B)
+            names = self.names_of(item, length // B)
             names_of[s] = names
             # Blocks it may skip: an item keeps one token to compute (its last row), a group's
             # prefix may be read whole (its members compute their own tokens); every pooled row

@@ -18,7 +18,7 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 from rewardserve.engine.batch import PackedBatch
 from rewardserve.engine.config import SchedulerConfig
@@ -74,10 +74,10 @@ class Scheduler:
 
     def __init__(self, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic, *,
                  bounded: bool = True, prefix: PrefixPlanner | None = None,
-                 cached: Callable[[Sequence[int]], int] | None = None):
+                 cached: Callable[[WorkItem], int] | None = None):
         self.config = config
         self.prefix = prefix    # shared-prefix planner (None: prefix reuse off for this model or server)
-        # The prefix cache's probe (token ids → tokens it holds; ``BlockCache.probe``), called on the
+        # The prefix cache's probe (item → tokens of it the cache holds; ``BlockCache.probe``), called on the
         # thread that cuts batches, which must be the cache's runner's: the one replica's thread.
         self.cached = cached
         self.clock = clock
@@ -243,9 +243,9 @@ class Scheduler:
             return packed.num_tokens
         plan = packed.prefix
         if plan is None:
-            return sum(len(it.token_ids) - self.cached(it.token_ids) for it in packed.items)
+            return sum(len(it.token_ids) - self.cached(it) for it in packed.items)
         roots = [s for s in range(len(plan.lengths)) if plan.prefix_seg[s] < 0 and plan.starts[s] == 0]
-        held = sum(min(self.cached(packed.items[plan.src_item[s]].token_ids), int(plan.lengths[s]))
+        held = sum(min(self.cached(packed.items[plan.src_item[s]]), int(plan.lengths[s]))
                    for s in roots)
         return packed.num_tokens - held
 

@@ -37,6 +37,9 @@ def test_names_chain_every_earlier_token_and_the_model():
     assert c.chain(a, 4) == c.chain(a + [7], 4)
     other = cache(identity=model_identity("m", None, "bfloat16"))
     assert set(c.chain(a, 4)).isdisjoint(other.chain(a, 4))
+    item = Item(a + [1])
+    c.probe(item)  # the names are kept on the item (hashed once per cache identity)
+    assert item.block_names == (c.identity, c.chain(a, 4)) and other.names_of(item, 4) == other.chain(a, 4)
 
 
 def test_a_batch_reads_what_an_earlier_one_stored():
@@ -89,12 +92,12 @@ def test_eviction_takes_chains_from_their_end_and_spares_what_the_batch_reads():
     c.assign(PackedBatch.of([Item(a + [1])]))
     c.assign(PackedBatch.of([Item(b + [1])]))           # 2 free, then evicts a's last 2 blocks
     assert c.stats.evicted_blocks == 2
-    assert c.probe(a + [1]) == 32 and c.probe(b + [1]) == 64
+    assert c.probe(Item(a + [1])) == 32 and c.probe(Item(b + [1])) == 64
     # a again: reads its 2 leading blocks (pinned), stores its last 2 by evicting b's tail
     again = c.assign(PackedBatch.of([Item(a + [2])]))
     assert again.batch.prefix.cached.tolist() == [32]
     assert set(again.writes.dest.tolist()).isdisjoint(again.table.tolist())
-    assert c.probe(a + [3]) == 64 and c.probe(b + [1]) == 32
+    assert c.probe(Item(a + [3])) == 64 and c.probe(Item(b + [1])) == 32
 
 
 def test_stores_find_no_room_without_failing():
@@ -110,7 +113,7 @@ def test_discard_and_clear_forget_blocks():
     prompt = list(range(10, 74))
     first = c.assign(PackedBatch.of([Item(prompt + [1])]))
     c.discard(first.new_blocks)
-    assert c.probe(prompt + [1]) == 0 and len(c.free) == 64
+    assert c.probe(Item(prompt + [1])) == 0 and len(c.free) == 64
     c.assign(PackedBatch.of([Item(prompt + [1])]))
     c.clear()
     assert len(c.blocks) == 0 and len(c.free) == 64
