@@ -183,7 +183,8 @@ class ParallelConfig:
 
 @dataclass(frozen=True)
 class PrefixConfig:
-    """Shared prompt prefixes (a GRPO group's prompt, best-of-n): computed once per packed batch."""
+    """Shared prompt prefixes (a GRPO group's prompt, best-of-n): computed once per packed batch,
+    and kept across batches in the prefix cache (``engine/prefix_cache.py``)."""
 
     prefix_reuse: bool = option(
         True, "Sequences of one packed batch that start with the same tokens (a group's prompt, after templating) "
@@ -194,12 +195,19 @@ class PrefixConfig:
     prefix_min_tokens: int = option(
         32, "Shortest shared prefix worth a segment of its own, in tokens.", advanced=True)
     prefix_block_tokens: int = option(
-        16, "Shared prefixes are cut to a multiple of this many tokens (the granularity prefixes are matched at).",
-        advanced=True)
+        16, "Shared prefixes are cut to a multiple of this many tokens (the granularity prefixes are matched at, "
+            "and the prefix cache's block).", advanced=True)
+    prefix_cache_gb: float | None = option(
+        None, "GPU memory (GiB) for keys and values of prompt prefixes kept across batches (least recently used "
+              "blocks evicted; a request never fails for want of room), so StreamReward items and later calls "
+              "with the same prompt reuse it. Default: a tenth of the memory free after the model loads on CUDA "
+              "(logged), none on the CPU; 0: off. Needs prefix reuse.")
 
     def __post_init__(self) -> None:
         if self.prefix_min_tokens < 1 or self.prefix_block_tokens < 1:
             raise ValueError("--prefix-min-tokens and --prefix-block-tokens must be at least 1")
+        if self.prefix_cache_gb is not None and self.prefix_cache_gb < 0:
+            raise ValueError("--prefix-cache-gb must be 0 (off) or more")
 
 
 @dataclass(frozen=True)
