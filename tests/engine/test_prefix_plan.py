@@ -221,9 +221,11 @@ def test_cli_flags_reach_the_config():
 
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, EngineConfig)
-    assert config_from_args(EngineConfig, parser.parse_args([])).prefix.prefix_reuse is True
-    off = config_from_args(EngineConfig, parser.parse_args(["--no-prefix-reuse", "--prefix-min-tokens", "64"]))
-    assert (off.prefix.prefix_reuse, off.prefix.prefix_min_tokens) == (False, 64)
+    assert config_from_args(EngineConfig, parser.parse_args([])).prefix.prefix_reuse is False  # until GPU parity
+    on = config_from_args(EngineConfig, parser.parse_args(["--prefix-reuse", "--prefix-min-tokens", "64"]))
+    assert (on.prefix.prefix_reuse, on.prefix.prefix_min_tokens) == (True, 64)
+    off = config_from_args(EngineConfig, parser.parse_args(["--no-prefix-reuse"]))
+    assert off.prefix.prefix_reuse is False
     with pytest.raises(ValueError, match="prefix-min-tokens"):
         PrefixConfig(prefix_min_tokens=0)
 

@@ -13,7 +13,7 @@ import pytest
 from rewardserve_client.v1 import reward_service_pb2 as pb
 from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
-from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig, SchedulerConfig
+from rewardserve.engine.config import EngineConfig, ModelConfig, PrefixConfig, RunnerConfig, SchedulerConfig
 from rewardserve.service.server import RewardServer
 from service_testlib import local_config
 
@@ -47,7 +47,8 @@ async def scrape(port: int) -> str:
 
 
 async def test_metrics_count_rpcs_batches_tokens_and_queue(demo_model_dir):
-    engine = EngineConfig(model=ModelConfig(model=str(demo_model_dir)), runner=RunnerConfig(device="cpu"))
+    engine = EngineConfig(model=ModelConfig(model=str(demo_model_dir)), runner=RunnerConfig(device="cpu"),
+                          prefix=PrefixConfig(prefix_reuse=True))  # opt-in: reused tokens are counted
     server_cfg = dataclasses.replace(local_config().server, metrics_port=free_port())
     config = dataclasses.replace(local_config(), engine=engine, server=server_cfg)
     async with RewardServer(config) as server:
