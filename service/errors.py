@@ -32,6 +32,7 @@ from rewardserve.engine.api import (DeadlineExceededError, EngineOverloadedError
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_KEY = "retry-after-ms"
+REQUEST_ID_KEY = "x-request-id"  # initial metadata of every call, and the trailers of every failure
 # Trailers must fit the client's metadata limit (gRPC's default soft limit is 8 KiB) whatever the
 # error echoes: the message travels twice (grpc-message, percent-encoded: up to 12 bytes per
 # non-ASCII character; and inside grpc-status-details-bin, base64) beside the field violation.
@@ -68,7 +69,16 @@ def status_code_for(exc: BaseException) -> grpc.StatusCode:
 
 
 def to_failure(exc: BaseException, request_id: str) -> RpcFailure:
-    """Translate ``exc`` into what the client sees; logs unexpected errors with their traceback."""
+    """Translate ``exc`` into what the client sees; logs unexpected errors with their traceback.
+    The request id rides in the trailers too: a refusal may end the call before the initial
+    metadata (which carries it) reaches the client."""
+    failure = _to_failure(exc, request_id)
+    if not request_id:
+        return failure
+    return RpcFailure(failure.code, failure.message, failure.trailing_metadata + ((REQUEST_ID_KEY, request_id),))
+
+
+def _to_failure(exc: BaseException, request_id: str) -> RpcFailure:
     code = status_code_for(exc)
     if code is grpc.StatusCode.INTERNAL:
         # The traceback may hold paths, inputs or model internals: log it, reply with the id only.

@@ -18,12 +18,11 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 import grpc
 
 from rewardserve.engine.api import EngineUnavailableError, InvalidInputError
-from rewardserve.service.errors import to_failure
+from rewardserve.service.errors import REQUEST_ID_KEY, to_failure
 from rewardserve.service.wire import Malformed
 
 logger = logging.getLogger(__name__)
 
-REQUEST_ID_KEY = "x-request-id"
 MAX_REQUEST_ID_LEN = 128
 
 Metadata = tuple[tuple[str, str | bytes], ...]

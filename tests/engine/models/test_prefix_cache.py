@@ -119,9 +119,9 @@ def test_a_failed_batch_drops_its_blocks(ckpt):
 def test_cache_is_off_without_reuse_or_at_zero(ckpt):
     BUILDERS["qwen3"]().save_pretrained(str(ckpt))
     zero = Engine(EngineConfig(model=ModelConfig(model=str(ckpt), dtype="float32"), runner=RunnerConfig(device="cpu"),
-                               prefix=PrefixConfig(prefix_cache_gb=0)))
+                               prefix=PrefixConfig(prefix_reuse=True, prefix_cache_gb=0)))
     default_cpu = Engine(EngineConfig(model=ModelConfig(model=str(ckpt), dtype="float32"),
-                                      runner=RunnerConfig(device="cpu")))
+                                      runner=RunnerConfig(device="cpu"), prefix=PrefixConfig(prefix_reuse=True)))
     assert zero.core.runner.cache is None and default_cpu.core.runner.cache is None
     with pytest.raises(ValueError, match="prefix-cache-gb"):
         PrefixConfig(prefix_cache_gb=-1)
@@ -138,7 +138,7 @@ def test_the_budget_counts_cached_prompts_as_free(ckpt):
 
     def make(cache_gb) -> Engine:
         return Engine(EngineConfig(model=ModelConfig(model=str(ckpt), dtype="float32"), runner=RunnerConfig(device="cpu"),
-                                   scheduler=sched, prefix=PrefixConfig(prefix_cache_gb=cache_gb)))
+                                   scheduler=sched, prefix=PrefixConfig(prefix_reuse=True, prefix_cache_gb=cache_gb)))
     cached, plain = make(0.01), make(0)
     rng = random.Random(3)
     prompt = ids(rng, 200)
