@@ -15,11 +15,10 @@ Set REWARDSERVE_PARITY_JSON=path to record the tolerances and every difference s
 """
 from __future__ import annotations
 
-import json
-import os
-
 import pytest
 import torch
+
+from gpu_testlib import MODES, SIZES, WINDOW, decoder_builders, max_abs, rel_l2, recorder, save_checkpoints
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -27,11 +26,6 @@ pytestmark = [pytest.mark.gpu,
 tf = pytest.importorskip("transformers")
 
 LENGTHS = (1, 2, 7, 33, 64, 65, 100, 150, 255, 300)
-WINDOW = 64
-SOFTCAP = 5.0  # Gemma2's attention logit cap; small enough to bend these random weights' scores
-SIZES = dict(vocab_size=400, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.1, pad_token_id=0,
-             bos_token_id=0, eos_token_id=0, num_labels=1)
 TOL = {  # bf16 has an 8-bit mantissa: ~0.4% per rounding, a few roundings per layer
     "hidden_rel_vs_fp32": 3e-2,        # ‖engine − fp32‖ / ‖fp32‖ over all tokens
     "logits_abs_vs_fp32": 1e-1,        # max |Δ score| / max(1, max |score|)
@@ -42,22 +36,14 @@ TOL = {  # bf16 has an 8-bit mantissa: ~0.4% per rounding, a few roundings per l
     "mode_vs_eager_rel": 2e-2,         # compiled + graphs vs eager, relative L2
 }
 DYNAMIC = "llama-dynamic-rope"
-MODES = {"eager": dict(compile=False, cuda_graphs=False), "compile+graphs": dict(compile=True, cuda_graphs=True)}
 RESULTS: dict = {"tolerances": TOL, "lengths": LENGTHS, "window": WINDOW, "models": {}}
 
 
 def _builders():
+    """The shared decoder families (gpu_testlib) and Gemma3 and a dynamic-RoPE Llama."""
     c = dict(SIZES)
     return {
-        "llama": lambda: tf.LlamaForSequenceClassification(tf.LlamaConfig(**c)),
-        "qwen2": lambda: tf.Qwen2ForSequenceClassification(tf.Qwen2Config(
-            **c, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1)),
-        "qwen3": lambda: tf.Qwen3ForSequenceClassification(tf.Qwen3Config(**c, head_dim=64)),
-        "mistral": lambda: tf.MistralForSequenceClassification(tf.MistralConfig(
-            **c, head_dim=64, sliding_window=WINDOW)),
-        # layer 0 windowed, layer 1 global (transformers' default layer_types for two layers)
-        "gemma2": lambda: tf.Gemma2ForSequenceClassification(tf.Gemma2Config(
-            **c, head_dim=256, sliding_window=WINDOW, attn_logit_softcapping=SOFTCAP, query_pre_attn_scalar=256)),
+        **decoder_builders(),
         "gemma3": lambda: tf.Gemma3TextForSequenceClassification(tf.Gemma3TextConfig(
             **c, head_dim=256, sliding_window=WINDOW, query_pre_attn_scalar=256,
             layer_types=["sliding_attention", "full_attention"])),
@@ -65,18 +51,7 @@ def _builders():
         DYNAMIC: lambda: tf.LlamaForSequenceClassification(tf.LlamaConfig(
             **{**c, "max_position_embeddings": 128}, rope_scaling={"rope_type": "dynamic", "factor": 2.0})),
     }
-
-
-@pytest.fixture(autouse=True)
-def _record():
-    """Write what was measured after every test (a run cut short keeps it)."""
-    yield
-    path = os.environ.get("REWARDSERVE_PARITY_JSON")
-    if path:
-        RESULTS["device"] = torch.cuda.get_device_name()
-        RESULTS["torch"] = torch.__version__
-        with open(path, "w") as f:
-            json.dump(RESULTS, f, indent=1)
+_record = recorder(RESULTS)
 
 
 def _inputs(seed: int = 0) -> list[list[int]]:
@@ -130,27 +105,9 @@ def _score(engine, seqs) -> tuple[list[torch.Tensor], torch.Tensor]:
     return hidden, torch.stack(logits)
 
 
-def _rel(got: list[torch.Tensor], want: list[torch.Tensor]) -> float:
-    a, b = torch.cat(got).float(), torch.cat(want).float()
-    return float((a - b).norm() / b.norm())
-
-
-def _abs(got: torch.Tensor, want: torch.Tensor) -> float:
-    return float((got - want).abs().max() / max(1.0, float(want.abs().max())))
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    from rewardserve.engine.demo import build_tokenizer
-
-    out = {}
-    for name, build in _builders().items():
-        folder = tmp_path_factory.mktemp(name)
-        build_tokenizer(folder)
-        torch.manual_seed(0)
-        build().save_pretrained(str(folder))
-        out[name] = folder
-    return out
+    return save_checkpoints(tmp_path_factory, _builders())
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -187,23 +144,23 @@ def test_bf16_packed_equals_alone_and_transformers(name, checkpoints):
     folder, seqs, alone = checkpoints[name], _inputs(), name == DYNAMIC
     ref_h, ref_l = _hf_reference(folder, seqs, torch.float32, alone)
     bf_h, bf_l = _hf_reference(folder, seqs, torch.bfloat16, alone)
-    record = RESULTS["models"][name] = {"hf_bf16": {"hidden_rel_vs_fp32": _rel(bf_h, ref_h),
-                                                    "logits_abs_vs_fp32": _abs(bf_l, ref_l)}}
+    record = RESULTS["models"][name] = {"hf_bf16": {"hidden_rel_vs_fp32": rel_l2(bf_h, ref_h),
+                                                    "logits_abs_vs_fp32": max_abs(bf_l, ref_l)}}
     eager_h = None
     for mode, flags in MODES.items():
         engine = _engine(folder, max_model_len=512 if alone else None, **flags)
         hidden, logits = _score(engine, seqs)
         alone = [_score(engine, [s]) for s in seqs]
         big_h, big_l = _score(engine, seqs * 3)  # over the largest graph bucket
-        got = {"hidden_rel_vs_fp32": _rel(hidden, ref_h), "logits_abs_vs_fp32": _abs(logits, ref_l),
-               "packed_vs_alone_rel": _rel(hidden, [a[0][0] for a in alone]),
-               "packed_vs_alone_logits_abs": _abs(logits, torch.cat([a[1] for a in alone])),
-               "big_batch_vs_packed_rel": _rel(big_h[:len(seqs)], hidden),
-               "big_batch_logits_abs": _abs(big_l[:len(seqs)], logits),
+        got = {"hidden_rel_vs_fp32": rel_l2(hidden, ref_h), "logits_abs_vs_fp32": max_abs(logits, ref_l),
+               "packed_vs_alone_rel": rel_l2(hidden, [a[0][0] for a in alone]),
+               "packed_vs_alone_logits_abs": max_abs(logits, torch.cat([a[1] for a in alone])),
+               "big_batch_vs_packed_rel": rel_l2(big_h[:len(seqs)], hidden),
+               "big_batch_logits_abs": max_abs(big_l[:len(seqs)], logits),
                "runner": {k: v for k, v in engine.core.runner.stats.items() if k != "buckets"},
                "attention_backend": engine.core.runner.backend}
         if eager_h is not None:
-            got["mode_vs_eager_rel"] = _rel(hidden, eager_h)
+            got["mode_vs_eager_rel"] = rel_l2(hidden, eager_h)
         record[mode] = got
         eager_h = eager_h or hidden
         del engine
@@ -246,5 +203,5 @@ def test_encoder_with_a_short_position_table_compiles_and_captures(tmp_path):
     alone = [engine.encode([s], task="embed")[0] for s in seqs]
     assert engine.core.runner.stats["compile"] is True and engine.core.runner.stats["cuda_graphs"] is True
     for p, a, e in zip(packed, alone, eager):
-        assert _rel([p.data], [a.data]) <= TOL["packed_vs_alone_rel"]
-        assert _rel([p.data], [e.data]) <= TOL["mode_vs_eager_rel"]
+        assert rel_l2([p.data], [a.data]) <= TOL["packed_vs_alone_rel"]
+        assert rel_l2([p.data], [e.data]) <= TOL["mode_vs_eager_rel"]

@@ -12,49 +12,21 @@ differences seen.
 """
 from __future__ import annotations
 
-import json
-import os
-
 import pytest
 import torch
+
+from gpu_testlib import MODES, decoder_builders, max_abs, rel_l2, recorder, save_checkpoints
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-tf = pytest.importorskip("transformers")
+pytest.importorskip("transformers")  # gpu_testlib's checkpoint builders
 
-WINDOW = 64
 STEP = 3
-SIZES = dict(vocab_size=400, hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=4096, initializer_range=0.1, pad_token_id=0,
-             bos_token_id=0, eos_token_id=0, num_labels=1)
 TOL = {"hidden_rel": 1e-2, "logits_abs": 1e-2}  # test_gpu_parity.py: packed_vs_alone_rel / _logits_abs
-MODES = {"eager": dict(compile=False, cuda_graphs=False), "compile+graphs": dict(compile=True, cuda_graphs=True)}
 RESULTS: dict = {"tolerances": TOL, "models": {}}
-
-
-def _builders():
-    c = dict(SIZES)
-    return {
-        "llama": lambda: tf.LlamaForSequenceClassification(tf.LlamaConfig(**c)),
-        "qwen2": lambda: tf.Qwen2ForSequenceClassification(tf.Qwen2Config(
-            **c, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1)),
-        "qwen3": lambda: tf.Qwen3ForSequenceClassification(tf.Qwen3Config(**c, head_dim=64)),
-        "mistral": lambda: tf.MistralForSequenceClassification(tf.MistralConfig(
-            **c, head_dim=64, sliding_window=WINDOW)),
-        "gemma2": lambda: tf.Gemma2ForSequenceClassification(tf.Gemma2Config(
-            **c, head_dim=256, sliding_window=WINDOW, attn_logit_softcapping=5.0, query_pre_attn_scalar=256)),
-    }
-
-
-@pytest.fixture(autouse=True)
-def _record():
-    yield
-    path = os.environ.get("REWARDSERVE_PARITY_JSON")
-    if path:
-        RESULTS["device"] = torch.cuda.get_device_name()
-        with open(path, "w") as f:
-            json.dump(RESULTS, f, indent=1)
+WITHIN_BATCH = 4 * 288 + 1 * 688 + 2 * 288  # tokens _inputs' batch reuses within itself (cache off)
+_record = recorder(RESULTS)
 
 
 def _inputs(seed: int = 0) -> list[list[int]]:
@@ -92,88 +64,71 @@ def _encode(engine, seqs) -> dict:
     return out
 
 
-def _rel(got, want) -> float:
-    a, b = torch.cat([r.data.reshape(-1) for r in got]).float(), torch.cat([r.data.reshape(-1) for r in want]).float()
-    return float((a - b).norm() / b.norm())
+def _compare(on, off, seqs) -> dict:
+    """Reuse on against off on seqs and on a small batch (graph buckets): the differences, the
+    tokens reused and the runner's stats (to record before _check asserts)."""
+    def data(results) -> list[torch.Tensor]:
+        return [r.data for r in results]
+    got, want = _encode(on, seqs), _encode(off, seqs)
+    small_got, small_want = _encode(on, seqs[-2:] + seqs[:1]), _encode(off, seqs[-2:] + seqs[:1])
+    diffs = {"ALL_rel": rel_l2(data(got["ALL"]), data(want["ALL"])),
+             "MEAN_rel": rel_l2(data(got["MEAN"]), data(want["MEAN"])),
+             "LAST_abs": max_abs(data(got["LAST"]), data(want["LAST"])),
+             "STEP_abs": max_abs(data(got["STEP"]), data(want["STEP"])),
+             "small_ALL_rel": rel_l2(data(small_got["ALL"]), data(small_want["ALL"])),
+             "small_LAST_abs": max_abs(data(small_got["LAST"]), data(small_want["LAST"])),
+             "reused_tokens": sum(r.reused_tokens for r in got["LAST"]),
+             "small_reused_tokens": sum(r.reused_tokens for r in small_got["LAST"]),
+             "runner": {k: v for k, v in on.core.runner.stats.items() if k != "buckets"}}
+    return diffs
 
 
-def _abs(got, want) -> float:
-    a, b = torch.cat([r.data.reshape(-1) for r in got]).float(), torch.cat([r.data.reshape(-1) for r in want]).float()
-    return float((a - b).abs().max() / max(1.0, float(b.abs().max())))
+def _check(diffs: dict, mode: str) -> None:
+    """The tolerances, reuse in the small batch too, and compile+graphs really compiled and captured."""
+    assert diffs["small_reused_tokens"] > 0, (mode, diffs)
+    for key in ("ALL_rel", "MEAN_rel", "small_ALL_rel"):
+        assert diffs[key] <= TOL["hidden_rel"], (mode, key, diffs)
+    for key in ("LAST_abs", "STEP_abs", "small_LAST_abs"):
+        assert diffs[key] <= TOL["logits_abs"], (mode, key, diffs)
+    if mode == "compile+graphs":
+        assert diffs["runner"]["compile"] is True and diffs["runner"]["cuda_graphs"] is True, diffs["runner"]
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    from rewardserve.engine.demo import build_tokenizer
-
-    out = {}
-    for name, build in _builders().items():
-        folder = tmp_path_factory.mktemp(name)
-        build_tokenizer(folder)
-        torch.manual_seed(0)
-        build().save_pretrained(str(folder))
-        out[name] = folder
-    return out
+    return save_checkpoints(tmp_path_factory, decoder_builders())
 
 
-@pytest.mark.parametrize("name", list(_builders()))
+@pytest.mark.parametrize("name", list(decoder_builders()))
 def test_bf16_reuse_equals_no_reuse(name, checkpoints):
     seqs = _inputs()
     record = RESULTS["models"][name] = {}
     for mode, flags in MODES.items():
         on, off = _engine(checkpoints[name], True, **flags), _engine(checkpoints[name], False, **flags)
         assert on.core.prefix is not None and off.core.prefix is None
-        got, want = _encode(on, seqs), _encode(off, seqs)
-        small_got, small_want = _encode(on, seqs[-2:] + seqs[:1]), _encode(off, seqs[-2:] + seqs[:1])  # graph buckets
-        diffs = {"ALL_rel": _rel(got["ALL"], want["ALL"]), "MEAN_rel": _rel(got["MEAN"], want["MEAN"]),
-                 "LAST_abs": _abs(got["LAST"], want["LAST"]), "STEP_abs": _abs(got["STEP"], want["STEP"]),
-                 "small_ALL_rel": _rel(small_got["ALL"], small_want["ALL"]),
-                 "small_LAST_abs": _abs(small_got["LAST"], small_want["LAST"]),
-                 "reused_tokens": sum(r.reused_tokens for r in got["LAST"]),
-                 "runner": {k: v for k, v in on.core.runner.stats.items() if k != "buckets"}}
-        record[mode] = diffs
-        assert diffs["reused_tokens"] == 4 * 288 + 1 * 688 + 2 * 288
-        assert sum(r.reused_tokens for r in small_got["LAST"]) > 0
-        for key in ("ALL_rel", "MEAN_rel", "small_ALL_rel"):
-            assert diffs[key] <= TOL["hidden_rel"], (mode, key, diffs)
-        for key in ("LAST_abs", "STEP_abs", "small_LAST_abs"):
-            assert diffs[key] <= TOL["logits_abs"], (mode, key, diffs)
-        if mode == "compile+graphs":
-            assert on.core.runner.stats["compile"] is True and on.core.runner.stats["cuda_graphs"] is True
+        record[mode] = diffs = _compare(on, off, seqs)
+        _check(diffs, mode)
+        assert diffs["reused_tokens"] == WITHIN_BATCH
         del on, off
         torch.cuda.empty_cache()
 
 
-@pytest.mark.parametrize("name", list(_builders()))
+@pytest.mark.parametrize("name", list(decoder_builders()))
 def test_bf16_prefix_cache_equals_no_reuse(name, checkpoints):
     """The prefix cache (default size) across calls: a first call caches the prompts, the next
     ones read them through the Triton kernel's block table (eager, and compiled with the small
     batches replaying CUDA graphs), within the same budget as within-batch reuse."""
     seqs = _inputs()
     record = RESULTS["models"].setdefault(name, {})
-    within_batch = 4 * 288 + 1 * 688 + 2 * 288
     for mode, flags in MODES.items():
         on, off = _engine(checkpoints[name], True, cache_gb=None, **flags), _engine(checkpoints[name], False, **flags)
         assert on.core.runner.cache is not None
         on.encode(seqs, "classify")  # caches both prompts (and every sequence's full blocks)
-        got, want = _encode(on, seqs), _encode(off, seqs)
-        small_got, small_want = _encode(on, seqs[-2:] + seqs[:1]), _encode(off, seqs[-2:] + seqs[:1])
+        diffs = _compare(on, off, seqs)
         stats = on.core.runner.cache.stats
-        diffs = {"ALL_rel": _rel(got["ALL"], want["ALL"]), "MEAN_rel": _rel(got["MEAN"], want["MEAN"]),
-                 "LAST_abs": _abs(got["LAST"], want["LAST"]), "STEP_abs": _abs(got["STEP"], want["STEP"]),
-                 "small_ALL_rel": _rel(small_got["ALL"], small_want["ALL"]),
-                 "small_LAST_abs": _abs(small_got["LAST"], small_want["LAST"]),
-                 "reused_tokens": sum(r.reused_tokens for r in got["LAST"]),
-                 "cache_hit_tokens": stats.hit_tokens, "cache_queried_tokens": stats.queried_tokens,
-                 "runner": {k: v for k, v in on.core.runner.stats.items() if k != "buckets"}}
-        record[f"cache/{mode}"] = diffs
-        assert diffs["reused_tokens"] > within_batch and stats.hit_tokens > 0
-        assert sum(r.reused_tokens for r in small_got["LAST"]) > 0
-        for key in ("ALL_rel", "MEAN_rel", "small_ALL_rel"):
-            assert diffs[key] <= TOL["hidden_rel"], (mode, key, diffs)
-        for key in ("LAST_abs", "STEP_abs", "small_LAST_abs"):
-            assert diffs[key] <= TOL["logits_abs"], (mode, key, diffs)
-        if mode == "compile+graphs":
-            assert on.core.runner.stats["compile"] is True and on.core.runner.stats["cuda_graphs"] is True
+        record[f"cache/{mode}"] = {**diffs, "cache_hit_tokens": stats.hit_tokens,
+                                   "cache_queried_tokens": stats.queried_tokens}
+        _check(diffs, mode)
+        assert diffs["reused_tokens"] > WITHIN_BATCH and stats.hit_tokens > 0
         del on, off
         torch.cuda.empty_cache()

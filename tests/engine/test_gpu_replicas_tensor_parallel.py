@@ -13,34 +13,19 @@ import asyncio
 
 import pytest
 import torch
-import transformers as tf
 
+from gpu_testlib import llama_on_one_gpu
 from rewardserve.engine.async_engine import AsyncEngine
 from rewardserve.engine.config import EngineConfig, ModelConfig, ParallelConfig, RunnerConfig, SchedulerConfig
-from rewardserve.engine.demo import build_tokenizer
-from rewardserve.engine.engine import Engine
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 4, reason="needs four CUDA devices")]
 LENGTHS = (1, 5, 17, 64, 300, 700) * 4
 BF16_TOLERANCE = 3e-2  # bf16 partial sums add in another order than one GEMM's
 
 
-def build_llama(folder) -> None:
-    build_tokenizer(folder)
-    torch.manual_seed(0)
-    cfg = tf.LlamaConfig(vocab_size=400, hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
-                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024, num_labels=1,
-                         pad_token_id=0)
-    tf.LlamaForSequenceClassification(cfg).to(torch.bfloat16).save_pretrained(str(folder))
-
-
 async def test_two_groups_of_two_gpus_equal_one(tmp_path):
     folder = tmp_path / "llama"
-    build_llama(folder)
-    gen = torch.Generator().manual_seed(0)
-    seqs = [torch.randint(4, 400, (n,), generator=gen).tolist() for n in LENGTHS]
-    with Engine.from_model(str(folder), device="cuda", dtype="bfloat16") as one:
-        want = [r.data for r in one.encode(seqs, task="classify")]
+    seqs, want = llama_on_one_gpu(folder, LENGTHS)
     cfg = EngineConfig(model=ModelConfig(model=str(folder), dtype="bfloat16"), runner=RunnerConfig(device="cuda"),
                        scheduler=SchedulerConfig(max_num_seqs=1),
                        parallel=ParallelConfig(data_parallel_size=2, tensor_parallel_size=2))

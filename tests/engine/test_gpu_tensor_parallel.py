@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers as tf
 
-from rewardserve.engine.demo import build_tokenizer
+from gpu_testlib import llama_on_one_gpu
 from rewardserve.engine.engine import Engine
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")]
@@ -21,16 +20,7 @@ BF16_TOLERANCE = 3e-2  # bf16 partial sums add in another order than one GEMM's
 
 def test_two_gpus_equal_one(tmp_path):
     folder = tmp_path / "llama"
-    build_tokenizer(folder)
-    torch.manual_seed(0)
-    cfg = tf.LlamaConfig(vocab_size=400, hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
-                         num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=1024, num_labels=1,
-                         pad_token_id=0)
-    tf.LlamaForSequenceClassification(cfg).to(torch.bfloat16).save_pretrained(str(folder))
-    gen = torch.Generator().manual_seed(0)
-    seqs = [torch.randint(4, 400, (n,), generator=gen).tolist() for n in LENGTHS]
-    with Engine.from_model(str(folder), device="cuda", dtype="bfloat16") as one:
-        want = [r.data for r in one.encode(seqs, task="classify")]
+    seqs, want = llama_on_one_gpu(folder, LENGTHS)
     with Engine.from_model(str(folder), device="cuda", dtype="bfloat16", tensor_parallel_size=2) as two:
         got = [r.data for r in two.encode(seqs, task="classify")]
         alone = two.encode([seqs[1]], task="classify")[0].data   # a CUDA-graph bucket
