@@ -1,36 +1,24 @@
 /** RewardClient against a real demo server (see demo-server.ts). */
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
-import { Code, PoolingTask, RewardClient, RewardServeError, type StreamResult } from "../src/index.js";
-import { type DemoServer, demoServer, waitReady } from "./demo-server.js";
+import { describe, test } from "node:test";
+import { Code, PoolingTask, RewardServeError, type StreamResult } from "../src/index.js";
+import { useDemoClient } from "./demo-server.js";
 
-let server: DemoServer;
-let client: RewardClient;
-
-before(async () => {
-  server = await demoServer();
-  client = new RewardClient({ target: server.target });
-  await waitReady(client);
-});
-
-after(async () => {
-  client?.close();
-  await server?.stop();
-});
+const demo = useDemoClient();
 
 const user = (content: string) => ({ role: "user", content });
 const assistant = (content: string) => ({ role: "assistant", content });
 
 describe("unary calls", () => {
   test("modelInfo describes the demo model", async () => {
-    const info = await client.modelInfo();
+    const info = await demo.client.modelInfo();
     assert.equal(info.architecture, "Qwen3ForSequenceClassification");
     assert.deepEqual(info.labels, ["reward"]);
     assert.ok(info.tasks.includes(PoolingTask.TOKEN_EMBED));
   });
 
   test("encode classifies text and token ids, in input order, echoing the request id", async () => {
-    const reply = await client.encode({
+    const reply = await demo.client.encode({
       task: PoolingTask.CLASSIFY,
       inputs: [{ input: { case: "text", value: "hello world" } }, { input: { case: "tokenIds", value: { ids: [5, 6, 7] } } }],
       requestId: "node-encode-1",
@@ -45,7 +33,7 @@ describe("unary calls", () => {
   test("a token_embed reply over gRPC's default 4 MiB arrives (the limit is raised)", async () => {
     // 17 x 1000 tokens x 64 dims x 4 bytes: 4.35 MB of floats.
     const ids = Array.from({ length: 1000 }, (_, i) => (i * 7) % 400);
-    const reply = await client.encode({
+    const reply = await demo.client.encode({
       task: PoolingTask.TOKEN_EMBED,
       inputs: Array.from({ length: 17 }, () => ({ input: { case: "tokenIds" as const, value: { ids } } })),
     }, { timeoutMs: 120_000 });
@@ -57,14 +45,14 @@ describe("unary calls", () => {
   test("chatTemplateKwargs is a plain object and reaches the template", async () => {
     const template = "{% if shout %}LOUD LOUD LOUD {% endif %}{% for m in messages %}{{ m.content }}{% endfor %}";
     const request = { conversations: [{ messages: [user("hi"), assistant("there")] }], chatTemplate: template };
-    const plain = await client.chatReward(request);
-    const shouted = await client.chatReward({ ...request, chatTemplateKwargs: { shout: true } });
+    const plain = await demo.client.chatReward(request);
+    const shouted = await demo.client.chatReward({ ...request, chatTemplateKwargs: { shout: true } });
     assert.ok(shouted.results[0].numTokens > plain.results[0].numTokens,
       `${shouted.results[0].numTokens} vs ${plain.results[0].numTokens} tokens`);
   });
 
   test("chatReward scores a groups-only request; results carry group fields", async () => {
-    const reply = await client.chatReward({
+    const reply = await demo.client.chatReward({
       groups: [{ prompt: [user("2+2?")], responses: [{ content: { case: "text", value: "4" } },
         { content: { case: "text", value: "5" } }], groupId: "q1" }],
     });
@@ -74,7 +62,7 @@ describe("unary calls", () => {
 
   test("bad input fails at once with INVALID_ARGUMENT naming the field, not retried", async () => {
     const started = performance.now();
-    await assert.rejects(client.encode({
+    await assert.rejects(demo.client.encode({
       inputs: [{ input: { case: "text", value: "ok" } }, { input: { case: "tokenIds", value: { ids: [1, 99999] } } }],
       requestId: "node-bad-1",
     }), (error: unknown) => {
@@ -91,7 +79,7 @@ describe("unary calls", () => {
 
   test("a call past its deadline fails DEADLINE_EXCEEDED", async () => {
     const ids = Array.from({ length: 500 }, (_, i) => i % 400);
-    await assert.rejects(client.encode({
+    await assert.rejects(demo.client.encode({
       task: PoolingTask.TOKEN_EMBED,
       inputs: Array.from({ length: 2 }, () => ({ input: { case: "tokenIds" as const, value: { ids } } })),
     }, { timeoutMs: 1 }), (error: unknown) => error instanceof RewardServeError && error.code === Code.DeadlineExceeded);
@@ -106,7 +94,7 @@ describe("streamReward", () => {
       { id: "b", conversation: { messages: [user("bye"), assistant("ciao")] } },
     ];
     const answers = new Map<string, StreamResult>();
-    for await (const answer of client.streamReward(items, { options: { maxInFlight: 2 } })) {
+    for await (const answer of demo.client.streamReward(items, { options: { maxInFlight: 2 } })) {
       answers.set(answer.id, answer);
     }
     assert.deepEqual([...answers.keys()].sort(), ["a", "b", "bad"]);

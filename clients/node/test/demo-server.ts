@@ -5,6 +5,7 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { resolve } from "node:path";
+import { after, before } from "node:test";
 import { RewardClient } from "../src/index.js";
 
 export interface DemoServer {
@@ -34,6 +35,30 @@ export async function demoServer(extraArgs: string[] = []): Promise<DemoServer> 
   child.stderr!.resume();
   const target = `127.0.0.1:${port}`;
   return { target, stop: () => stop(child) };
+}
+
+/**
+ * The set-up a test file shares: a demo server and a ready client before its tests, both closed
+ * after them. Call at the top of the file; `client` is set once the `before` hook has run.
+ */
+export function useDemoClient(): { readonly client: RewardClient } {
+  let server: DemoServer | undefined;
+  let client: RewardClient | undefined;
+  before(async () => {
+    server = await demoServer();
+    client = new RewardClient({ target: server.target });
+    await waitReady(client);
+  });
+  after(async () => {
+    client?.close();
+    await server?.stop();
+  });
+  return {
+    get client(): RewardClient {
+      if (!client) throw new Error("useDemoClient: the client is set in a before hook, read it inside a test");
+      return client;
+    },
+  };
 }
 
 /** Wait until the server answers (the model loads after the port opens). */

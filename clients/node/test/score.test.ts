@@ -1,22 +1,10 @@
 /** RewardClient.score against a real demo server (see demo-server.ts), and its own refusals. */
 import assert from "node:assert/strict";
-import { after, before, describe, test } from "node:test";
+import { after, describe, test } from "node:test";
 import { Code, RewardClient, RewardServeError, ScoreMethod } from "../src/index.js";
-import { type DemoServer, demoServer, waitReady } from "./demo-server.js";
+import { useDemoClient } from "./demo-server.js";
 
-let server: DemoServer;
-let client: RewardClient;
-
-before(async () => {
-  server = await demoServer();
-  client = new RewardClient({ target: server.target });
-  await waitReady(client);
-});
-
-after(async () => {
-  client?.close();
-  await server?.stop();
-});
+const demo = useDemoClient();
 
 const QUERY = "What is the answer?";
 const DOCS = ["The answer is 42.", "Step one: add the numbers.", "good, bad, better, best"];
@@ -24,7 +12,7 @@ const sigmoid = (x: number) => 1 / (1 + Math.exp(-x));
 
 describe("score", () => {
   test("a text query against text documents: one result per document, in input order", async () => {
-    const reply = await client.score(QUERY, DOCS, { requestId: "node-score-1" });
+    const reply = await demo.client.score(QUERY, DOCS, { requestId: "node-score-1" });
     assert.equal(reply.requestId, "node-score-1");
     // The demo model has one label and no reranker head: a cross-encoder reading each pair.
     assert.equal(reply.method, ScoreMethod.CROSS_ENCODER);
@@ -38,8 +26,8 @@ describe("score", () => {
   });
 
   test("topN returns the best N, best first, with the scores of the full reply", async () => {
-    const all = await client.score(QUERY, DOCS);
-    const best = await client.score(QUERY, DOCS, { topN: 2 });
+    const all = await demo.client.score(QUERY, DOCS);
+    const best = await demo.client.score(QUERY, DOCS, { topN: 2 });
     const expected = [...all.results].sort((a, b) => b.score - a.score).slice(0, 2);
     assert.deepEqual(best.results.map((r) => r.index), expected.map((r) => r.index));
     best.results.forEach((r, i) => assert.ok(Math.abs(r.score - expected[i].score) < 1e-5));
@@ -47,22 +35,22 @@ describe("score", () => {
   });
 
   test("token ids score like the same text, and a single string is one document", async () => {
-    const one = await client.score([11, 12, 13], "The answer is 42.");
+    const one = await demo.client.score([11, 12, 13], "The answer is 42.");
     assert.equal(one.results.length, 1);
-    const ids = await client.score([11, 12, 13], [[20, 21], new Uint32Array([30, 31, 32])]);
+    const ids = await demo.client.score([11, 12, 13], [[20, 21], new Uint32Array([30, 31, 32])]);
     assert.deepEqual(ids.results.map((r) => r.index), [0, 1]);
     assert.ok(ids.results[1].numTokens > ids.results[0].numTokens, "the longer document reads more tokens");
   });
 
   test("truncation keeps the query and cuts the document", async () => {
     const long = Array.from({ length: 50 }, (_, i) => 10 + i);
-    const reply = await client.score([1, 2, 3], [long], { truncatePromptTokens: 20 });
+    const reply = await demo.client.score([1, 2, 3], [long], { truncatePromptTokens: 20 });
     assert.equal(reply.results[0].truncated, true);
     assert.ok(reply.results[0].numTokens <= 20, `${reply.results[0].numTokens} tokens`);
   });
 
   test("the server's refusal names the document: INVALID_ARGUMENT, not retried", async () => {
-    await assert.rejects(client.score(QUERY, ["fine", [1, 99999]], { requestId: "node-score-bad" }), (error: unknown) => {
+    await assert.rejects(demo.client.score(QUERY, ["fine", [1, 99999]], { requestId: "node-score-bad" }), (error: unknown) => {
       assert.ok(error instanceof RewardServeError);
       assert.equal(error.code, Code.InvalidArgument);
       assert.equal(error.requestId, "node-score-bad");
