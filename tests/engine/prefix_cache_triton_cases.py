@@ -13,6 +13,7 @@ import torch
 
 from rewardserve.engine.attention import VarlenMeta, _sdpa_masked
 from rewardserve.engine.prefix_cache import CacheTensors
+from triton_cases import interpreter_errors, random_packed
 
 BLOCK = 16
 # segment lengths, the segment each continues (-1: none), cached tokens of each root segment,
@@ -34,10 +35,8 @@ def build(case, num_blocks: int = 40):
     lengths, parents, cached, heads, kv_heads, head_dim, _, _ = case
     gen = torch.Generator().manual_seed(sum(lengths) + sum(cached))
     total = sum(lengths)
-    q = torch.randn(total, heads, head_dim, generator=gen)
-    k, v = (torch.randn(total, kv_heads, head_dim, generator=gen) for _ in range(2))
+    q, k, v, cu = random_packed(lengths, heads, kv_heads, head_dim, gen)
     pool_k, pool_v = (torch.randn(num_blocks * BLOCK, kv_heads, head_dim, generator=gen) for _ in range(2))
-    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
     prefix = torch.zeros(4, len(lengths), dtype=torch.int64)
     free = (torch.randperm(num_blocks - 1, generator=gen) + 1).tolist()
     table: list[int] = []
@@ -99,14 +98,7 @@ def run_store_case(case, dtype: torch.dtype, device: str) -> float:
 
 
 if __name__ == "__main__":
-    from triton_cases import patch_interpreter
-
-    patch_interpreter()
-    tiles = {"m32n16": {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1},
-             "m16n32": {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1}, "default": None}
-    runs = [(torch.float32, name) for name in tiles] + [(torch.float16, "default")]
-    errors = {f"{dtype}/{name}/{i}": run_case(case, dtype, "cpu", tiles[name]) for dtype, name in runs
-              for i, case in enumerate(CASES)}
+    errors = interpreter_errors(run_case, CASES)
     errors.update({f"{dtype}/store/{i}": run_store_case(case, dtype, "cpu") for dtype in (torch.float32, torch.float16)
                    for i, case in enumerate(STORE_CASES)})
     print(json.dumps(errors))

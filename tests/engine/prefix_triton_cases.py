@@ -12,7 +12,7 @@ import sys
 import torch
 
 from rewardserve.engine.attention import VarlenMeta, _sdpa_masked
-from triton_cases import patch_interpreter
+from triton_cases import interpreter_errors, random_packed
 
 # segment lengths, the segment each one continues (-1: none), heads, kv heads, head_dim,
 # window, soft-cap. Prefixes shorter and longer than a key block, not block-aligned, a prefix
@@ -31,11 +31,7 @@ CASES = [
 def packed(case):
     """q [T, H, D], k/v [T, Hkv, D], cu [S + 1] int32, prefix [2, S] int64, max query length."""
     lengths, parents, heads, kv_heads, head_dim, _, _ = case
-    gen = torch.Generator().manual_seed(sum(lengths))
-    total = sum(lengths)
-    q = torch.randn(total, heads, head_dim, generator=gen)
-    k, v = (torch.randn(total, kv_heads, head_dim, generator=gen) for _ in range(2))
-    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    q, k, v, cu = random_packed(lengths, heads, kv_heads, head_dim, torch.Generator().manual_seed(sum(lengths)))
     prefix = torch.zeros(2, len(lengths), dtype=torch.int64)
     for s, parent in enumerate(parents):
         if parent >= 0:
@@ -56,11 +52,5 @@ def run_case(case, dtype: torch.dtype, device: str, tiles: dict | None) -> float
 
 
 if __name__ == "__main__":
-    patch_interpreter()
-    tiles = {"m32n16": {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1},
-             "m16n32": {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1}, "default": None}
-    runs = [(torch.float32, name) for name in tiles] + [(torch.float16, "default")]
-    errors = {f"{dtype}/{name}/{i}": run_case(case, dtype, "cpu", tiles[name]) for dtype, name in runs
-              for i, case in enumerate(CASES)}
-    print(json.dumps(errors))
+    print(json.dumps(interpreter_errors(run_case, CASES)))
     sys.exit(0)
