@@ -15,6 +15,7 @@ as too long is never decoded (``DecodeStats`` counts both kinds of decode per me
 """
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import logging
@@ -136,7 +137,9 @@ def _handler(servicer: Any, method: Any, log: MalformedLog, stats: DecodeStats) 
 
     async def single(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         size = len(raw)
-        stripped = packed.strip(request_cls.DESCRIPTOR.full_name, raw)  # None: decode it whole
+        stripped = None  # None: decode it whole
+        if size >= packed.WALK_FROM_BYTES:  # NumPy counts ids without the GIL: off the event loop
+            stripped = await asyncio.to_thread(packed.strip, request_cls.DESCRIPTOR.full_name, raw)
         stats.count(name, cut=stripped is not None)
         request = decode(request_cls, raw if stripped is None else stripped.rest, name, log)
         bound = packed.bind(stripped.ids if stripped is not None else {})
