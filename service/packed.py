@@ -9,8 +9,8 @@ the engine reads as caller-given ids (Encode's and Reward's inputs, Score's quer
 cuts out each large packed ``ids`` field and returns the rest of the message as bytes (small:
 params, truncation, texts), which protobuf then decodes as usual. Each cut field becomes a
 ``PackedIds``: a ``Sequence[int]`` whose length is counted from the bytes (NumPy: one id per
-byte below 0x80, ~10 ms for 50 MB) and whose ids are decoded only when read, and only the part
-read. The engine already counts caller-given ids before copying any (engine/prepare.py
+byte below 0x80, ~10 ms for 50 MB; service/wire.py walks on a worker thread, as NumPy's count
+releases the GIL) and whose ids are decoded only when read, and only the part read. The engine already counts caller-given ids before copying any (engine/prepare.py
 ``cut_ids``), so a request over max_model_len is refused with the engine's own error and a
 truncated one copies only the kept end: the whole-message decode never runs.
 
@@ -146,7 +146,7 @@ def strip(cls_name: str, raw: bytes) -> Stripped | None:
     walk = _Walk(memoryview(raw))
     try:
         rest = walk.message(pb.DESCRIPTOR.message_types_by_name[cls_name.rsplit(".", 1)[1]], 0, len(raw), paths, ())
-    except _Unreadable:
+    except Exception:  # noqa: BLE001 - _Unreadable, or anything else: decoding the whole message is always safe
         return None
     return None if rest is None else Stripped(b"".join(rest), walk.ids)
 
