@@ -26,7 +26,7 @@ class Server:
     """``rewardserve serve`` in a subprocess; ``start`` waits until health says SERVING."""
 
     def __init__(self, folder, log_path: Path, *, dtype: str, compile: bool, graphs: bool, max_tokens: int,
-                 extra: tuple[str, ...] = (), unbounded_queue: bool = True):
+                 extra: tuple[str, ...] = (), unbounded_queue: bool = True, prefix_cache_gb: str | None = "0"):
         """``folder`` None serves the built-in demo model. ``unbounded_queue`` lifts the admission
         limits (saturation runs must never be refused); overload runs keep the server's defaults."""
         self.port = free_port()
@@ -38,6 +38,10 @@ class Server:
                      "--port", str(self.port), "--dtype", dtype, "--max-num-batched-tokens", str(max_tokens),
                      "--compile" if compile else "--no-compile", "--cuda-graphs" if graphs else "--no-cuda-graphs",
                      *queue, *extra]
+        # The prefix cache off by default here: the sections repeat the same ids (see
+        # bench_engine.make_engine); None: the server's default size.
+        if prefix_cache_gb is not None:
+            self.args += ["--prefix-cache-gb", prefix_cache_gb]
         self.proc: subprocess.Popen | None = None
         self.ready_s = 0.0
 

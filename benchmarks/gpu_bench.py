@@ -14,9 +14,10 @@ order and length-sorted, our engine offline (eager and/or torch.compile; CUDA gr
 our engine behind ``rewardserve serve`` driven by concurrent AsyncRewardClient calls; then
 single-request latency p50/p99 at 128, 512 and 2048 tokens, offline and end to end. The
 ``prefix`` section (issue 18, ``bench_prefix.py``) runs the long-prompt GRPO workload (1,024-token
-prompts, groups of 16, responses lognormal around 256) with prefix reuse on and with
---no-prefix-reuse, offline and streamed (8 groups in flight over StreamReward, items one by
-one). It writes JSON after every section (a run cut short keeps what it measured) and prints a
+prompts, groups of 16, responses lognormal around 256) with prefix reuse on (the prefix cache at
+its default size), with --prefix-cache-gb 0 and with --no-prefix-reuse, offline and streamed (8
+groups in flight over StreamReward, items one by one); the other sections run with the prefix
+cache off (they repeat the same ids). It writes JSON after every section (a run cut short keeps what it measured) and prints a
 table last.
 """
 from __future__ import annotations
@@ -172,7 +173,7 @@ def bench_prefix_reuse(run: Run, name: str, folder, peak) -> None:
     r = run.section(name, "prefix/grpo_long", bench_prefix.offline, folder, seqs, device=args.device, dtype=dtype,
                     compile=mode == "compile", max_tokens=args.max_num_batched_tokens,
                     attention_backend=args.attention_backend)
-    for key in ("reuse", "no_reuse"):
+    for key in bench_prefix.MODES:
         if isinstance(r.get(key), dict):
             with_flops(r[key], bench_models.forward_flops(name, map(len, seqs)), peak)
     groups = [seqs[i:i + 16] for i in range(0, len(seqs), 16)]

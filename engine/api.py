@@ -42,6 +42,12 @@ class EngineStats:
     num_failed_items: int
     replicas_alive: int = 1   # data-parallel replicas still serving (0: NOT_SERVING)
     replicas_total: int = 1
+    # prefix cache (--prefix-cache-gb), every replica's summed; all 0 without one
+    prefix_cache_queried_tokens: int = 0   # prompt tokens in whole blocks looked up (since start)
+    prefix_cache_hit_tokens: int = 0       # of those, read from the cache instead of computed
+    prefix_cache_evicted_blocks: int = 0   # blocks evicted for newer ones (since start)
+    prefix_cache_used_bytes: int = 0       # now
+    prefix_cache_capacity_bytes: int = 0
 
 
 class BatchItem(Protocol):
@@ -51,6 +57,7 @@ class BatchItem(Protocol):
     def num_tokens(self) -> int: ...
 
     queue_time_s: float
+    reused_tokens: int  # tokens of its shared prompt not computed for it (0 with --no-prefix-reuse)
 
 
 # observer(items of the batch, seconds from launch to results); called on the engine's GPU thread

@@ -39,7 +39,7 @@ class AsyncEngine:
 
     def __init__(self, core: EngineCore, observers: Sequence[BatchObserver] = ()):
         self.core = core
-        self.scheduler = Scheduler(core.config.scheduler, prefix=core.prefix)
+        self.scheduler = Scheduler(core.config.scheduler, prefix=core.prefix, cached=core.cache_probe)
         self.replicas = ReplicaSet(self.scheduler, core.runners, observers)  # observers run on GPU threads
         self._pool = ThreadPoolExecutor(core.config.scheduler.tokenizer_workers, thread_name_prefix="tokenize")
         self._started = False
@@ -64,9 +64,15 @@ class AsyncEngine:
     def stats(self) -> EngineStats:
         """A snapshot of queue depth and fault counters (cheap; safe from any thread)."""
         s = self.scheduler.stats
+        cache = self.replicas.prefix_cache_totals()
         return EngineStats(s.queued_requests, s.queued_tokens, s.num_rejected, s.num_expired, s.num_cancelled,
                            self.replicas.num_oom_splits, self.replicas.num_failed_items,
-                           replicas_alive=self.replicas.num_alive, replicas_total=len(self.replicas.replicas))
+                           replicas_alive=self.replicas.num_alive, replicas_total=len(self.replicas.replicas),
+                           prefix_cache_queried_tokens=cache.get("queried_tokens", 0),
+                           prefix_cache_hit_tokens=cache.get("hit_tokens", 0),
+                           prefix_cache_evicted_blocks=cache.get("evicted_blocks", 0),
+                           prefix_cache_used_bytes=cache.get("used_bytes", 0),
+                           prefix_cache_capacity_bytes=cache.get("capacity_bytes", 0))
 
     @property
     def is_ready(self) -> bool:

@@ -15,15 +15,20 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from rewardserve.engine import triton_attention
 
+if TYPE_CHECKING:
+    from rewardserve.engine.prefix_cache import CacheTensors
+
 ATTN_IMPLEMENTATION = "rewardserve_varlen"
 CONTEXT_ATTR = "attn_ctx"  # the attribute every module of a varlen model carries (see ``attach``)
 PREFIX_KWARG = "rs_prefix"  # VarlenMeta.prefix on its way through transformers' **kwargs
+CACHE_KWARG = "rs_cache"    # VarlenMeta.cache, the same way
 
 
 @dataclass(frozen=True)
@@ -32,11 +37,15 @@ class VarlenMeta:
 
     ``prefix`` (prefix reuse only): [2, num_seqs] int64, the first packed row of the prefix
     segment each sequence also attends to, and that segment's length (0: none); ``max_seqlen``
-    counts query rows (a suffix's own tokens)."""
+    counts query rows (a suffix's own tokens). With the prefix cache, [4, num_seqs]: then the
+    tokens each sequence reads from cached blocks (positions 0..n-1, before its prefix segment's)
+    and where its blocks start in ``cache.table``; ``cache`` (``prefix_cache.CacheTensors``)
+    holds the table, the slot of every packed row and the K/V pools."""
 
     cu_seqlens: torch.Tensor
     max_seqlen: int
     prefix: torch.Tensor | None = None
+    cache: "CacheTensors | None" = None
 
     def as_kwargs(self) -> dict:
         """The keyword names transformers forwards untouched to the attention function."""
@@ -44,6 +53,8 @@ class VarlenMeta:
                "max_length_q": self.max_seqlen, "max_length_k": self.max_seqlen}
         if self.prefix is not None:
             out[PREFIX_KWARG] = self.prefix
+        if self.cache is not None:
+            out[CACHE_KWARG] = self.cache
         return out
 
 
@@ -62,6 +73,7 @@ class AttentionContext:
         # not pass their **kwargs on to attention; the hook then reads the packing from here.
         # A model runs on one thread at a time (its runner's), so one slot is enough.
         self.meta: VarlenMeta | None = None
+        self.cache_block = 0            # tokens per prefix-cache block (``attach_cache``; 0: no cache)
 
     def cuda_fallback_used(self, reset: bool = False) -> bool:
         """Whether a CUDA forward went through the SDPA loop since the last reset."""
@@ -107,10 +119,12 @@ def resolve_backend(requested: str, device: torch.device) -> str:
 
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: VarlenMeta, *,
                      is_causal: bool, scale: float, window: int | None = None,
-                     softcap: float | None = None, ctx: AttentionContext) -> torch.Tensor:
+                     softcap: float | None = None, ctx: AttentionContext,
+                     pools: tuple[torch.Tensor, torch.Tensor, int] | None = None) -> torch.Tensor:
     """q [T, H, D], k/v [T, Hkv, D] → [T, H, D] with ``ctx``'s kernel. ``window`` keeps keys with
     |q - k| < window (and k <= q when causal); ``softcap``: scores become softcap * tanh(score /
-    softcap) (Gemma2)."""
+    softcap) (Gemma2). ``pools``: this layer's cached K and V [num_slots, Hkv, D] and the tokens
+    of a block (prefix cache)."""
     backend = ctx.backend
     if meta.prefix is not None and backend in ("flash_attn", "torch"):  # no prefix path in those kernels
         backend = "sdpa"
@@ -121,14 +135,16 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: Va
     if backend == "flash_attn":
         return _flash_attn(q, k, v, meta, is_causal, scale, window, softcap)
     if backend == "triton" and q.shape[-1] in (64, 128, 256):
+        kc, vc, block = pools if pools is not None else (None, None, 0)
+        table = meta.cache.table if pools is not None else None
         return torch.ops.rewardserve.triton_varlen_attention(q, k, v, meta.cu_seqlens, meta.max_seqlen,
                                                              is_causal, scale, window or 0, float(softcap or 0.0),
-                                                             meta.prefix)
+                                                             meta.prefix, kc, vc, table, block)
     if backend in ("triton", "torch") and not softcap and meta.prefix is None:  # torch's kernel takes the other head sizes
         return _torch_flash(q, k, v, meta, is_causal, scale, window, ctx.gqa_native)
     if q.is_cuda:
         ctx.cuda_fallback = True
-    return _sdpa_masked(q, k, v, meta, is_causal, scale, window, softcap)
+    return _sdpa_masked(q, k, v, meta, is_causal, scale, window, softcap, pools)
 
 
 def _flash_attn(q, k, v, meta, is_causal, scale, window, softcap):
@@ -191,31 +207,48 @@ def sequence_mask(length: int, is_causal: bool, window: int | None, device: torc
     return mask
 
 
-def _sdpa_masked(q, k, v, meta, is_causal, scale, window, softcap):
+def _sdpa_masked(q, k, v, meta, is_causal, scale, window, softcap, pools=None):
     """The block-diagonal mask, applied one diagonal block (one sequence) at a time.
 
     A dense [T, T] mask over a packed batch costs O(T^2) memory and time; the blocks cost
-    O(sum n_i^2) and give the same result.
+    O(sum n_i^2) and give the same result. A sequence's keys: its cached tokens (gathered from
+    the pools through the block table), its prefix segment's, then its own.
     """
     num_heads = q.shape[1]
-    if k.shape[1] != num_heads:  # GQA: repeat kv heads
-        rep = num_heads // k.shape[1]
-        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    rep = num_heads // k.shape[1]
     out = torch.empty_like(q)
     bounds = meta.cu_seqlens.tolist()
     num_seqs = len(bounds) - 1
-    pre_start, pre_len = meta.prefix.tolist() if meta.prefix is not None else ([0] * num_seqs, [0] * num_seqs)
-    for start, end, p0, pn in zip(bounds[:-1], bounds[1:], pre_start, pre_len):
+    zeros = [0] * num_seqs
+    rows = meta.prefix.tolist() if meta.prefix is not None else [zeros, zeros]
+    pre_start, pre_len = rows[0], rows[1]
+    cached, table_off = (rows[2], rows[3]) if len(rows) > 2 and pools is not None else (zeros, zeros)
+    for s, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
         if end == start:  # zero-length sequence (padding of a fixed-size batch)
             continue
+        p0, pn, cn = pre_start[s], pre_len[s], cached[s]
+        parts_k, parts_v = [], []
+        if cn:  # cached tokens 0..cn-1: pool rows of the sequence's blocks
+            idx = cached_rows(meta.cache.table, table_off[s], cn, pools[2])
+            parts_k.append(pools[0][idx]), parts_v.append(pools[1][idx])
+        if pn:
+            parts_k.append(k[p0:p0 + pn]), parts_v.append(v[p0:p0 + pn])
+        parts_k.append(k[start:end]), parts_v.append(v[start:end])
+        kh, vh = (torch.cat(parts) if len(parts) > 1 else parts[0] for parts in (parts_k, parts_v))  # [keys, Hkv, D]
+        if rep > 1:  # GQA: repeat kv heads
+            kh, vh = kh.repeat_interleave(rep, 1), vh.repeat_interleave(rep, 1)
         qh = q[start:end].transpose(0, 1)                                 # [H, n, D]
-        if pn:  # the prefix segment's keys, then the sequence's own: [H, pn + n, D]
-            kh, vh = (torch.cat([x[p0:p0 + pn], x[start:end]]).transpose(0, 1) for x in (k, v))
-        else:
-            kh, vh = (x[start:end].transpose(0, 1) for x in (k, v))
-        mask = sequence_mask(end - start, is_causal, window, q.device, pn)
-        out[start:end] = _attend(qh, kh, vh, mask, scale, softcap).transpose(0, 1)
+        mask = sequence_mask(end - start, is_causal, window, q.device, cn + pn)
+        out[start:end] = _attend(qh, kh.transpose(0, 1), vh.transpose(0, 1), mask, scale, softcap).transpose(0, 1)
     return out  # [T, H, D]
+
+
+def cached_rows(table: torch.Tensor, offset: int, num_tokens: int, block: int) -> torch.Tensor:
+    """Pool rows [num_tokens] of a sequence's first ``num_tokens`` cached tokens: its blocks are
+    ``table[offset:]``, ``block`` tokens each."""
+    blocks = table[offset:offset + -(-num_tokens // block)]                          # [nb]
+    rows = blocks[:, None] * block + torch.arange(block, device=table.device)       # [nb, B]
+    return rows.reshape(-1)[:num_tokens]
 
 
 def _attend(qh, kh, vh, mask, scale, softcap):
@@ -244,7 +277,8 @@ class packed_call:
 
 def _packing_of(module, ctx: AttentionContext, kwargs: dict) -> VarlenMeta:
     if "cu_seq_lens_q" in kwargs:
-        return VarlenMeta(kwargs["cu_seq_lens_q"], kwargs["max_length_q"], kwargs.get(PREFIX_KWARG))
+        return VarlenMeta(kwargs["cu_seq_lens_q"], kwargs["max_length_q"], kwargs.get(PREFIX_KWARG),
+                          kwargs.get(CACHE_KWARG))
     meta = ctx.meta
     if meta is None:  # called outside the engine's packed forward: refuse rather than mix sequences
         raise RuntimeError(f"{type(module).__name__}: packed attention called without cu_seqlens")
@@ -262,9 +296,52 @@ def hf_attention_forward(module, query, key, value, attention_mask, scaling=None
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    out = varlen_attention(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), meta,
-                           is_causal=is_causal, scale=scale, window=sliding_window, softcap=softcap, ctx=ctx)
+    q, k, v = query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1)  # [T, heads, D]
+    pools = None
+    if meta.cache is not None:  # prefix cache: store this layer's keys and values, read cached ones
+        layer = module.rs_cache_layer  # set on each attention module by ``attach_cache``
+        kc, vc = meta.cache.k[layer], meta.cache.v[layer]      # [num_slots, Hkv, D]
+        torch.ops.rewardserve.store_kv(kc, vc, meta.cache.slots, k, v)
+        pools = (kc, vc, ctx.cache_block)
+    out = varlen_attention(q, k, v, meta, is_causal=is_causal, scale=scale, window=sliding_window, softcap=softcap,
+                           ctx=ctx, pools=pools)
     return out.unsqueeze(0), None
+
+
+@torch.library.custom_op("rewardserve::store_kv", mutates_args=("kc", "vc"))
+def store_kv(kc: torch.Tensor, vc: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """kc/vc [num_slots, Hkv, D] (one layer's pools) get k/v [T, Hkv, D] at rows ``slots`` [T];
+    rows with slot -1 (nothing to store) are skipped. One opaque op that declares what it
+    mutates: compile writes the pools in place (no copy of a pool per forward). CUDA: a Triton
+    kernel that moves only the stored rows (no host sync, so CUDA graphs capture it); the CPU
+    picks the rows first."""
+    if k.is_cuda and triton_attention.is_available():
+        triton_attention.store_kv(kc, vc, slots, k, v)
+        return
+    rows = (slots >= 0).nonzero().squeeze(1)
+    kc.index_copy_(0, slots[rows], k[rows])
+    vc.index_copy_(0, slots[rows], v[rows])
+
+
+@store_kv.register_fake
+def _(kc, vc, slots, k, v) -> None:
+    return None
+
+
+def cache_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The attention modules of a decoder, in layer order (``layer_idx``), or [] when some
+    attention module carries no layer index (the prefix cache then stays off)."""
+    found = [m for m in model.modules() if type(m).__name__.endswith("Attention")]
+    if not found or any(not isinstance(getattr(m, "layer_idx", None), int) for m in found):
+        return []
+    return sorted(found, key=lambda m: m.layer_idx)
+
+
+def attach_cache(layers: list[torch.nn.Module], ctx: AttentionContext, block_tokens: int) -> None:
+    """Give each attention module its row of the K/V pools and ``ctx`` the block size."""
+    for index, module in enumerate(layers):
+        object.__setattr__(module, "rs_cache_layer", index)
+    ctx.cache_block = block_tokens
 
 
 def _no_mask(*args, **kwargs):

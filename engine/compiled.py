@@ -20,9 +20,10 @@ log = logging.getLogger(__name__)
 def eager_forward(model) -> PackedForward:
     """The model's own packed forward (looked up at call time, so wrappers still apply).
 
-    ``prefix`` (prefix reuse): [2, S] int64, see ``VarlenMeta``; omitted or None without it."""
-    def forward(input_ids, positions, cu_seqlens, max_seqlen, prefix=None):
-        return model.forward_hidden(input_ids, positions, VarlenMeta(cu_seqlens, max_seqlen, prefix))  # [T, H]
+    ``prefix`` (prefix reuse): [2, S] int64, see ``VarlenMeta``; omitted or None without it.
+    ``cache`` (prefix cache): ``prefix_cache.CacheTensors``."""
+    def forward(input_ids, positions, cu_seqlens, max_seqlen, prefix=None, cache=None):
+        return model.forward_hidden(input_ids, positions, VarlenMeta(cu_seqlens, max_seqlen, prefix, cache))  # [T, H]
     return forward
 
 
@@ -30,8 +31,8 @@ def compile_forward(model) -> PackedForward:
     """``model.forward_hidden`` compiled with dynamic shapes (the compile runs on first call)."""
     log.info("torch.compile of the packed backbone (dynamic shapes)")
 
-    def packed(input_ids, positions, cu_seqlens, max_seqlen, prefix=None):
-        return model.forward_hidden(input_ids, positions, VarlenMeta(cu_seqlens, max_seqlen, prefix))  # [T, H]
+    def packed(input_ids, positions, cu_seqlens, max_seqlen, prefix=None, cache=None):
+        return model.forward_hidden(input_ids, positions, VarlenMeta(cu_seqlens, max_seqlen, prefix, cache))  # [T, H]
     return torch.compile(packed, dynamic=True)
 
 

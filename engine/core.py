@@ -16,7 +16,8 @@ from rewardserve.engine.prepare import Limits, WorkItem, check_count, prepare, r
 from rewardserve.engine.retemplate import Retemplater
 from rewardserve.engine.replicas import replica_devices, replicate
 from rewardserve.engine.reward import RewardResult, to_reward_result
-from rewardserve.engine.runner import ModelRunner
+from rewardserve.engine.prefix_cache import model_identity
+from rewardserve.engine.runner import CacheSpec, ModelRunner
 from rewardserve.engine.score import ScoreOutput, ScoreParams, ScorePlan
 from rewardserve.engine.template_pool import TemplatePool
 from rewardserve.engine.tokenizer import REQUEST_TEMPLATES_OFF, longest_token_chars
@@ -144,7 +145,26 @@ class EngineCore:
 
             return make_runner(self.config, self.loaded, model, device, TensorParallelRunner,
                                group=self.tensor_parallel)
-        return make_runner(self.config, self.loaded, model, device, prefix_reuse=self.prefix is not None)
+        return make_runner(self.config, self.loaded, model, device, prefix_reuse=self.prefix is not None,
+                           prefix_cache=self._cache_spec())
+
+    @property
+    def cache_probe(self):
+        """The prefix cache's probe for the scheduler (``BlockCache.probe``), or None: no cache,
+        or several replicas (each has its own cache, and batches are cut on any replica's thread)."""
+        if len(self.runners) != 1 or self.runner.cache is None:
+            return None
+        return self.runner.cache.probe
+
+    def _cache_spec(self) -> CacheSpec | None:
+        """The prefix cache each runner keeps (None: off). Block names start from the model's
+        identity: its path and revision, dtype and quantisation (a block's keys depend on them)."""
+        cfg = self.config.prefix
+        if self.prefix is None or cfg.prefix_cache_gb == 0:
+            return None
+        model = self.config.model
+        identity = model_identity(str(self.loaded.folder), model.revision, str(self.loaded.dtype), self.traits.architecture)
+        return CacheSpec(cfg.prefix_cache_gb, cfg.prefix_block_tokens, identity)
 
     def plan(self, task: PoolingTask | None, params: PoolingParams | None) -> tuple[pooling.ResolvedPooling, PoolingParams]:
         """Resolve pooling: request > server --pooler-config > model traits (sentence-transformers

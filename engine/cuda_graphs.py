@@ -14,7 +14,9 @@ close to the work.
 
 Prefix reuse (``prefix=True``): every graph reads the staging row's prefix region too (zeros when
 a batch shares nothing), so sharing needs no graphs of its own: a batch's buckets count its
-packed segments and computed tokens.
+packed segments and computed tokens. With the prefix cache (``cache_blocks`` > 0) the row's block
+table (a fixed size) and slot mapping too, and the graphs write into and read from the pools
+(static tensors: the runner's ``KVPool``).
 """
 from __future__ import annotations
 
@@ -55,21 +57,24 @@ class CudaGraphs:
     """Captured forwards keyed by (token bucket, sequence bucket), sharing one static staging row."""
 
     def __init__(self, forward: PackedForward, device: torch.device, buckets: tuple[int, ...],
-                 seq_buckets: tuple[int, ...], prefix: bool = False):
+                 seq_buckets: tuple[int, ...], prefix: bool = False, cache_blocks: int = 0,
+                 cache: Callable[[Layout, torch.Tensor], object] | None = None):
         self.forward = forward
         self.prefix = prefix  # graphs read the staging row's prefix region (prefix reuse on)
+        self.cache_blocks = cache_blocks  # block-table entries (prefix cache; 0: none)
+        self.cache = cache                # (layout, row) → the forward's CacheTensors
         self.device = device
         self.buckets = tuple(sorted(buckets))
         self.seq_buckets = tuple(sorted(seq_buckets))
         self.max_seqs = self.seq_buckets[-1]
         self.keys = [(t, s) for t in self.buckets for s in self.seq_buckets if s <= t]
-        biggest = Layout(self.buckets[-1], self.max_seqs + 1, self.buckets[-1], prefix)
+        biggest = Layout(self.buckets[-1], self.max_seqs + 1, self.buckets[-1], prefix, cache_blocks)
         self.static = torch.zeros(biggest.total, dtype=torch.int64, device=device)  # [L]
         self.graphs: dict[GraphKey, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     def layout(self, key: GraphKey, num_rows: int) -> Layout:
         """The staging layout of graph ``key``: its token bucket, its sequences + the dummy one."""
-        return Layout(key[0], key[1] + 1, num_rows, self.prefix)
+        return Layout(key[0], key[1] + 1, num_rows, self.prefix, self.cache_blocks)
 
     def bucket_for(self, num_tokens: int, num_seqs: int) -> GraphKey | None:
         """The smallest captured graph that holds the batch, or None (run it eagerly)."""
@@ -101,12 +106,15 @@ class CudaGraphs:
     def _step(self, key: GraphKey) -> Callable[[], torch.Tensor]:
         layout = self.layout(key, 0)
         ids, pos, cu64, _ = layout.views(self.static)
-        prefix = layout.prefix_view(self.static)  # [2, seqs + 1] or None
+        prefix = layout.prefix_view(self.static)  # [2 (4), seqs + 1] or None
+        cache = self.cache(layout, self.static) if self.cache_blocks else None
 
         def step() -> torch.Tensor:
             if prefix is None:
                 return self.forward(ids, pos, cu64.to(torch.int32), key[0])  # [bucket, H]
-            return self.forward(ids, pos, cu64.to(torch.int32), key[0], prefix)
+            if cache is None:
+                return self.forward(ids, pos, cu64.to(torch.int32), key[0], prefix)
+            return self.forward(ids, pos, cu64.to(torch.int32), key[0], prefix, cache)
         return step
 
     def _dummy_batch(self, key: GraphKey) -> None:
@@ -121,6 +129,10 @@ class CudaGraphs:
         cu64[0] = 0
         if layout.prefix:
             layout.prefix_view(self.static).zero_()
+        if layout.cache_blocks:  # nothing read, nothing stored
+            table, slots = layout.cache_views(self.static)
+            table.zero_()
+            slots.fill_(-1)
 
     def replay(self, host_row: torch.Tensor, key: GraphKey) -> tuple[torch.Tensor, torch.Tensor]:
         """Copy a staging row (pinned, laid out for ``key``) in and replay.

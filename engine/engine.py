@@ -31,7 +31,8 @@ class Engine:
         self.config = config
         self.core = EngineCore(config)
         # The same pipeline as the server's, on the caller's thread; the input list is the queue.
-        self.scheduler = Scheduler(config.scheduler, bounded=False, prefix=self.core.prefix)
+        self.scheduler = Scheduler(config.scheduler, bounded=False, prefix=self.core.prefix,
+                                   cached=self.core.cache_probe)
         self.loop = BatchLoop(self.scheduler, self.core.runner)
 
     @classmethod

@@ -15,12 +15,15 @@ the whole sequence would.
 
 Every member keeps at least one token of its own (its suffix holds the LAST row). Prefixes are
 cut to whole blocks of ``prefix_block_tokens`` and must hold ``prefix_min_tokens``.
+
+Across batches, the runner's prefix cache (``engine/prefix_cache.py``) then lets a plan's
+segments that start at token 0 skip what earlier batches computed (``PrefixPlan.cached``).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from torch import nn
@@ -45,6 +48,10 @@ class PrefixPlan:
     src_item, starts, lengths, prefix_seg: [S] int64; item_seg, shared, reused: [n] int64.
     ``reused[i]``: tokens of item i not computed for it (its shared prefix, except for the group's
     first item, for which the prefix is computed); sum(item lengths) - sum(reused) = sum(lengths).
+
+    With the prefix cache, ``cached[s]`` tokens (positions 0..cached-1) come from cached blocks
+    instead: a root segment (``prefix_seg`` -1, an item's or a group's) then starts at token
+    ``cached[s]``, and the segments continuing it read the same blocks.
     """
 
     src_item: np.ndarray
@@ -54,6 +61,8 @@ class PrefixPlan:
     item_seg: np.ndarray
     shared: np.ndarray
     reused: np.ndarray
+    cached: np.ndarray | None = None     # [S] leading tokens read from the prefix cache (engine/prefix_cache.py)
+    table_off: np.ndarray | None = None  # [S] where each segment's cached blocks start in the block table
 
     @property
     def num_groups(self) -> int:
@@ -145,18 +154,20 @@ class PrefixPlanner:
             return whole, [(run, length)]
         return best, parts
 
-    def counter(self) -> "BatchTokens":
+    def counter(self, cached: Callable[[object], int] | None = None) -> "BatchTokens":
         """A fresh count of computed tokens for one batch cut (see ``BatchTokens``)."""
-        return BatchTokens(self)
+        return BatchTokens(self, cached)
 
 
 class BatchTokens:
     """Tokens a batch cut will compute, item by item: an item sharing a prefix with one already
-    in the batch adds only its own tokens. An estimate from below (``plan`` groups one level
-    deep); the scheduler checks the final plan against its budget."""
+    in the batch, or whose prompt the prefix cache holds (``cached``: item → cached tokens),
+    adds only the rest. An estimate (``plan`` groups one level deep); the scheduler checks the
+    final plan against its budget."""
 
-    def __init__(self, planner: PrefixPlanner):
+    def __init__(self, planner: PrefixPlanner, cached: Callable[[object], int] | None = None):
         self.planner = planner
+        self.cached = cached
         self.firsts: dict[tuple, Sequence[int]] = {}  # first tokens → the first item's token ids
 
     def cost(self, item) -> int:
@@ -165,10 +176,13 @@ class BatchTokens:
         if not p._eligible(item):
             return len(ids)
         other = self.firsts.get(tuple(ids[:p.key_tokens]))
-        if other is None:
-            return len(ids)
-        shared = p._floor(min(common_prefix(ids, other, p.key_tokens), len(ids) - 1, len(other) - 1))
-        return len(ids) - shared if shared >= p.min_tokens else len(ids)
+        shared = 0
+        if other is not None:
+            shared = p._floor(min(common_prefix(ids, other, p.key_tokens), len(ids) - 1, len(other) - 1))
+            shared = shared if shared >= p.min_tokens else 0
+        if self.cached is not None and shared < len(ids) - 1:
+            shared = max(shared, self.cached(item))
+        return len(ids) - shared
 
     def add(self, item) -> None:
         if self.planner._eligible(item):

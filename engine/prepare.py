@@ -28,6 +28,7 @@ class WorkItem:
     is_complete: bool = False       # reported to the scheduler (its tokens left the queue count)
     token_type_ids: list[int] | None = None  # segment ids of a pair (BERT-family Score), per token
     reused_tokens: int = 0          # tokens of its shared prefix computed for another item (PackedBatch.of)
+    block_names: Any = field(default=None, repr=False)  # the prefix cache's names of its blocks (memo)
 
     @property
     def num_tokens(self) -> int:

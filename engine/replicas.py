@@ -16,6 +16,7 @@ refused, and the engine reports not ready (health NOT_SERVING). Nothing waits fo
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import threading
 import time
@@ -95,6 +96,16 @@ class ReplicaSet:
     @property
     def num_failed_items(self) -> int:
         return sum(r.loop.num_failed_items for r in self.replicas)
+
+    def prefix_cache_totals(self) -> dict[str, int]:
+        """Every replica's prefix cache counters summed (``prefix_cache.CacheStats`` fields; all 0
+        without a cache). Plain int reads of another thread's counters: a snapshot, never torn."""
+        totals: dict[str, int] = {}
+        for replica in self.replicas:
+            cache = getattr(replica.runner, "cache", None)  # a remote replica's runner keeps none here
+            for name, value in (dataclasses.asdict(cache.stats).items() if cache is not None else ()):
+                totals[name] = totals.get(name, 0) + value
+        return totals
 
     def warm_up(self, max_tokens: int) -> float:
         """Warm every replica (concurrently: each on its own device); returns seconds."""

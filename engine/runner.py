@@ -14,6 +14,13 @@ batch): the staging row carries each sequence's prefix segment, and on CUDA ever
 that region (zeros when nothing is shared), so the compiled forward and the CUDA graphs keep one
 input signature. Without prefix reuse the forward and its inputs are those of before, bit for bit.
 
+Prefix cache (``prefix_cache``, ``engine/prefix_cache.py``): a bounded pool of prefix keys and
+values across batches. ``launch`` asks the runner's ``BlockCache`` (host bookkeeping, this thread
+only) which leading blocks of each batch are cached and where its new blocks go; the row carries
+the block table and slot mapping (fixed sizes: one signature for compile and graphs), and the
+attention hook of every layer writes its keys into the pools and reads cached ones. A batch whose
+launch fails drops its new blocks; a failure at collect (the device's) drops the whole cache.
+
 Compile and graphs are prepared in ``warm_up`` (the server runs it before reporting SERVING; the
 offline engine runs it on its first batch). Either falls back to the eager forward, with a
 warning, when it cannot be used.
@@ -27,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from rewardserve.engine import attention, staging
+from rewardserve.engine.prefix_cache import BlockCache, CachedBatch, CacheTensors, KVPool, block_bytes
 from rewardserve.engine.batch import PackedBatch
 from rewardserve.engine.compiled import compile_forward, eager_forward, num_compiled_graphs
 from rewardserve.engine.cuda_graphs import CudaGraphs, seq_buckets, token_buckets
@@ -59,13 +67,24 @@ class Pending:
     outputs: list[Output] | None = None    # already computed (CPU)
 
 
+@dataclass(frozen=True)
+class CacheSpec:
+    """What the prefix cache is: its size (``gb``; None: sized from free memory), its block
+    (the planner's block size) and the model identity its block names start from."""
+
+    gb: float | None
+    block_tokens: int
+    identity: bytes
+
+
 class ModelRunner:
     """Runs packed batches of WorkItems on one device."""
 
     def __init__(self, model: PoolingModel, device: torch.device, backend: str, head_dtype: torch.dtype | None,
                  *, max_tokens: int, graph_max_tokens: int, graph_max_seqs: int,
                  compile_warmup: list[list[int]] | None = None, compile: bool = False,
-                 cuda_graphs: bool = False, max_seq_len: int | None = None, prefix_reuse: bool = False):
+                 cuda_graphs: bool = False, max_seq_len: int | None = None, prefix_reuse: bool = False,
+                 prefix_cache: "CacheSpec | None" = None):
         self.model = model.to(device)
         self.device = device
         self.backend = backend
@@ -104,6 +123,11 @@ class ModelRunner:
         self.num_oom_splits = 0
         self.stats: dict = {"compile": False, "cuda_graphs": False, "prefix_reuse": prefix_reuse}
         self._warm = False
+        self.cache: BlockCache | None = None     # prefix cache bookkeeping (None: no cache)
+        self.pool: KVPool | None = None
+        self.cache_table = 0                      # block-table entries of every staging row
+        if prefix_reuse and prefix_cache is not None:
+            self._make_cache(prefix_cache)
 
     def execute(self, batch: PackedBatch) -> list[Output]:
         """Compute every item; returns (data, logits) per item in order."""
@@ -116,8 +140,16 @@ class ModelRunner:
             self.warm_up(self.max_tokens)
         timing = self.gpu_ms is not None and self.cuda
         started = _event(timing) if timing else None
+        cached = self.cache.assign(batch) if self.cache is not None else None
+        if cached is not None:
+            batch = cached.batch                               # computes what is not cached
+        try:
+            hidden, gather = self._forward(batch, cached)     # [T or bucket, H], [G]
+        except BaseException:
+            if cached is not None:
+                self.cache.discard(cached.new_blocks)          # they may hold nothing
+            raise
         items = batch.items
-        hidden, gather = self._forward(batch)                 # [T or bucket, H], [G]
         rows, counts = self._pool(hidden, gather, batch)      # [R, H]
         heads = [it.pooling.uses_head for it in items]
         parts = []
@@ -161,7 +193,12 @@ class ModelRunner:
         """Wait for a launched batch's results (the one host sync per batch) and finish each item."""
         if pending.outputs is not None:
             return pending.outputs
-        pending.event.synchronize()
+        try:
+            pending.event.synchronize()
+        except BaseException:
+            if self.cache is not None:  # what this batch (and any launched after it) wrote is unknown
+                self.cache.clear()
+            raise
         if pending.started is not None and self.gpu_ms is not None:
             self.gpu_ms.append(pending.started.elapsed_time(pending.event))
         flat = pending.host.clone()  # the pinned block goes back to torch's host cache
@@ -183,7 +220,7 @@ class ModelRunner:
             offset += n
         return out
 
-    def _forward(self, plan: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, plan: PackedBatch, cached: CachedBatch | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage the batch, copy it in once and run it; returns hidden and the gather rows."""
         use = self.graphs is not None and self.use_graphs
         key = self.graphs.bucket_for(plan.num_tokens, plan.num_seqs) if use else None
@@ -192,9 +229,9 @@ class ModelRunner:
         else:  # a too-short batch gets a dummy sequence (see min_tokens)
             tok_cap = max(plan.num_tokens, self.min_tokens)
             layout = staging.Layout(tok_cap, plan.num_seqs + (tok_cap > plan.num_tokens), plan.num_rows,
-                                    self._stages_prefix(plan))
+                                    self._stages_prefix(plan), self.cache_table)
         host = torch.empty(layout.total, dtype=torch.int64, pin_memory=self.cuda)
-        staging.fill(host.numpy(), plan, layout)
+        staging.fill(host.numpy(), plan, layout, cached)
         return self.run_staged(host, layout, key, max(plan.max_seqlen, self.min_tokens))
 
     def run_staged(self, host: torch.Tensor, layout: staging.Layout, key, max_seqlen: int
@@ -214,16 +251,58 @@ class ModelRunner:
     def _stages_prefix(self, plan: PackedBatch) -> bool:
         """Whether a batch's row carries the prefix region: when it shares prefixes, and for every
         batch on CUDA with prefix reuse on (one input signature for the compiled forward)."""
-        return plan.prefix is not None or (self.prefix_reuse and self.cuda)
+        return plan.prefix is not None or (self.prefix_reuse and self.cuda) or self.cache is not None
 
-    @staticmethod
-    def _run(forward, layout: staging.Layout, row: torch.Tensor, max_seqlen: int) -> torch.Tensor:
+    def _run(self, forward, layout: staging.Layout, row: torch.Tensor, max_seqlen: int) -> torch.Tensor:
         """Call ``forward`` on a device row laid out by ``layout`` → hidden [T, H]."""
         ids, positions, cu_seqlens, _ = layout.views(row)
-        prefix = layout.prefix_view(row)  # [2, S] or None
+        prefix = layout.prefix_view(row)  # [2, S], [4, S] with the cache, or None
         if prefix is None:
             return forward(ids, positions, cu_seqlens.to(torch.int32), max_seqlen)
-        return forward(ids, positions, cu_seqlens.to(torch.int32), max_seqlen, prefix)
+        if not layout.cache_blocks:
+            return forward(ids, positions, cu_seqlens.to(torch.int32), max_seqlen, prefix)
+        return forward(ids, positions, cu_seqlens.to(torch.int32), max_seqlen, prefix,
+                       self.cache_tensors(layout, row))
+
+    def cache_tensors(self, layout: staging.Layout, row: torch.Tensor) -> CacheTensors:
+        """The prefix cache's inputs of one forward: the row's table and slots, and the pools."""
+        table, slots = layout.cache_views(row)
+        return CacheTensors(table, slots, self.pool.k, self.pool.v)
+
+    def _make_cache(self, spec: "CacheSpec") -> None:
+        """Size the pools (``spec.gb``; None: a tenth of the device memory free after load, none
+        on the CPU) and set up the bookkeeping; logs what it chose and why not, when not."""
+        layers = attention.cache_layers(self.model)
+        if not layers:
+            log.info("prefix cache off: this model's attention layers carry no layer index")
+            return
+        config = getattr(layers[0], "config", None)
+        heads = getattr(config, "num_attention_heads", None)
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(layers[0], "head_dim", None)
+        if not isinstance(kv_heads, int) or not isinstance(head_dim, int):
+            log.info("prefix cache off: kv heads / head_dim unknown for %s", type(layers[0]).__name__)
+            return
+        dtype = next(layers[0].parameters()).dtype
+        per_block = block_bytes(len(layers), spec.block_tokens, kv_heads, head_dim, dtype)
+        gb = spec.gb
+        if gb is None:
+            if not self.cuda:
+                log.info("prefix cache off on %s (give --prefix-cache-gb to keep prefixes across batches)", self.device)
+                return
+            gb = 0.1 * torch.cuda.mem_get_info(self.device)[0] / 2**30
+        num_blocks = int(gb * 2**30 // per_block)
+        if num_blocks < 1:
+            log.info("prefix cache off (--prefix-cache-gb %.3g holds no %d-byte block)", gb, per_block)
+            return
+        self.pool = KVPool(len(layers), num_blocks, spec.block_tokens, kv_heads, head_dim, dtype, self.device)
+        self.cache_table = max(256, 4 * max(self.max_tokens, self.max_seq_len) // spec.block_tokens)
+        self.cache = BlockCache(num_blocks, spec.block_tokens, spec.identity, per_block, self.cache_table)
+        attention.attach_cache(layers, self.attention, spec.block_tokens)
+        self.stats["prefix_cache_gb"] = round(num_blocks * per_block / 2**30, 3)
+        log.info("prefix cache: %.2f GiB on %s, %d blocks of %d tokens (%d tokens, %d layers x %d kv heads x %d)",
+                 num_blocks * per_block / 2**30, self.device, num_blocks, spec.block_tokens,
+                 num_blocks * spec.block_tokens, len(layers), kv_heads, head_dim)
 
     @staticmethod
     def _pool(hidden: torch.Tensor, gather: torch.Tensor, plan: PackedBatch) -> tuple[torch.Tensor, list[int]]:
@@ -268,7 +347,8 @@ class ModelRunner:
         cap = self.max_seq_len
         items = [_Dummy(min(cap, n - start)) for n in lengths for start in range(0, n, cap)]
         plan = PackedBatch.of(items)
-        layout = staging.Layout(plan.num_tokens, plan.num_seqs, plan.num_rows, self._stages_prefix(plan))
+        layout = staging.Layout(plan.num_tokens, plan.num_seqs, plan.num_rows, self._stages_prefix(plan),
+                                self.cache_table)
         host = torch.empty(layout.total, dtype=torch.int64)
         staging.fill(host.numpy(), plan, layout)
         self._run(forward, layout, host.to(self.device), max(plan.max_seqlen, 2))
@@ -304,7 +384,8 @@ class ModelRunner:
         buckets = token_buckets(min(self.graph_max_tokens, max_tokens))
         log.info("capturing CUDA graphs for %d token buckets (up to %d tokens)", len(buckets), buckets[-1])
         graphs = CudaGraphs(self.forward, self.device, buckets, seq_buckets(self.graph_max_seqs),
-                            prefix=self.prefix_reuse)
+                            prefix=self.prefix_reuse, cache_blocks=self.cache_table,
+                            cache=self.cache_tensors if self.cache is not None else None)
         try:
             seconds = graphs.capture()
         except Exception:  # noqa: BLE001

@@ -7,7 +7,9 @@ cancelled work is dropped when a batch is cut, before any compute.
 
 With prefix reuse (a ``PrefixPlanner``), the token budget counts computed tokens: an item that
 shares a prompt with one already in the batch adds only its own tokens, so a GRPO group of
-16 x (1,024-token prompt + 256) costs 5,120 of the budget, not 20,480, and fits one batch.
+16 x (1,024-token prompt + 256) costs 5,120 of the budget, not 20,480, and fits one batch. With
+the prefix cache (one replica), an item whose prompt is cached adds only the rest as well, so
+batches fill with sequences whose prefix is cached or shared.
 """
 from __future__ import annotations
 
@@ -82,9 +84,13 @@ class Scheduler:
     """Thread-safe queue between the event loop (submit/cancel) and the GPU thread (next_batch)."""
 
     def __init__(self, config: SchedulerConfig, clock: Callable[[], float] = time.monotonic, *,
-                 bounded: bool = True, prefix: PrefixPlanner | None = None):
+                 bounded: bool = True, prefix: PrefixPlanner | None = None,
+                 cached: Callable[[WorkItem], int] | None = None):
         self.config = config
         self.prefix = prefix    # shared-prefix planner (None: prefix reuse off for this model or server)
+        # The prefix cache's probe (item → tokens of it the cache holds; ``BlockCache.probe``), called on the
+        # thread that cuts batches, which must be the cache's runner's: the one replica's thread.
+        self.cached = cached
         self.clock = clock
         self.bounded = bounded  # False (the offline engine): the caller's list is the queue, never refused
         self.stats = SchedulerStats()
@@ -258,15 +264,28 @@ class Scheduler:
         tokens from below (``BatchTokens``): items from the end go back to the queue (they lead the
         next cut) while the plan computes more than the budget."""
         packed = PackedBatch.of(batch, self.prefix)
-        while self.prefix is not None and len(batch) > 1 and packed.num_tokens > self.config.max_num_batched_tokens:
+        while self.prefix is not None and len(batch) > 1 and self._computed(packed) > self.config.max_num_batched_tokens:
             self.requeue([batch.pop()])
             packed = PackedBatch.of(batch, self.prefix)
         return packed
 
+    def _computed(self, packed: PackedBatch) -> int:
+        """Tokens ``packed`` computes: its plan's, less what the prefix cache holds of each
+        segment that starts at token 0 (an estimate: the runner's cache decides at launch)."""
+        if self.cached is None:
+            return packed.num_tokens
+        plan = packed.prefix
+        if plan is None:
+            return sum(len(it.token_ids) - self.cached(it) for it in packed.items)
+        roots = [s for s in range(len(plan.lengths)) if plan.prefix_seg[s] < 0 and plan.starts[s] == 0]
+        held = sum(min(self.cached(packed.items[plan.src_item[s]]), int(plan.lengths[s]))
+                   for s in roots)
+        return packed.num_tokens - held
+
     def _cut(self) -> tuple[list[WorkItem], list[Request]]:
         cfg, now = self.config, self.clock()
         batch, skipped, expired, tokens = [], [], [], 0
-        counter = self.prefix.counter() if self.prefix is not None else None
+        counter = self.prefix.counter(self.cached) if self.prefix is not None else None
         while self._heap and len(batch) < cfg.max_num_seqs and len(skipped) < cfg.max_skips:
             entry = heapq.heappop(self._heap)
             item = entry[-1]

@@ -5,7 +5,8 @@ writes the row into pinned memory from torch's caching host allocator, which kee
 the copy that reads it is done, so batches can be launched back to back). Layout of the
 row (int64, each region starting on a multiple of ``ALIGN`` elements)::
 
-    [input_ids: tok_cap][positions: tok_cap][cu_seqlens: seq_cap + 1][prefix: 2 x seq_cap][gather: num_rows]
+    [input_ids: tok_cap][positions: tok_cap][cu_seqlens: seq_cap + 1][prefix: 2 (4) x seq_cap]
+    [table: cache_blocks][slots: tok_cap][gather: num_rows]
 
 ``tok_cap``/``seq_cap`` are the real token/sequence counts for an eager or compiled forward, and
 the bucket's capacities for a CUDA-graph replay. Graph padding: tokens ``T..tok_cap`` form one
@@ -18,16 +19,25 @@ the first row of the prefix segment it also attends to, then (second half) that 
 length; 0 and 0 for a sequence without one, and for the padding. Its positions continue after
 the prefix (``engine/prefix.py``). Prefix reuse keeps this one layout for every batch, so
 compiled graphs and CUDA graphs see one input signature whether a batch shares prefixes or not.
+
+With the prefix cache (``cache_blocks`` > 0, ``engine/prefix_cache.py``) the prefix region has
+two more rows: the tokens each sequence reads from cached blocks, and where its blocks start in
+``table`` (a fixed ``cache_blocks`` entries: block ids); ``slots`` gives the pool row every packed
+token's keys and values are written to (-1: not stored).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import chain
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from rewardserve.engine.batch import PackedBatch
+
+if TYPE_CHECKING:
+    from rewardserve.engine.prefix_cache import CachedBatch
 
 ALIGN = 8  # 64-byte aligned regions: compiled kernels assume aligned inputs
 # Segment ids (BERT pairs, Score) ride in the positions region above this bit: the row, the
@@ -46,7 +56,12 @@ class Layout:
     tok_cap: int
     seq_cap: int  # number of sequences the cu_seqlens region describes
     num_rows: int
-    prefix: bool = False  # has the prefix region (2 x seq_cap)
+    prefix: bool = False  # has the prefix region (2 x seq_cap; 4 x seq_cap with the cache)
+    cache_blocks: int = 0  # block-table entries (0: no prefix cache, no table and slots regions)
+
+    @property
+    def prefix_rows(self) -> int:
+        return 4 if self.cache_blocks else 2
 
     @property
     def pos_start(self) -> int:
@@ -61,8 +76,16 @@ class Layout:
         return self.cu_start + _up(self.seq_cap + 1)
 
     @property
+    def table_start(self) -> int:
+        return self.prefix_start + (_up(self.prefix_rows * self.seq_cap) if self.prefix else 0)
+
+    @property
+    def slots_start(self) -> int:
+        return self.table_start + _up(self.cache_blocks)
+
+    @property
     def gather_start(self) -> int:
-        return self.prefix_start + (_up(2 * self.seq_cap) if self.prefix else 0)
+        return self.slots_start + (_up(self.tok_cap) if self.cache_blocks else 0)
 
     @property
     def total(self) -> int:
@@ -77,14 +100,23 @@ class Layout:
 
     def prefix_view(self, row: torch.Tensor) -> torch.Tensor | None:
         """row → prefix [2, seq_cap] (first row of each sequence's prefix segment; its length),
-        or None in a layout without the region."""
+        [4, seq_cap] with the cache (then cached tokens; table offset), or None without the region."""
         if not self.prefix:
             return None
-        return row[self.prefix_start:self.prefix_start + 2 * self.seq_cap].view(2, self.seq_cap)
+        n = self.prefix_rows * self.seq_cap
+        return row[self.prefix_start:self.prefix_start + n].view(self.prefix_rows, self.seq_cap)
+
+    def cache_views(self, row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """row → (table [cache_blocks], slots [tok_cap]), or None without the cache."""
+        if not self.cache_blocks:
+            return None
+        return (row[self.table_start:self.table_start + self.cache_blocks],
+                row[self.slots_start:self.slots_start + self.tok_cap])
 
 
-def fill(row: np.ndarray, p: PackedBatch, layout: Layout) -> None:
-    """Write a batch into ``row`` (int64 numpy view of the staging buffer) following ``layout``."""
+def fill(row: np.ndarray, p: PackedBatch, layout: Layout, cache: "CachedBatch | None" = None) -> None:
+    """Write a batch into ``row`` (int64 numpy view of the staging buffer) following ``layout``;
+    ``cache`` (the batch as the prefix cache assigned it) fills the table and slots regions."""
     if p.prefix is not None and not layout.prefix:
         raise ValueError("a batch with shared prefixes needs a layout with the prefix region")
     t, cap = p.num_tokens, layout.tok_cap
@@ -103,7 +135,10 @@ def fill(row: np.ndarray, p: PackedBatch, layout: Layout) -> None:
     np.cumsum(p.lengths, out=cu[1:p.num_seqs + 1])
     cu[p.num_seqs + 1:] = cap  # padding sequence, then zero-length sequences
     if layout.prefix:
-        _fill_prefix(row[layout.prefix_start:layout.prefix_start + 2 * layout.seq_cap], p, starts, layout.seq_cap)
+        _fill_prefix(row[layout.prefix_start:layout.prefix_start + layout.prefix_rows * layout.seq_cap], p, starts,
+                     layout.seq_cap)
+    if layout.cache_blocks:
+        _fill_cache(row, layout, starts, cache)
     row[layout.gather_start:layout.gather_start + p.num_rows] = _gather_rows(p, starts)
 
 
@@ -128,7 +163,8 @@ def _fill_segments(ids: np.ndarray, pos: np.ndarray, p: PackedBatch, starts: np.
 
 
 def _fill_prefix(region: np.ndarray, p: PackedBatch, starts: np.ndarray, seq_cap: int) -> None:
-    """[2 x seq_cap]: first row of each segment's prefix segment, then its length (0, 0: none)."""
+    """[2 (4) x seq_cap]: first row of each segment's prefix segment, then its length (0, 0: none);
+    with the cache, then the tokens it reads from cached blocks and their table offset."""
     region[:] = 0
     if p.prefix is None:
         return
@@ -136,6 +172,29 @@ def _fill_prefix(region: np.ndarray, p: PackedBatch, starts: np.ndarray, seq_cap
     has = plan.prefix_seg >= 0
     region[:n][has] = starts[plan.prefix_seg[has]]
     region[seq_cap:seq_cap + n][has] = plan.lengths[plan.prefix_seg[has]]
+    if region.shape[0] >= 4 * seq_cap and plan.cached is not None:
+        region[2 * seq_cap:2 * seq_cap + n] = plan.cached
+        region[3 * seq_cap:3 * seq_cap + n] = plan.table_off
+
+
+def _fill_cache(row: np.ndarray, layout: Layout, starts: np.ndarray, cache: "CachedBatch | None") -> None:
+    """Block table, and the pool row of every packed token: a stored block's tokens go to its
+    block; every other row has slot -1 (not stored)."""
+    table = row[layout.table_start:layout.table_start + layout.cache_blocks]
+    slots = row[layout.slots_start:layout.slots_start + layout.tok_cap]
+    table[:] = 0
+    slots[:] = -1  # nothing to store
+    if cache is None:
+        return
+    if len(cache.table) > layout.cache_blocks:
+        raise ValueError(f"block table of {len(cache.table)} entries exceeds the layout's {layout.cache_blocks}")
+    table[:len(cache.table)] = cache.table
+    block = cache.block_tokens
+    w = cache.writes
+    if len(w.dest):
+        offs = np.arange(block, dtype=np.int64)
+        rows = (starts[w.seg] + w.block * block)[:, None] + offs           # [W, B]
+        slots[rows.reshape(-1)] = ((w.dest * block)[:, None] + offs).reshape(-1)
 
 
 def _gather_rows(p: PackedBatch, starts: np.ndarray) -> np.ndarray:
@@ -145,12 +204,12 @@ def _gather_rows(p: PackedBatch, starts: np.ndarray) -> np.ndarray:
     if p.prefix is None:
         return rows + np.repeat(starts, p.row_counts)
     plan = p.prefix
-    own = starts[plan.item_seg]                                         # [n] first row of each item's segment
     pre_seg = plan.prefix_seg[plan.item_seg]                            # [n] its prefix segment (-1: none)
-    pre = np.where(pre_seg >= 0, starts[np.maximum(pre_seg, 0)], 0)     # [n]
     per_row = lambda values: np.repeat(values, p.row_counts)            # noqa: E731  [n] → [num_rows]
-    shared = per_row(plan.shared)
-    return np.where(rows < shared, per_row(pre) + rows, per_row(own) + rows - shared)
+    # A position inside the shared prefix reads the prefix segment's row, any other its own
+    # segment's; a segment's first row holds item token ``plan.starts`` (past any cached tokens).
+    seg = np.where(rows < per_row(plan.shared), per_row(pre_seg), per_row(plan.item_seg))
+    return starts[seg] + rows - plan.starts[seg]
 
 
 def split_segments(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,6 +67,12 @@ if triton is not None:
                 if not IS_CAUSAL:
                     keep = keep & (offs_k[None, :] - offs_m[:, None] < window)
             qk = tl.where(keep, qk, float("-inf"))
+        return _online_update(acc, l_i, m_i, qk, v, qk_scale, HAS_SOFTCAP)
+
+    @triton.jit
+    def _online_update(acc, l_i, m_i, qk, v, qk_scale, HAS_SOFTCAP: tl.constexpr):
+        """Fold one block of scores qk [BM, BN] (masked keys at -inf) and values v [BN, D] into
+        acc [BM, D], l_i and m_i [BM] (log2 units)."""
         if HAS_SOFTCAP:
             m_new = tl.maximum(m_i, tl.max(qk, 1))
         else:  # scaling after the max: one FMA per score in the exp2 below
@@ -80,6 +86,41 @@ if triton is not None:
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         return acc, l_i, m_new
+
+    @triton.jit
+    def _attend_cached(acc, l_i, m_i, q, KC, VC, Table, Prefix, seq, head, m_start, offs_m, offs_n, offs_d,
+                       stride_ct, stride_ch, qk_scale, softcap, window,
+                       GROUP: tl.constexpr, BLOCK_N: tl.constexpr, CACHE_BLOCK: tl.constexpr,
+                       HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr):
+        """The sequence's cached keys (positions 0..cache_len-1, read from the pools KC/VC
+        [slots, Hkv, D] through its blocks ``Table[table_off:]``): all precede the tile's
+        queries (at cache_len + pre_len + offs_m); only a window masks inside."""
+        num_seqs = tl.num_programs(1)
+        pre_len = tl.load(Prefix + num_seqs + seq)
+        cache_len = tl.load(Prefix + 2 * num_seqs + seq)
+        table_off = tl.load(Prefix + 3 * num_seqs + seq)
+        offs_qa = offs_m + cache_len + pre_len                      # [BM] absolute query positions
+        kc_base = KC + (head // GROUP) * stride_ch
+        vc_base = VC + (head // GROUP) * stride_ch
+        lo = 0
+        if HAS_WINDOW:
+            lo = tl.maximum(0, cache_len + pre_len + m_start - window + 1) // BLOCK_N * BLOCK_N
+        for n_start in tl.range(lo, cache_len, BLOCK_N):
+            offs_k = n_start + offs_n                               # [BN] absolute key positions
+            kmask = offs_k < cache_len
+            block = tl.load(Table + table_off + offs_k // CACHE_BLOCK, mask=kmask, other=0)
+            rows = block * CACHE_BLOCK + offs_k % CACHE_BLOCK       # [BN] pool rows
+            k = tl.load(kc_base + rows[None, :] * stride_ct + offs_d[:, None], mask=kmask[None, :], other=0.0)
+            v = tl.load(vc_base + rows[:, None] * stride_ct + offs_d[None, :], mask=kmask[:, None], other=0.0)
+            qk = tl.dot(q, k)                                       # [BM, BN] fp32
+            if HAS_SOFTCAP:
+                qk = _tanh(qk * qk_scale) * softcap
+            keep = kmask[None, :]
+            if HAS_WINDOW:
+                keep = keep & (offs_qa[:, None] - offs_k[None, :] < window)
+            qk = tl.where(keep, qk, float("-inf"))
+            acc, l_i, m_i = _online_update(acc, l_i, m_i, qk, v, qk_scale, HAS_SOFTCAP)
+        return acc, l_i, m_i
 
     @triton.jit
     def _attend_prefix(acc, l_i, m_i, q, K, V, Prefix, seq, head, m_start, offs_m, offs_n, offs_d,
@@ -116,11 +157,12 @@ if triton is not None:
         return acc, l_i, m_i
 
     @triton.jit
-    def _varlen_fwd(Q, K, V, Out, cu_seqlens, Prefix, qk_scale, softcap, window,
+    def _varlen_fwd(Q, K, V, Out, cu_seqlens, Prefix, KC, VC, Table, qk_scale, softcap, window,
                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+                    stride_ct, stride_ch,
                     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     IS_CAUSAL: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-                    HAS_PREFIX: tl.constexpr):
+                    HAS_PREFIX: tl.constexpr, HAS_CACHE: tl.constexpr, CACHE_BLOCK: tl.constexpr):
         """Grid (query blocks of the longest sequence, sequences, heads); idle programs exit."""
         seq = tl.program_id(1)
         head = tl.program_id(2)
@@ -141,6 +183,10 @@ if triton is not None:
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        if HAS_CACHE:
+            acc, l_i, m_i = _attend_cached(acc, l_i, m_i, q, KC, VC, Table, Prefix, seq, head, m_start, offs_m,
+                                           offs_n, offs_d, stride_ct, stride_ch, qk_scale, softcap, window,
+                                           GROUP, BLOCK_N, CACHE_BLOCK, HAS_WINDOW, HAS_SOFTCAP)
         if HAS_PREFIX:
             acc, l_i, m_i = _attend_prefix(acc, l_i, m_i, q, K, V, Prefix, seq, head, m_start, offs_m, offs_n,
                                            offs_d, stride_kt, stride_kh, stride_vt, stride_vh, qk_scale, softcap,
@@ -182,6 +228,35 @@ if triton is not None:
         tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=(offs_m < seqlen)[:, None])
 
 
+if triton is not None:
+    @triton.jit
+    def _store_kv(K, V, KC, VC, Slots, stride_kt, stride_kh, stride_vt, stride_vh, stride_ct, stride_ch,
+                  KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Grid (T,): row t of k/v [T, Hkv, D] to pool row Slots[t] of KC/VC; a negative slot: skip."""
+        t = tl.program_id(0)
+        slot = tl.load(Slots + t)
+        if slot < 0:
+            return
+        offs_h = tl.arange(0, BLOCK_H)[:, None]
+        offs_d = tl.arange(0, BLOCK_D)[None, :]
+        mask = (offs_h < KV_HEADS) & (offs_d < HEAD_DIM)
+        k = tl.load(K + t * stride_kt + offs_h * stride_kh + offs_d, mask=mask)
+        v = tl.load(V + t * stride_vt + offs_h * stride_vh + offs_d, mask=mask)
+        tl.store(KC + slot * stride_ct + offs_h * stride_ch + offs_d, k, mask=mask)
+        tl.store(VC + slot * stride_ct + offs_h * stride_ch + offs_d, v, mask=mask)
+
+
+def store_kv(kc: torch.Tensor, vc: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """kc/vc [num_slots, Hkv, D] get rows t of k/v [T, Hkv, D] at ``slots[t]`` [T] int64, rows with
+    a negative slot skipped (the prefix cache's stores: only rows of blocks being stored move)."""
+    if any(x.stride(-1) != 1 for x in (k, v, kc, vc)) or kc.stride() != vc.stride():
+        raise ValueError("store_kv needs unit-stride heads and pools of one layout")
+    kv_heads, head_dim = k.shape[1], k.shape[2]
+    _store_kv[(k.shape[0],)](k, v, kc, vc, slots, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                             kc.stride(0), kc.stride(1), KV_HEADS=kv_heads, HEAD_DIM=head_dim,
+                             BLOCK_H=triton.next_power_of_2(kv_heads), BLOCK_D=triton.next_power_of_2(head_dim))
+
+
 # 256-wide heads: q [BM, 256] plus num_stages x (k and v [BN, 256]) in bf16 must fit an SM's
 # 227 KiB of shared memory, and the fp32 accumulator [BM, 256] the registers. H200 sweep of the
 # candidates (benchmarks/bench_attention.py --models gemma2-2b, soft-capped, 8 / 4 heads;
@@ -204,11 +279,14 @@ def pick_tiles(head_dim: int) -> dict:
 
 def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, *,
            is_causal: bool, scale: float, window: int | None = None, softcap: float | None = None,
-           tiles: dict | None = None, prefix: torch.Tensor | None = None) -> torch.Tensor:
+           tiles: dict | None = None, prefix: torch.Tensor | None = None,
+           cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None = None) -> torch.Tensor:
     """q [T, H, D], k/v [T, Hkv, D] → out [T, H, D] (q's dtype).
 
     ``prefix``: [2, S] int64 (contiguous), each sequence's prefix segment (first row, length);
-    ``max_seqlen`` counts query rows.
+    ``max_seqlen`` counts query rows. ``cache`` (kc, vc [slots, Hkv, D], table [N] int64, block
+    tokens): the prefix cache; ``prefix`` is then [4, S], its last rows each sequence's cached
+    tokens and table offset (``attention.VarlenMeta``).
 
     ``window``: keys with q - k < window (and k - q < window when not causal, as Gemma3's
     bidirectional layers); ``softcap``: scores become ``softcap * tanh(score / softcap)`` (Gemma2)
@@ -223,26 +301,36 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.
     # With soft-capping the kernel scales q·k by scale / cap inside the tanh and multiplies by
     # cap * log2(e) after it; without, by scale * log2(e) (its exp2 works in log2 units).
     qk_scale, cap = (scale / softcap, softcap * LOG2E) if softcap else (scale * LOG2E, 0.0)
-    if prefix is not None and (prefix.shape != (2, num_seqs) or not prefix.is_contiguous()):
-        raise ValueError(f"prefix must be a contiguous [2, {num_seqs}] tensor, got {tuple(prefix.shape)}")
-    _varlen_fwd[grid](q, k, v, out, cu_seqlens, cu_seqlens if prefix is None else prefix, qk_scale, cap, window or 0,
+    rows = 4 if cache is not None else 2
+    if prefix is not None and (prefix.shape != (rows, num_seqs) or not prefix.is_contiguous()):
+        raise ValueError(f"prefix must be a contiguous [{rows}, {num_seqs}] tensor, got {tuple(prefix.shape)}")
+    if cache is not None and (prefix is None or cache[0].stride() != cache[1].stride() or cache[0].stride(-1) != 1):
+        raise ValueError("the prefix cache needs the prefix region and pools of one layout")
+    kc, vc, table, block = cache if cache is not None else (k, v, cu_seqlens, 16)
+    _varlen_fwd[grid](q, k, v, out, cu_seqlens, cu_seqlens if prefix is None else prefix, kc, vc, table,
+                      qk_scale, cap, window or 0,
                       q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                      out.stride(0), out.stride(1), GROUP=num_heads // k.shape[1], HEAD_DIM=head_dim,
+                      out.stride(0), out.stride(1), kc.stride(0), kc.stride(1),
+                      GROUP=num_heads // k.shape[1], HEAD_DIM=head_dim,
                       IS_CAUSAL=is_causal, HAS_WINDOW=bool(window), HAS_SOFTCAP=bool(softcap),
-                      HAS_PREFIX=prefix is not None, **tiles)
+                      HAS_PREFIX=prefix is not None, HAS_CACHE=cache is not None, CACHE_BLOCK=block, **tiles)
     return out
 
 
 @torch.library.custom_op("rewardserve::triton_varlen_attention", mutates_args=())
 def triton_varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                             max_seqlen: int, is_causal: bool, scale: float, window: int,
-                            softcap: float = 0.0, prefix: torch.Tensor | None = None) -> torch.Tensor:
+                            softcap: float = 0.0, prefix: torch.Tensor | None = None,
+                            kc: torch.Tensor | None = None, vc: torch.Tensor | None = None,
+                            table: torch.Tensor | None = None, cache_block: int = 0) -> torch.Tensor:
     """The kernel as one opaque op for torch.compile and CUDA graphs (``window`` / ``softcap`` 0 = none;
-    ``prefix`` None = no shared prefixes)."""
+    ``prefix`` None = no shared prefixes; ``kc``/``vc``/``table`` None = no prefix cache)."""
+    cache = (kc, vc, table, cache_block) if kc is not None else None
     return launch(q, k, v, cu_seqlens, max_seqlen, is_causal=is_causal, scale=scale, window=window or None,
-                  softcap=softcap or None, prefix=prefix)
+                  softcap=softcap or None, prefix=prefix, cache=cache)
 
 
 @triton_varlen_attention.register_fake
-def _(q, k, v, cu_seqlens, max_seqlen, is_causal, scale, window, softcap=0.0, prefix=None):
+def _(q, k, v, cu_seqlens, max_seqlen, is_causal, scale, window, softcap=0.0, prefix=None, kc=None, vc=None,
+      table=None, cache_block=0):
     return torch.empty_like(q)

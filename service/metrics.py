@@ -57,7 +57,10 @@ class ServerMetrics:
                                     buckets=LATENCY_BUCKETS, registry=r)
         self.compute_time = Histogram("rewardserve_compute_time_seconds", "Time of one packed forward pass",
                                       buckets=LATENCY_BUCKETS, registry=r)
-        self.tokens = Counter("rewardserve_tokens", "Tokens computed (rate() gives tokens/s)", registry=r)
+        self.tokens = Counter("rewardserve_tokens", "Tokens of the sequences scored, every token of every sequence "
+                              "(rate() gives tokens/s)", registry=r)
+        self.reused_tokens = Counter("rewardserve_reused_tokens", "Tokens of rewardserve_tokens not computed: a "
+                                     "prompt shared with another sequence (shared-prompt reuse)", registry=r)
         self.sequences = Counter("rewardserve_sequences", "Sequences computed", registry=r)
         self.stream_items = Counter("rewardserve_stream_items", "StreamReward answers by status code", ["code"],
                                     registry=r)
@@ -82,6 +85,7 @@ class ServerMetrics:
         self.batch_tokens.observe(num_tokens)
         self.compute_time.observe(compute_s)
         self.tokens.inc(num_tokens)
+        self.reused_tokens.inc(sum(item.reused_tokens for item in items))
         self.sequences.inc(len(items))
         for item in items:
             self.queue_time.observe(max(0.0, item.queue_time_s))
@@ -115,6 +119,21 @@ class _EngineCollector:
         yield CounterMetricFamily("rewardserve_oom_splits", "Batches split after CUDA out of memory",
                                   value=stats.num_oom_splits)
         yield CounterMetricFamily("rewardserve_failed_items", "Sequences that failed alone", value=stats.num_failed_items)
+        yield from _prefix_cache_metrics(stats)
+
+
+def _prefix_cache_metrics(stats):
+    """The prefix cache (--prefix-cache-gb): hit rate = rate(hit) / rate(queried); memory now."""
+    yield CounterMetricFamily("rewardserve_prefix_cache_queried_tokens", "Prompt tokens (whole blocks) looked up "
+                              "in the prefix cache", value=stats.prefix_cache_queried_tokens)
+    yield CounterMetricFamily("rewardserve_prefix_cache_hit_tokens", "Of those, tokens read from the cache instead "
+                              "of computed", value=stats.prefix_cache_hit_tokens)
+    yield CounterMetricFamily("rewardserve_prefix_cache_evicted_blocks", "Cache blocks evicted for newer ones "
+                              "(least recently used first)", value=stats.prefix_cache_evicted_blocks)
+    yield GaugeMetricFamily("rewardserve_prefix_cache_used_bytes", "Device memory holding cached prefix keys and "
+                            "values", value=stats.prefix_cache_used_bytes)
+    yield GaugeMetricFamily("rewardserve_prefix_cache_capacity_bytes", "Device memory of the prefix cache "
+                            "(0: no cache)", value=stats.prefix_cache_capacity_bytes)
 
 
 class _MalformedCollector:

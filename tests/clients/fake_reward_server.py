@@ -147,7 +147,8 @@ def _encode_result(index: int, item: pb.EncodeInput, per_token: bool) -> pb.Enco
     shape = [rows, 2] if per_token else [2]
     positions = list(range(n)) if per_token else [n - 1]
     return pb.EncodeResult(index=index, data=pb.FloatTensor(shape=shape, values=values),
-                           num_tokens=n, truncated=False, pooled_positions=positions)
+                           num_tokens=n, truncated=False, pooled_positions=positions,
+                           reused_tokens=index)  # as if each input shared `index` prompt tokens
 
 
 def encode_reply(request, rid, context) -> pb.EncodeResponse:
@@ -158,7 +159,8 @@ def encode_reply(request, rid, context) -> pb.EncodeResponse:
     tokens = sum(r.num_tokens for r in results)
     return pb.EncodeResponse(request_id=request.request_id or rid, model="fake-rm", task=task,
                              results=results, usage=pb.Usage(prompt_tokens=tokens,
-                                                             num_sequences=len(results)),
+                                                             num_sequences=len(results),
+                                                             reused_tokens=sum(r.reused_tokens for r in results)),
                              timing=pb.Timing(queue_seconds=0.25, compute_seconds=0.5,
                                               total_seconds=1.0))
 
@@ -177,7 +179,7 @@ def chat_reward_reply(request, rid, context) -> pb.ChatRewardResponse:
                                                                               score=0.75)]
         steps = [pb.StepScore(position=p, score=0.5, label_scores=labels) for p in (3, 7)]
         results.append(pb.ChatRewardResult(
-            index=i, score=-1.5 + i, label_scores=labels, num_tokens=len(conversation.messages),
+            index=i, score=-1.5 + i, label_scores=labels, num_tokens=len(conversation.messages), reused_tokens=i,
             step_scores=steps if request.pooling.HasField("step_tag_id") else []))
     return pb.ChatRewardResponse(request_id=request.request_id or rid, model="fake-rm",
                                  results=results[::-1], usage=pb.Usage(num_sequences=len(results)))

@@ -27,6 +27,7 @@ def test_encode_classify_returns_float32_vectors_in_input_order(client):
     np.testing.assert_array_equal(second.data, [100, 101])
     assert (first.num_tokens, first.truncated, first.pooled_positions) == (3, False, [2])
     assert reply.usage.prompt_tokens == 5 and reply.usage.num_sequences == 2
+    assert [r.reused_tokens for r in reply.results] == [0, 1] and reply.usage.reused_tokens == 1
     assert reply.timing.total_seconds == 1.0
 
 
@@ -107,6 +108,7 @@ def test_chat_reward_sends_conversations_and_template_options(client, fake):
     assert (sent.priority, sent.request_id) == (1, "chat-1")
     assert isinstance(reply, ChatRewardResponse) and reply.request_id == "chat-1"
     assert reply.scores == [-1.5, -0.5]
+    assert [r.reused_tokens for r in reply.results] == [0, 1]
 
 
 def test_chat_reward_results_are_plain_python(client):

@@ -112,11 +112,14 @@ def _hf_padded(hf, seqs) -> tuple[list[torch.Tensor], torch.Tensor]:
 
 
 def _engine(folder, max_model_len: int | None = None, **runner):
-    from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig
+    from rewardserve.engine.config import EngineConfig, ModelConfig, PrefixConfig, RunnerConfig
     from rewardserve.engine.engine import Engine
 
+    # No prefix cache: an input scored alone must compute its whole sequence, not read the keys
+    # the packed call left in the cache (test_gpu_prefix.py checks the cache).
     return Engine(EngineConfig(model=ModelConfig(model=str(folder), dtype="bfloat16", max_model_len=max_model_len),
-                               runner=RunnerConfig(device="cuda", attention_backend="auto", **runner)))
+                               runner=RunnerConfig(device="cuda", attention_backend="auto", **runner),
+                               prefix=PrefixConfig(prefix_cache_gb=0)))
 
 
 def _score(engine, seqs) -> tuple[list[torch.Tensor], torch.Tensor]:

@@ -69,13 +69,14 @@ def _inputs(seed: int = 0) -> list[list[int]]:
             + [a + ids(n) for n in (33, 2)])
 
 
-def _engine(folder, reuse: bool, **runner):
+def _engine(folder, reuse: bool, cache_gb: float | None = 0, **runner):
+    """cache_gb 0: within-batch sharing only (the counts below assume it); None: the default."""
     from rewardserve.engine.config import EngineConfig, ModelConfig, PrefixConfig, RunnerConfig
     from rewardserve.engine.engine import Engine
 
     return Engine(EngineConfig(model=ModelConfig(model=str(folder), dtype="bfloat16"),
                                runner=RunnerConfig(device="cuda", attention_backend="triton", **runner),
-                               prefix=PrefixConfig(prefix_reuse=reuse)))
+                               prefix=PrefixConfig(prefix_reuse=reuse, prefix_cache_gb=cache_gb if reuse else None)))
 
 
 def _encode(engine, seqs) -> dict:
@@ -132,6 +133,41 @@ def test_bf16_reuse_equals_no_reuse(name, checkpoints):
                  "runner": {k: v for k, v in on.core.runner.stats.items() if k != "buckets"}}
         record[mode] = diffs
         assert diffs["reused_tokens"] == 4 * 288 + 1 * 688 + 2 * 288
+        assert sum(r.reused_tokens for r in small_got["LAST"]) > 0
+        for key in ("ALL_rel", "MEAN_rel", "small_ALL_rel"):
+            assert diffs[key] <= TOL["hidden_rel"], (mode, key, diffs)
+        for key in ("LAST_abs", "STEP_abs", "small_LAST_abs"):
+            assert diffs[key] <= TOL["logits_abs"], (mode, key, diffs)
+        if mode == "compile+graphs":
+            assert on.core.runner.stats["compile"] is True and on.core.runner.stats["cuda_graphs"] is True
+        del on, off
+        torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("name", list(_builders()))
+def test_bf16_prefix_cache_equals_no_reuse(name, checkpoints):
+    """The prefix cache (default size) across calls: a first call caches the prompts, the next
+    ones read them through the Triton kernel's block table (eager, and compiled with the small
+    batches replaying CUDA graphs), within the same budget as within-batch reuse."""
+    seqs = _inputs()
+    record = RESULTS["models"].setdefault(name, {})
+    within_batch = 4 * 288 + 1 * 688 + 2 * 288
+    for mode, flags in MODES.items():
+        on, off = _engine(checkpoints[name], True, cache_gb=None, **flags), _engine(checkpoints[name], False, **flags)
+        assert on.core.runner.cache is not None
+        on.encode(seqs, "classify")  # caches both prompts (and every sequence's full blocks)
+        got, want = _encode(on, seqs), _encode(off, seqs)
+        small_got, small_want = _encode(on, seqs[-2:] + seqs[:1]), _encode(off, seqs[-2:] + seqs[:1])
+        stats = on.core.runner.cache.stats
+        diffs = {"ALL_rel": _rel(got["ALL"], want["ALL"]), "MEAN_rel": _rel(got["MEAN"], want["MEAN"]),
+                 "LAST_abs": _abs(got["LAST"], want["LAST"]), "STEP_abs": _abs(got["STEP"], want["STEP"]),
+                 "small_ALL_rel": _rel(small_got["ALL"], small_want["ALL"]),
+                 "small_LAST_abs": _abs(small_got["LAST"], small_want["LAST"]),
+                 "reused_tokens": sum(r.reused_tokens for r in got["LAST"]),
+                 "cache_hit_tokens": stats.hit_tokens, "cache_queried_tokens": stats.queried_tokens,
+                 "runner": {k: v for k, v in on.core.runner.stats.items() if k != "buckets"}}
+        record[f"cache/{mode}"] = diffs
+        assert diffs["reused_tokens"] > within_batch and stats.hit_tokens > 0
         assert sum(r.reused_tokens for r in small_got["LAST"]) > 0
         for key in ("ALL_rel", "MEAN_rel", "small_ALL_rel"):
             assert diffs[key] <= TOL["hidden_rel"], (mode, key, diffs)

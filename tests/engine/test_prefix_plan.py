@@ -221,8 +221,23 @@ def test_cli_flags_reach_the_config():
 
     parser = argparse.ArgumentParser()
     add_config_arguments(parser, EngineConfig)
-    assert config_from_args(EngineConfig, parser.parse_args([])).prefix.prefix_reuse is True
-    off = config_from_args(EngineConfig, parser.parse_args(["--no-prefix-reuse", "--prefix-min-tokens", "64"]))
-    assert (off.prefix.prefix_reuse, off.prefix.prefix_min_tokens) == (False, 64)
+    assert config_from_args(EngineConfig, parser.parse_args([])).prefix.prefix_reuse is False  # until GPU parity
+    on = config_from_args(EngineConfig, parser.parse_args(["--prefix-reuse", "--prefix-min-tokens", "64"]))
+    assert (on.prefix.prefix_reuse, on.prefix.prefix_min_tokens) == (True, 64)
+    off = config_from_args(EngineConfig, parser.parse_args(["--no-prefix-reuse"]))
+    assert off.prefix.prefix_reuse is False
     with pytest.raises(ValueError, match="prefix-min-tokens"):
         PrefixConfig(prefix_min_tokens=0)
+
+
+def test_prefix_cache_flag_reaches_the_config():
+    import argparse
+
+    from rewardserve.engine.cli_args import add_config_arguments, config_from_args
+    from rewardserve.engine.config import EngineConfig
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, EngineConfig)
+    assert config_from_args(EngineConfig, parser.parse_args([])).prefix.prefix_cache_gb is None
+    assert config_from_args(EngineConfig, parser.parse_args(["--prefix-cache-gb", "2.5"])).prefix.prefix_cache_gb == 2.5
+    assert config_from_args(EngineConfig, parser.parse_args(["--prefix-cache-gb", "0"])).prefix.prefix_cache_gb == 0

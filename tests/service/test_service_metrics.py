@@ -13,7 +13,7 @@ import pytest
 from rewardserve_client.v1 import reward_service_pb2 as pb
 from rewardserve_client.v1 import reward_service_pb2_grpc as pb_grpc
 
-from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig, SchedulerConfig
+from rewardserve.engine.config import EngineConfig, ModelConfig, PrefixConfig, RunnerConfig, SchedulerConfig
 from rewardserve.service.server import RewardServer
 from service_testlib import local_config
 
@@ -47,7 +47,8 @@ async def scrape(port: int) -> str:
 
 
 async def test_metrics_count_rpcs_batches_tokens_and_queue(demo_model_dir):
-    engine = EngineConfig(model=ModelConfig(model=str(demo_model_dir)), runner=RunnerConfig(device="cpu"))
+    engine = EngineConfig(model=ModelConfig(model=str(demo_model_dir)), runner=RunnerConfig(device="cpu"),
+                          prefix=PrefixConfig(prefix_reuse=True))  # opt-in: reused tokens are counted
     server_cfg = dataclasses.replace(local_config().server, metrics_port=free_port())
     config = dataclasses.replace(local_config(), engine=engine, server=server_cfg)
     async with RewardServer(config) as server:
@@ -57,6 +58,9 @@ async def test_metrics_count_rpcs_batches_tokens_and_queue(demo_model_dir):
             seqs = [[1 + i] * (5 + i) for i in range(6)]
             await asyncio.gather(*[stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(token_ids=pb.TokenIds(ids=s))]))
                                    for s in seqs])
+            shared = list(range(5, 45))  # two inputs sharing 40 tokens: one computes 32 (two 16-token blocks) for both
+            await stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(token_ids=pb.TokenIds(ids=shared + [t]))
+                                                       for t in (50, 51)]))
             with pytest.raises(grpc.aio.AioRpcError):
                 await stub.Encode(pb.EncodeRequest(inputs=[pb.EncodeInput(token_ids=pb.TokenIds(ids=[400]))]))
             answers = [a async for a in stub.StreamReward(iter([pb.StreamRewardRequest(items=[
@@ -69,17 +73,18 @@ async def test_metrics_count_rpcs_batches_tokens_and_queue(demo_model_dir):
     assert sample(text, "grpc_server_handled_total", grpc_type="bidi_stream", grpc_service=service,
                   grpc_method="StreamReward", grpc_code="OK") == 1
     assert sample(text, "grpc_server_handled_total", grpc_type="unary", grpc_service=service,
-                  grpc_method="Encode", grpc_code="OK") == 6
+                  grpc_method="Encode", grpc_code="OK") == 7
     assert sample(text, "grpc_server_handled_total", grpc_type="unary", grpc_service=service,
                   grpc_method="Encode", grpc_code="INVALID_ARGUMENT") == 1
-    assert sample(text, "grpc_server_started_total", grpc_type="unary", grpc_service=service, grpc_method="Encode") == 7
+    assert sample(text, "grpc_server_started_total", grpc_type="unary", grpc_service=service, grpc_method="Encode") == 8
     assert sample(text, "grpc_server_handling_seconds_count", grpc_type="unary", grpc_service=service,
-                  grpc_method="Encode") == 7
+                  grpc_method="Encode") == 8
     chat_tokens = next(a.result.num_tokens for a in answers if a.WhichOneof("outcome") == "result")
-    assert sample(text, "rewardserve_tokens_total") == sum(map(len, seqs)) + chat_tokens
-    assert sample(text, "rewardserve_sequences_total") == 7
-    assert 2 <= sample(text, "rewardserve_batch_tokens_count") <= 7
-    assert sample(text, "rewardserve_queue_time_seconds_count") == 7
+    assert sample(text, "rewardserve_tokens_total") == sum(map(len, seqs)) + chat_tokens + 2 * 41
+    assert sample(text, "rewardserve_reused_tokens_total") == 32
+    assert sample(text, "rewardserve_sequences_total") == 9
+    assert 3 <= sample(text, "rewardserve_batch_tokens_count") <= 9
+    assert sample(text, "rewardserve_queue_time_seconds_count") == 9
     assert "rewardserve_queue_requests 0.0" in text and "rewardserve_queue_tokens 0.0" in text
     assert sample(text, "rewardserve_dropped_requests_total", reason="expired") == 0
 
@@ -117,7 +122,10 @@ def test_drop_and_fault_counters_come_from_engine_stats():
 
     engine = FakeEngine()
     engine.engine_stats = EngineStats(queued_requests=3, queued_tokens=120, num_rejected=4, num_expired=5,
-                                      num_cancelled=6, num_oom_splits=7, num_failed_items=8)
+                                      num_cancelled=6, num_oom_splits=7, num_failed_items=8,
+                                      prefix_cache_queried_tokens=640, prefix_cache_hit_tokens=480,
+                                      prefix_cache_evicted_blocks=3, prefix_cache_used_bytes=4096,
+                                      prefix_cache_capacity_bytes=8192)
     metrics = ServerMetrics()
     metrics.bind_engine(engine)
     text = generate_latest(metrics.registry).decode()
@@ -125,3 +133,8 @@ def test_drop_and_fault_counters_come_from_engine_stats():
     for reason, value in (("rejected", 4), ("expired", 5), ("cancelled", 6)):
         assert sample(text, "rewardserve_dropped_requests_total", reason=reason) == value
     assert sample(text, "rewardserve_oom_splits_total") == 7 and sample(text, "rewardserve_failed_items_total") == 8
+    assert sample(text, "rewardserve_prefix_cache_queried_tokens_total") == 640
+    assert sample(text, "rewardserve_prefix_cache_hit_tokens_total") == 480
+    assert sample(text, "rewardserve_prefix_cache_evicted_blocks_total") == 3
+    assert sample(text, "rewardserve_prefix_cache_used_bytes") == 4096
+    assert sample(text, "rewardserve_prefix_cache_capacity_bytes") == 8192

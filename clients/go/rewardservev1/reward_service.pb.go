@@ -655,7 +655,8 @@ type Usage struct {
 	// Sequences scored.
 	NumSequences uint32 `protobuf:"varint,2,opt,name=num_sequences,json=numSequences,proto3" json:"num_sequences,omitempty"`
 	// Of prompt_tokens, those not computed for their sequence: a prompt prefix its sequence shares
-	// with others of the same forward pass (a GRPO group's prompt), computed once for all of them.
+	// with others of the same forward pass (a GRPO group's prompt), computed once for all of them,
+	// or whose keys an earlier forward pass left in the prefix cache (--prefix-cache-gb).
 	// Always 0 on a server started with --no-prefix-reuse. The sum of the results' reused_tokens.
 	ReusedTokens uint32 `protobuf:"varint,3,opt,name=reused_tokens,json=reusedTokens,proto3" json:"reused_tokens,omitempty"`
 }
@@ -912,7 +913,8 @@ type EncodeResult struct {
 	// The token positions that were pooled, in order.
 	PooledPositions []uint32 `protobuf:"varint,5,rep,packed,name=pooled_positions,json=pooledPositions,proto3" json:"pooled_positions,omitempty"`
 	// Leading tokens of this input not computed for it: a prefix shared with another input of its
-	// forward pass and computed once (see Usage.reused_tokens); the scores are the same.
+	// forward pass and computed once, or read from the prefix cache (see Usage.reused_tokens); the
+	// scores are the same.
 	ReusedTokens uint32 `protobuf:"varint,6,opt,name=reused_tokens,json=reusedTokens,proto3" json:"reused_tokens,omitempty"`
 }
 
@@ -1843,7 +1845,8 @@ type ChatRewardResult struct {
 	// The group's `group_id` (stream items: the item's `group_id`).
 	GroupId string `protobuf:"bytes,9,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
 	// Leading tokens of the rendered conversation not computed for it: a prompt prefix shared with
-	// another conversation of its forward pass and computed once (see Usage.reused_tokens).
+	// another conversation of its forward pass and computed once, or read from the prefix cache
+	// (see Usage.reused_tokens).
 	ReusedTokens uint32 `protobuf:"varint,10,opt,name=reused_tokens,json=reusedTokens,proto3" json:"reused_tokens,omitempty"`
 }
 

@@ -28,7 +28,8 @@ def to_array(tensor: pb.FloatTensor) -> np.ndarray:
 
 
 def to_usage(usage: pb.Usage) -> Usage:
-    return Usage(prompt_tokens=usage.prompt_tokens, num_sequences=usage.num_sequences)
+    return Usage(prompt_tokens=usage.prompt_tokens, num_sequences=usage.num_sequences,
+                 reused_tokens=usage.reused_tokens)
 
 
 def to_timing(timing: pb.Timing) -> Timing:
@@ -47,7 +48,7 @@ def to_encode_result(result: pb.EncodeResult) -> EncodeResult:
         raise MalformedReply(f"results[index {result.index}].data: {exc}") from None
     return EncodeResult(index=result.index, data=data,
                         num_tokens=result.num_tokens, truncated=result.truncated,
-                        pooled_positions=list(result.pooled_positions))
+                        pooled_positions=list(result.pooled_positions), reused_tokens=result.reused_tokens)
 
 
 def to_encode_response(reply, task: int = None) -> EncodeResponse:
@@ -71,7 +72,7 @@ def to_chat_reward_result(result: pb.ChatRewardResult) -> ChatRewardResult:
                             label_scores=to_label_scores(result.label_scores), step_scores=steps,
                             num_tokens=result.num_tokens, truncated=result.truncated,
                             group_index=group_index, response_index=result.response_index,
-                            group_id=result.group_id)
+                            group_id=result.group_id, reused_tokens=result.reused_tokens)
 
 
 def to_chat_reward_response(reply: pb.ChatRewardResponse) -> ChatRewardResponse:

@@ -13,10 +13,15 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Usage:
-    """Work a request caused: tokens fed to the model and sequences scored."""
+    """Work a request caused: tokens fed to the model and sequences scored.
+
+    ``reused_tokens``: tokens of ``prompt_tokens`` whose keys and values came from a prompt the
+    server shared with another sequence (shared-prompt reuse) instead of being computed again;
+    always 0 on a server started with ``--no-prefix-reuse``. Scores do not depend on it."""
 
     prompt_tokens: int = 0
     num_sequences: int = 0
+    reused_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class EncodeResult:
     num_tokens: int
     truncated: bool
     pooled_positions: List[int] = field(default_factory=list)
+    reused_tokens: int = 0  # tokens of this input's prompt shared with another sequence (see Usage)
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,7 @@ class ChatRewardResult:
     group_index: Optional[int] = None  # the group's position in ``groups``; None for a conversation
     response_index: int = 0            # the response's position in its group
     group_id: str = ""                 # the group's (or stream item's) group_id
+    reused_tokens: int = 0             # tokens of its prompt shared with another sequence (see Usage)
 
 
 @dataclass(frozen=True)

@@ -238,7 +238,8 @@ export type Usage = Message<"rewardserve.v1.Usage"> & {
 
   /**
    * Of prompt_tokens, those not computed for their sequence: a prompt prefix its sequence shares
-   * with others of the same forward pass (a GRPO group's prompt), computed once for all of them.
+   * with others of the same forward pass (a GRPO group's prompt), computed once for all of them,
+   * or whose keys an earlier forward pass left in the prefix cache (--prefix-cache-gb).
    * Always 0 on a server started with --no-prefix-reuse. The sum of the results' reused_tokens.
    *
    * @generated from field: uint32 reused_tokens = 3;
@@ -404,7 +405,8 @@ export type EncodeResult = Message<"rewardserve.v1.EncodeResult"> & {
 
   /**
    * Leading tokens of this input not computed for it: a prefix shared with another input of its
-   * forward pass and computed once (see Usage.reused_tokens); the scores are the same.
+   * forward pass and computed once, or read from the prefix cache (see Usage.reused_tokens); the
+   * scores are the same.
    *
    * @generated from field: uint32 reused_tokens = 6;
    */
@@ -954,7 +956,8 @@ export type ChatRewardResult = Message<"rewardserve.v1.ChatRewardResult"> & {
 
   /**
    * Leading tokens of the rendered conversation not computed for it: a prompt prefix shared with
-   * another conversation of its forward pass and computed once (see Usage.reused_tokens).
+   * another conversation of its forward pass and computed once, or read from the prefix cache
+   * (see Usage.reused_tokens).
    *
    * @generated from field: uint32 reused_tokens = 10;
    */
