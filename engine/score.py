@@ -122,9 +122,16 @@ def name_failure(plan: ScorePlan, exc: ItemError) -> ItemError:
 
 @dataclass(frozen=True)
 class _Content:
-    """A query or document as token ids without special tokens."""
+    """A query or document as token ids without special tokens. Caller-given ids longer than
+    max_model_len are read only up to max_model_len + 1 (no pair can hold more, and a document
+    is cut at its end); ``count`` is how many there were."""
 
     ids: list[int]
+    count: int = -1  # -1: len(ids)
+
+    def __post_init__(self) -> None:
+        if self.count < 0:
+            object.__setattr__(self, "count", len(self.ids))
 
 
 def _read(value: Any, index: int | None, field_name: str) -> TextInput | TokensInput:
@@ -141,8 +148,11 @@ def _read(value: Any, index: int | None, field_name: str) -> TextInput | TokensI
 def _content(value: Any, index: int | None, field_name: str, core: "EngineCore", lead: str = "") -> _Content:
     """Token ids of a query or document; text is tokenized as ``lead + text`` (see PairBuilder)."""
     item = _read(value, index, field_name)
+    count = -1
     if isinstance(item, TokensInput):
-        ids = integer_ids(item.token_ids, index or 0, field_name)
+        given, keep = item.token_ids, core.limits.max_model_len + 1
+        count = len(given)  # counted before any id is copied (``given`` may be the request's bytes)
+        ids = integer_ids(given[:keep] if count > keep else given, index or 0, field_name)
     elif core.tokenizer is None:
         raise InvalidInputError(field_name, "this server has no tokenizer; send token_ids", index)
     else:
@@ -153,7 +163,7 @@ def _content(value: Any, index: int | None, field_name: str, core: "EngineCore",
     if bad is not None:
         raise InvalidInputError(field_name, f"token id {bad} is outside the vocabulary "
                                 f"(0..{core.limits.vocab_size - 1})", index)
-    return _Content(ids)
+    return _Content(ids, count)
 
 
 def _pair_limit(keep: int | None, max_model_len: int) -> int:
@@ -185,15 +195,15 @@ class PairBuilder:
               may_truncate: bool) -> tuple[list[int], list[int], bool]:
         """(ids, segment ids, truncated) of one pair, at most ``limit`` tokens."""
         (head, head_t), (mid, mid_t), (tail, tail_t), q_type, d_type = self.pieces
-        fixed = len(head) + len(query.ids) + len(mid) + len(tail)
+        fixed = len(head) + query.count + len(mid) + len(tail)
         room = limit - fixed
         doc_ids, truncated = doc.ids, False
-        if len(doc_ids) > room:
+        if doc.count > room:
             if not may_truncate:
-                raise InvalidInputError("documents", f"the pair has {fixed + len(doc_ids)} tokens, more than "
+                raise InvalidInputError("documents", f"the pair has {fixed + doc.count} tokens, more than "
                                         f"{limit}; set truncate_prompt_tokens to cut the document", index)
             if room < 1:
-                raise InvalidInputError("query", f"{len(query.ids)} tokens (with the pair's {fixed - len(query.ids)} "
+                raise InvalidInputError("query", f"{query.count} tokens (with the pair's {fixed - query.count} "
                                         f"template tokens) leave no room for documents[{index}] within {limit}")
             doc_ids, truncated = doc_ids[:room], True
         ids = [*head, *query.ids, *mid, *doc_ids, *tail]

@@ -9,7 +9,7 @@ What values mean (ranges, roles, token ids, lengths, the task) is checked by the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from google.protobuf import json_format
@@ -18,6 +18,7 @@ from rewardserve_client.v1 import reward_service_pb2 as pb
 from rewardserve.engine.api import (EncodeInput, EncodeResult, InvalidInputError, ModelInfo, PolicyTokenizerInfo,
                                     PoolingParams, PoolingTask, PoolingType, RewardResult, StepResult, TextInput,
                                     TokensInput, preview)
+from rewardserve.service import packed
 
 TASKS = {
     pb.POOLING_TASK_CLASSIFY: PoolingTask.CLASSIFY,
@@ -70,17 +71,20 @@ def encode_inputs(inputs: Sequence[pb.EncodeInput], chat: pb.ChatOptions | None 
     ``chat`` says how conversations are rendered (EncodeRequest.chat_options)."""
     if not inputs:
         raise InvalidInputError("inputs", "must not be empty")
-    return ProtoInputs(inputs, chat)
+    return ProtoInputs(inputs, chat, packed.current())
 
 
 class ProtoInputs(Sequence[EncodeInput]):
     """The request's inputs as engine inputs, converted one by one when read: the engine counts
     them (``len``) and refuses a request over its item limit before a single Python object is
-    made per input; token ids stay the message's repeated field (see ``_encode_input``)."""
+    made per input; token ids stay the message's repeated field (see ``_encode_input``), or the
+    request's bytes when the wire cut them out (``cut``: service/packed.py, by input key)."""
 
-    def __init__(self, inputs: Sequence[pb.EncodeInput], chat: pb.ChatOptions | None = None) -> None:
+    def __init__(self, inputs: Sequence[pb.EncodeInput], chat: pb.ChatOptions | None = None,
+                 cut: Mapping[tuple, Sequence[int]] | None = None) -> None:
         self._inputs = inputs
         self._chat = chat
+        self._cut = cut or {}
 
     def __len__(self) -> int:
         return len(self._inputs)
@@ -88,10 +92,12 @@ class ProtoInputs(Sequence[EncodeInput]):
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        return _encode_input(self._inputs[index], index if index >= 0 else index + len(self), self._chat)
+        index = index if index >= 0 else index + len(self)
+        return _encode_input(self._inputs[index], index, self._chat, self._cut.get(("inputs", index, "token_ids")))
 
 
-def _encode_input(item: pb.EncodeInput, index: int, chat: pb.ChatOptions | None = None) -> EncodeInput:
+def _encode_input(item: pb.EncodeInput, index: int, chat: pb.ChatOptions | None = None,
+                  cut: Sequence[int] | None = None) -> EncodeInput:
     kind = item.WhichOneof("input")
     if kind == "conversation":
         # chat_convert reads conversations (it imports this module, hence the late import)
@@ -101,7 +107,8 @@ def _encode_input(item: pb.EncodeInput, index: int, chat: pb.ChatOptions | None 
     if kind == "text":
         return TextInput(item.text)
     if kind == "token_ids":  # empty ids are the engine's to refuse, as every empty input
-        return TokensInput(item.token_ids.ids)  # the repeated field itself: the engine counts it before copying any id
+        # the repeated field itself, or the ids left on the wire: the engine counts them before copying any
+        return TokensInput(item.token_ids.ids if cut is None else cut)
     raise InvalidInputError("inputs", "set either text or token_ids, or a conversation", index)
 
 

@@ -6,12 +6,13 @@ everything else (empty inputs, tokens, lengths, whether the model can score) is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
 from rewardserve.engine.api import (EngineAPI, InvalidInputError, ScoreMethod, ScoreOutput, ScoreParams, TextInput,
                                     TokensInput)
+from rewardserve.service import packed
 from rewardserve.service.convert import TRUNCATION_SIDES, pooling_params, timing
 
 METHODS = {ScoreMethod.CROSS_ENCODER: pb.SCORE_METHOD_CROSS_ENCODER,
@@ -33,10 +34,12 @@ def score_call(request: pb.ScoreRequest) -> ScoreCall:
     """Read a ScoreRequest; a missing query, no documents or an unset item is refused."""
     if not request.HasField("query"):
         raise InvalidInputError("query", "is required")
-    query = score_input(request.query, "query", None)
+    cut = packed.current()  # token ids the wire left in the request's bytes (service/packed.py)
+    query = score_input(request.query, "query", None, cut.get(("query", "token_ids")))
     if not request.documents:
         raise InvalidInputError("documents", "must not be empty")
-    documents = tuple(score_input(d, "documents", i) for i, d in enumerate(request.documents))
+    documents = tuple(score_input(d, "documents", i, cut.get(("documents", i, "token_ids")))
+                      for i, d in enumerate(request.documents))
     truncation = pooling_params(pb.PoolingParams(), request.truncation)  # checks truncate_prompt_tokens, side
     params = ScoreParams(top_n=request.top_n, truncate_prompt_tokens=truncation.truncate_prompt_tokens,
                          truncation_side=TRUNCATION_SIDES.get(request.truncation.side),
@@ -44,13 +47,16 @@ def score_call(request: pb.ScoreRequest) -> ScoreCall:
     return ScoreCall(query, documents, params, request.priority)
 
 
-def score_input(message: pb.ScoreInput, field: str, index: int | None) -> TextInput | TokensInput:
-    """Text or token ids (empty ids are the engine's to refuse, as every empty input)."""
+def score_input(message: pb.ScoreInput, field: str, index: int | None,
+                cut: Sequence[int] | None = None) -> TextInput | TokensInput:
+    """Text or token ids (empty ids are the engine's to refuse, as every empty input); ``cut``:
+    the ids when the wire left them in the request's bytes. Ids are not copied here: the engine
+    counts them first."""
     kind = message.WhichOneof("input")
     if kind == "text":
         return TextInput(message.text)
     if kind == "token_ids":
-        return TokensInput(tuple(message.token_ids.ids[:]))
+        return TokensInput(message.token_ids.ids if cut is None else cut)
     raise InvalidInputError(field, "set either text or token_ids", index)
 
 

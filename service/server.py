@@ -75,6 +75,7 @@ class RewardServer:
         self._server: grpc.aio.Server | None = None
         self.metrics = ServerMetrics() if config.server.metrics_port else None
         self.malformed = wire.MalformedLog()  # undecodable request messages, per method
+        self.decodes = wire.DecodeStats()  # request messages decoded whole or with their large ids cut
         if self.metrics:
             self.metrics.bind_malformed(self.malformed)
         self.metrics_port: int | None = None
@@ -100,7 +101,7 @@ class RewardServer:
         """Listen now; bring the engine up in the background (see ``wait_ready``)."""
         server = grpc.aio.server(options=self.config.server.channel_options(max_connections(self.config.server)),
                                  interceptors=self._interceptors())
-        wire.add_to_server(self._servicer, server, self.malformed)  # raw bytes in: a bad message is INVALID_ARGUMENT
+        wire.add_to_server(self._servicer, server, self.malformed, self.decodes)  # raw bytes in: a bad message is INVALID_ARGUMENT
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if self.config.server.reflection:
             reflection.enable_server_reflection(REFLECTED, server)

@@ -7,9 +7,15 @@ take the bytes as they came (no request deserializer) and decode them themselves
 message becomes an INVALID_ARGUMENT through the one error table (service/errors.py), is counted
 per method (``MalformedLog.counts``, exported as ``rewardserve_malformed_requests``) and logged
 at most once per interval.
+
+A large request's token ids are not decoded here: service/packed.py cuts them out of the bytes,
+the rest of the message is decoded, and the engine reads the ids from the bytes when (and as far
+as) it needs them, so a 50 MB request holds the event loop ~10 ms, not ~300 ms, and one refused
+as too long is never decoded (``DecodeStats`` counts both kinds of decode per method).
 """
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import logging
@@ -23,6 +29,7 @@ from google.protobuf.message import Message
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
 from rewardserve.engine.api import InvalidInputError
+from rewardserve.service import packed
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +67,19 @@ class MalformedLog:
                        method, reason, unlogged)
 
 
+class DecodeStats:
+    """Request messages decoded per method: ``whole`` (every byte through protobuf) and ``cut``
+    (large token ids left on the wire, see service/packed.py)."""
+
+    def __init__(self) -> None:
+        self.whole: dict[str, int] = {}
+        self.cut: dict[str, int] = {}
+
+    def count(self, method: str, cut: bool) -> None:
+        counts = self.cut if cut else self.whole
+        counts[method] = counts.get(method, 0) + 1
+
+
 @dataclass(frozen=True)
 class Malformed:
     """A unary request that did not decode: ``@unary`` answers it with ``error``."""
@@ -94,14 +114,16 @@ def _malformed_error(cls: type[Message], method: str, exc: Exception, log: Malfo
                                               f"(invalid UTF-8 in a string, truncated or malformed bytes): {reason}")
 
 
-def add_to_server(servicer: Any, server: grpc.aio.Server, log: MalformedLog) -> None:
+def add_to_server(servicer: Any, server: grpc.aio.Server, log: MalformedLog,
+                  stats: DecodeStats | None = None) -> None:
     """Register ``servicer``'s RewardService methods, each taking raw request bytes."""
-    handlers = {method.name: _handler(servicer, method, log) for method in SERVICE.methods}
+    stats = DecodeStats() if stats is None else stats
+    handlers = {method.name: _handler(servicer, method, log, stats) for method in SERVICE.methods}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
     server.add_registered_method_handlers(SERVICE.full_name, handlers)
 
 
-def _handler(servicer: Any, method: Any, log: MalformedLog) -> grpc.RpcMethodHandler:
+def _handler(servicer: Any, method: Any, log: MalformedLog, stats: DecodeStats) -> grpc.RpcMethodHandler:
     request_cls = getattr(pb, method.input_type.name)
     serialize = getattr(pb, method.output_type.name).SerializeToString
     behaviour = getattr(servicer, method.name)
@@ -115,11 +137,17 @@ def _handler(servicer: Any, method: Any, log: MalformedLog) -> grpc.RpcMethodHan
 
     async def single(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         size = len(raw)
-        request = decode(request_cls, raw, name, log)
-        del raw
+        stripped = None  # None: decode it whole
+        if size >= packed.WALK_FROM_BYTES:  # NumPy counts ids without the GIL: off the event loop
+            stripped = await asyncio.to_thread(packed.strip, request_cls.DESCRIPTOR.full_name, raw)
+        stats.count(name, cut=stripped is not None)
+        request = decode(request_cls, raw if stripped is None else stripped.rest, name, log)
+        bound = packed.bind(stripped.ids if stripped is not None else {})
+        del raw, stripped  # the cut ids keep their bytes alive until the call ends
         try:
             return await behaviour(request, context)
         finally:
+            packed.unbind(bound)
             del request  # the call's last reference: freed before the heap is trimmed
             if size >= TRIM_AFTER_BYTES:
                 release_free_memory()
