@@ -60,12 +60,27 @@ export function retryDelayMs(error: ConnectError): number | undefined {
   return Number.isFinite(ms) && ms >= 0 ? ms : undefined;
 }
 
+/**
+ * The server's request id from a ConnectError's metadata, which joins headers and trailers with
+ * ", ": a failure carries the id in both (a refusal may end the call before its headers arrive),
+ * so two equal halves are one id. An id may itself contain ", ": only an exact repeat is folded.
+ */
+export function oneId(joined: string | null): string | undefined {
+  if (joined === null) return undefined;
+  const half = (joined.length - 2) / 2;
+  if (Number.isInteger(half) && half > 0 && joined.slice(half, half + 2) === ", "
+      && joined.slice(0, half) === joined.slice(half + 2)) {
+    return joined.slice(0, half);
+  }
+  return joined;
+}
+
 /** Any failure of a call as a RewardServeError (a ConnectError keeps its code and details). */
 export function toRewardServeError(reason: unknown, sentRequestId: string): RewardServeError {
   const error = ConnectError.from(reason);
   const violations = error.findDetails(BadRequestSchema).flatMap((bad) =>
     bad.fieldViolations.map((v) => ({ field: v.field, description: v.description })));
-  const requestId = error.metadata.get(REQUEST_ID_KEY) ?? sentRequestId;
+  const requestId = oneId(error.metadata.get(REQUEST_ID_KEY)) ?? sentRequestId;
   return new RewardServeError(error.code, error.rawMessage, requestId, retryDelayMs(error),
     violations, undefined, { cause: error });
 }
