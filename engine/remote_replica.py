@@ -216,15 +216,20 @@ class RemoteRunner:
             return
         self._closed = True
         atexit.unregister(self.close)
-        try:
-            self.pipe.send(("stop",))
-        except OSError:
-            pass
+        # Sent from a thread: a leader stuck in a collective reads nothing, and once the pipe's
+        # buffer holds unread batches a send blocks (until the leader ends: then it fails).
+        stop = threading.Thread(target=_send_stop, args=(self.pipe,), daemon=True, name="replica-stop")
+        stop.start()
         self.process.join(STOP_TIMEOUT_S * 2)  # the leader waits up to STOP_TIMEOUT_S for each of its ranks
         if self.process.is_alive():
             log.warning("data-parallel replica %d's leader did not stop: terminating it", self.index)
             self.process.terminate()
             self.process.join(STOP_TIMEOUT_S)
+        if self.process.is_alive():  # e.g. blocked in a collective with a dead rank, SIGTERM unheard
+            log.warning("data-parallel replica %d's leader ignored SIGTERM: killing it", self.index)
+            self.process.kill()
+            self.process.join(STOP_TIMEOUT_S)
+        stop.join(STOP_TIMEOUT_S)  # the leader has ended: a blocked send has failed by now
         self.pipe.close()
 
 
@@ -354,6 +359,13 @@ def portable(exc: Exception) -> Exception:
         pass
     text = f"{type(exc).__name__}: {exc}"
     return EngineError(text) if isinstance(exc, EngineError) else RuntimeError(text)
+
+
+def _send_stop(pipe: Connection) -> None:
+    try:
+        pipe.send(("stop",))
+    except OSError:  # the leader is gone
+        pass
 
 
 def _try_send(pipe: Connection, message: tuple) -> None:
