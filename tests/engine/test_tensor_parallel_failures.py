@@ -1,7 +1,13 @@
 """Tensor parallel on the CPU (gloo), in its own module: the engine of test_tensor_parallel.py is
 closed first (a process belongs to one torch.distributed group at a time). A rank that dies
-makes the engine fail at once instead of hanging; ``rewardserve encode --tensor-parallel-size 2``
-starts its own ranks and prints what one rank computes."""
+makes the engine fail at once instead of hanging; a rank whose forward fails on its own fails
+that batch with its error (out of memory: split and retried, as on one GPU) and the group keeps
+computing; a rank whose probe fails loses the group; ``rewardserve encode --tensor-parallel-size 2``
+starts its own ranks and prints what one rank computes.
+
+Failures are injected on rank 1 only, through ``TensorParallelGroup.wrap_forward`` (a message
+over its pipe). The collective timeout is 60 s: a rank 0 left waiting in an all-reduce would
+fail with gloo's timeout, not with rank 1's error."""
 from __future__ import annotations
 
 import json
@@ -12,9 +18,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
+from rewardserve.engine.config import EngineConfig, ModelConfig, ParallelConfig, RunnerConfig, SchedulerConfig
 from rewardserve.engine.engine import Engine
+from rewardserve.engine.errors import ItemFailedError
+from rewardserve.engine.tensor_parallel import RankLost
 
 TEXTS = ["a short one", "a somewhat longer text, so the batch holds sequences of mixed lengths " * 3, "x"]
 TOLERANCE = 1e-5
@@ -59,3 +69,77 @@ def test_encode_cli_with_two_ranks(demo_model_dir, demo_engine):
     assert len(out) == len(want)
     for got, expected in zip(out, want):
         assert (torch.tensor(got["data"]) - expected.data).abs().max().item() <= TOLERANCE
+
+
+class FailForward:
+    """A forward wrapper (pickled to rank 1): its next ``times`` calls raise ``kind`` ("oom":
+    torch.OutOfMemoryError, else RuntimeError) with ``message``, ``when`` "before" the forward
+    (no all-reduce issued yet) or "after" it (all issued); later calls run the forward."""
+
+    def __init__(self, kind: str, message: str, times: int, when: str):
+        self.kind, self.message, self.times, self.when = kind, message, times, when
+
+    def __call__(self, forward):
+        left = [self.times]
+
+        def wrapped(*args):
+            if left[0] <= 0:
+                return forward(*args)
+            left[0] -= 1
+            if self.when == "after":
+                forward(*args)
+            raise (torch.OutOfMemoryError if self.kind == "oom" else RuntimeError)(self.message)
+
+        return wrapped
+
+
+def _tp_engine(model_dir) -> Engine:
+    return Engine(EngineConfig(model=ModelConfig(model=str(model_dir), dtype="float32"), runner=RunnerConfig(device="cpu"),
+                               scheduler=SchedulerConfig(),
+                               parallel=ParallelConfig(tensor_parallel_size=2, tensor_parallel_timeout_s=60)))
+
+
+def _assert_equal(got, want) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert torch.allclose(g.data, w.data, rtol=0, atol=TOLERANCE)
+
+
+def test_a_rank_failing_a_batch_fails_that_batch_only(demo_model_dir, demo_engine):
+    want = demo_engine.encode(TEXTS, task="classify")
+    engine = _tp_engine(demo_model_dir)
+    try:
+        group = engine.core.tensor_parallel
+        for when in ("before", "after"):  # every all-reduce still owed by rank 1, or none
+            splits = engine.loop.num_oom_splits
+            group.wrap_forward(1, FailForward("oom", "CUDA out of memory (injected)", 1, when))
+            _assert_equal(engine.encode(TEXTS, task="classify"), want)  # split in two, each half computed
+            assert engine.loop.num_oom_splits == splits + 1
+        splits = engine.loop.num_oom_splits
+        engine.core.runner.wrap_forward(FailForward("oom", "CUDA out of memory (injected)", 1, "before"))  # rank 0
+        _assert_equal(engine.encode(TEXTS, task="classify"), want)  # rank 1 issued its all-reduces alone
+        assert engine.loop.num_oom_splits == splits + 1
+        group.wrap_forward(1, FailForward("oom", "CUDA out of memory (injected)", 1, "before"))
+        with pytest.raises(ItemFailedError, match="out of memory on a single sequence"):
+            engine.encode(["x"], task="classify")  # one sequence: nothing to split
+        group.wrap_forward(1, FailForward("runtime", "injected failure", 1, "after"))
+        with pytest.raises(RuntimeError, match="^tensor-parallel rank 1 failed: RuntimeError: injected failure$"):
+            engine.encode(["x"], task="classify")
+        assert group.lost is None
+        _assert_equal(engine.encode(TEXTS, task="classify"), want)  # the group still computes
+    finally:
+        engine.close()
+
+
+def test_a_rank_failing_its_probe_loses_the_group(demo_model_dir):
+    engine = _tp_engine(demo_model_dir)
+    try:
+        group = engine.core.tensor_parallel
+        group.wrap_forward(1, FailForward("runtime", "injected failure", 1, "before"))
+        with pytest.raises(RankLost, match="^tensor-parallel rank 1 failed: RuntimeError: injected failure$"):
+            engine.core.runner.probe()  # what a server's batch pipeline runs after a failure
+        assert group.lost == "tensor-parallel rank 1 failed: RuntimeError: injected failure"
+        with pytest.raises(RankLost, match="rank 1 failed: RuntimeError: injected failure"):
+            engine.encode(["after"], task="classify")
+    finally:
+        engine.close()
