@@ -22,9 +22,10 @@ without a timeout (a server may idle for hours; a collective would time out), th
 
 A rank whose forward raises on its own (out of memory there only, say) must not leave the others
 waiting in an all-reduce it never joins, nor pair its next batch's collectives with their last
-ones. Every rank runs each row in step (``run_in_step``): on a failure of the eager forward it
-issues the all-reduces it still owes on zeros (``sharded.COLLECTIVES`` counts them: every
-forward all-reduces the same number of [T, H] tensors), and after every row all ranks
+ones. Every rank runs each row in step (``run_in_step``): when its forward fails it issues the
+all-reduces it still owes on zeros (every forward all-reduces the same number of [T, H] tensors;
+``sharded.COLLECTIVES`` counts the eager forward's calls, and the process group's sequence
+number those of a compiled forward, once a row has shown it counts them), and after every row all ranks
 all-reduce a tiny failure flag [N] (one per rank). A failed rank > 0 reports ("failed", row,
 error type, message) over its pipe; rank 0 reads the flags with the row's results (at collect:
 no extra host sync) and raises the rank's error, naming it: ``torch.OutOfMemoryError`` for out
@@ -33,9 +34,10 @@ of memory, so the batch pipeline splits and retries as on one GPU, else a ``Runt
 raises its own error, after the same catch-up. The group stays usable: every rank has issued
 the same collectives, and rows are computed by every rank in the order they are sent.
 
-Where a rank cannot keep in step (its compiled forward or a CUDA graph failed: no Python runs
-there, so what it issued is unknown; its catch-up failed; its warm-up or probe failed), it
-reports the failure as fatal and exits, and the group is lost.
+Where a rank cannot keep in step (a CUDA graph's replay failed, or a compiled forward before
+the sequence number was shown to count: what it issued is unknown; its catch-up failed; its
+warm-up or probe failed: compiles and captures may differ between ranks after one), it reports
+the failure as fatal and exits, and the group is lost.
 
 A rank that dies (or reports a fatal failure): a watcher thread on rank 0 sees its report or its
 process end, logs it, marks the group lost and aborts the NCCL group (a collective waiting for
@@ -88,29 +90,36 @@ class OutOfStep(Exception):
 Computed = tuple[torch.Tensor, torch.Tensor]  # hidden [T or bucket, H], gather rows [G]
 
 
-def run_in_step(run: Callable[[], Computed], *, tokens: int, eager: bool, device: torch.device, rank: int,
+def run_in_step(run: Callable[[], Computed], *, tokens: int, path: str, device: torch.device, rank: int,
                 world: int, group: Any) -> tuple[Computed | None, Exception | None, torch.Tensor]:
-    """Run one staging row's forward (``run``; ``tokens``: its T) on this rank so that every rank
-    issues the same collectives whatever fails: → (result, None, flags) or (None, error, flags);
-    flags [world] int32 is the all-reduced failure flag of every rank (on ``device``: read it
-    with the row's results). Raises ``OutOfStep`` when that cannot be kept (see the module doc)."""
+    """Run one staging row's forward (``run``; ``tokens``: its T; ``path``: ``forward_path``) on
+    this rank so that every rank issues the same collectives whatever fails: → (result, None,
+    flags) or (None, error, flags); flags [world] int32 is the all-reduced failure flag of every
+    rank (on ``device``: read it with the row's results). Raises ``OutOfStep`` when that cannot
+    be kept (see the module doc)."""
     COLLECTIVES.issued = 0
+    start = _sequence(group)
     result, error = None, None
     try:
         result = run()
     except Exception as exc:  # noqa: BLE001 - every failure is the caller's; the collectives are ours
-        if not eager:
+        issued = _issued(path, start, group)
+        if issued is None:
             raise OutOfStep(exc) from exc
         error = exc
         traceback.clear_frames(exc.__traceback__)  # the failed forward's activations go now
         try:  # the all-reduces the others wait in (or will reach), on zeros [T, H]
-            owed = COLLECTIVES.per_forward - COLLECTIVES.issued
+            owed = COLLECTIVES.per_forward - issued
             if owed > 0:
                 filler = torch.zeros(tokens, COLLECTIVES.width, dtype=COLLECTIVES.dtype, device=device)
                 for _ in range(owed):
                     all_reduce(filler, group)
         except Exception as catch_up:  # noqa: BLE001
             raise OutOfStep(exc) from catch_up
+    else:
+        if path != "graph":  # a replay's collectives bypass the process group's count
+            now = _sequence(group)
+            COLLECTIVES.sequence_counts = None not in (start, now) and now - start == COLLECTIVES.per_forward
     try:
         flags = torch.zeros(world, dtype=torch.int32, device=device)
         flags[rank] = int(error is not None)
@@ -120,9 +129,25 @@ def run_in_step(run: Callable[[], Computed], *, tokens: int, eager: bool, device
     return result, error, flags
 
 
-def _is_eager(runner: ModelRunner, key: Any) -> bool:
-    """Whether this row runs the eager forward (its collectives are counted): no CUDA graph, not compiled."""
-    return key is None and runner.stats.get("compile") is not True
+def forward_path(runner: ModelRunner, key: Any) -> str:
+    """How a row runs: "graph" (CUDA graph ``key``), "compiled" or "eager"."""
+    return "graph" if key is not None else "compiled" if runner.stats.get("compile") is True else "eager"
+
+
+def _sequence(group: Any) -> int | None:
+    """The process group's count of collectives issued (None where the backend keeps none)."""
+    try:
+        return group._get_sequence_number_for_group()
+    except Exception:  # noqa: BLE001 - not every backend or torch version has it
+        return None
+
+
+def _issued(path: str, start: int | None, group: Any) -> int | None:
+    """How many all-reduces the failed forward issued (None: unknown)."""
+    if path == "eager":
+        return COLLECTIVES.issued
+    now = _sequence(group) if path == "compiled" and COLLECTIVES.sequence_counts else None
+    return None if now is None or start is None else now - start
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:
@@ -363,7 +388,7 @@ class TensorParallelRunner(ModelRunner):
         row = self.group.send_row(host, layout, key, max_seqlen)
         try:
             result, error, flags = run_in_step(lambda: super(TensorParallelRunner, self).run_staged(
-                host, layout, key, max_seqlen), tokens=layout.tok_cap, eager=_is_eager(self, key),
+                host, layout, key, max_seqlen), tokens=layout.tok_cap, path=forward_path(self, key),
                 device=self.device, rank=0, world=self.group.world, group=self.group.group)
         except OutOfStep as out:
             raise self.group.broken(out.cause) from out.cause
@@ -489,7 +514,7 @@ class _Rank:
         host = torch.frombuffer(bytearray(self.pipe.recv_bytes()), dtype=torch.int64)  # [layout.total]
         try:
             _, error, _ = run_in_step(lambda: self.runner.run_staged(host, layout, key, max_seqlen),
-                                      tokens=layout.tok_cap, eager=_is_eager(self.runner, key),
+                                      tokens=layout.tok_cap, path=forward_path(self.runner, key),
                                       device=self.runner.device, rank=self.rank, world=self.world,
                                       group=_world_group())
         except OutOfStep as out:

@@ -95,16 +95,19 @@ def check_supported(adapter: str, hf_config: Any, world: int) -> None:
 
 @dataclass
 class Collectives:
-    """This process's all-reduces, so that a rank whose eager forward fails can issue the ones it
-    still owes (``tensor_parallel``: the group's collectives keep pairing up). Every forward
-    all-reduces ``per_forward`` tensors [T, ``width``] of ``dtype`` (one per row-parallel and
-    vocab-parallel module); ``issued`` counts eager calls (compiled code and graph replays run no
-    Python: they are not counted, and a failure there loses the group)."""
+    """This process's all-reduces, so that a rank whose forward fails can issue the ones it still
+    owes (``tensor_parallel``: the group's collectives keep pairing up). Every forward all-reduces
+    ``per_forward`` tensors [T, ``width``] of ``dtype`` (one per row-parallel and vocab-parallel
+    module); ``issued`` counts eager calls (compiled code runs no Python). ``sequence_counts``:
+    the process group's own collective sequence number advanced by ``per_forward`` over the last
+    forward that succeeded, so it counts a compiled forward's all-reduces too (a CUDA graph's
+    replay passes neither: a failure there loses the group)."""
 
     per_forward: int = 0
     width: int = 0
     dtype: torch.dtype = torch.float32
     issued: int = 0
+    sequence_counts: bool = False
 
 
 COLLECTIVES = Collectives()  # one group per process

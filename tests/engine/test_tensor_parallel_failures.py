@@ -143,3 +143,61 @@ def test_a_rank_failing_its_probe_loses_the_group(demo_model_dir):
             engine.encode(["after"], task="classify")
     finally:
         engine.close()
+
+
+CATCH_UP = """
+import json, sys
+import torch, torch.distributed as dist
+from torch.distributed import _functional_collectives as fc
+from rewardserve.engine.models.sharded import COLLECTIVES, all_reduce
+from rewardserve.engine.tensor_parallel import OutOfStep, run_in_step
+
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+group = dist.group.WORLD
+COLLECTIVES.per_forward, COLLECTIVES.width, COLLECTIVES.dtype = 3, 4, torch.float32
+
+def forward(calls, fail_after):  # calls(x): one all-reduce; fails after fail_after of them
+    def run():
+        x = torch.ones(5, 4)
+        for i in range(3):
+            if i == fail_after:
+                raise torch.OutOfMemoryError("injected")
+            x = calls(x)
+        return x, torch.zeros(1)
+    return run
+
+compiled = lambda x: fc.wait_tensor(fc.all_reduce(x, "sum", group))  # bypasses the Python count, as compiled code
+eager = lambda x: all_reduce(x, group)
+seq = group._get_sequence_number_for_group
+out = {}
+def step(name, calls, fail_after, path):
+    start = seq()
+    try:
+        _, error, flags = run_in_step(forward(calls, fail_after), tokens=5, path=path, device=torch.device("cpu"),
+                                      rank=0, world=1, group=group)
+        out[name] = [seq() - start, type(error).__name__, flags.tolist()]
+    except OutOfStep as exc:
+        out[name] = ["out of step", type(exc.cause).__name__]
+step("compiled before a row counted", compiled, 1, "compiled")
+step("compiled ok", compiled, None, "compiled")
+step("compiled failing", compiled, 1, "compiled")
+step("eager failing", eager, 2, "eager")
+step("graph failing", eager, 0, "graph")
+print(json.dumps(out))
+"""
+
+
+def test_a_failed_forward_issues_the_all_reduces_it_owes(tmp_path):
+    """Each row issues per_forward all-reduces + the failure flag however its forward fails: the
+    eager forward's are counted in Python, a compiled one's by the process group's sequence
+    number once a row has shown it counts them (before that, and for a CUDA graph: out of step)."""
+    done = subprocess.run([sys.executable, "-c", CATCH_UP, str(tmp_path / "store")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == {
+        "compiled before a row counted": ["out of step", "OutOfMemoryError"],
+        "compiled ok": [4, "NoneType", [0]],
+        "compiled failing": [4, "OutOfMemoryError", [1]],
+        "eager failing": [4, "OutOfMemoryError", [1]],
+        "graph failing": ["out of step", "OutOfMemoryError"],
+    }
