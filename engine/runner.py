@@ -119,7 +119,6 @@ class ModelRunner:
         self.graphs: CudaGraphs | None = None
         self.use_graphs = True                    # benchmarks may turn replay off
         self.gpu_ms: list[float] | None = None    # set to a list to record each batch's GPU time
-        self.on_staged = None                     # (host row, layout, graph key, max_seqlen) → None: TP rank 0
         self.num_oom_splits = 0
         self.stats: dict = {"compile": False, "cuda_graphs": False, "prefix_reuse": prefix_reuse}
         self._warm = False
@@ -237,10 +236,8 @@ class ModelRunner:
     def run_staged(self, host: torch.Tensor, layout: staging.Layout, key, max_seqlen: int
                    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run one filled staging row [layout.total]: CUDA graph ``key`` (None: the eager or
-        compiled forward) → hidden [T or bucket, H] and the gather rows. ``on_staged`` (tensor
-        parallel, rank 0) sees the row first; the other ranks run the rows it sends here."""
-        if self.on_staged is not None:
-            self.on_staged(host, layout, key, max_seqlen)
+        compiled forward) → hidden [T or bucket, H] and the gather rows. Tensor parallel: rank 0's
+        runner sends the row to the other ranks first, which run it here."""
         if key is not None:
             hidden, row = self.graphs.replay(host, key)        # [bucket, H]
             return hidden, layout.views(row)[3]

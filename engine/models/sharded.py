@@ -93,12 +93,35 @@ def check_supported(adapter: str, hf_config: Any, world: int) -> None:
                               "pick a tensor-parallel size that divides it")
 
 
+@dataclass
+class Collectives:
+    """This process's all-reduces, so that a rank whose forward fails can issue the ones it still
+    owes (``tensor_parallel``: the group's collectives keep pairing up). Every forward all-reduces
+    ``per_forward`` tensors [T, ``width``] of ``dtype`` (one per row-parallel and vocab-parallel
+    module); ``issued`` counts eager calls (compiled code runs no Python). ``sequence_counts``:
+    the process group's own collective sequence number advanced by ``per_forward`` over the last
+    forward that succeeded, so it counts a compiled forward's all-reduces too (a CUDA graph's
+    replay passes neither: a failure there loses the group)."""
+
+    per_forward: int = 0
+    width: int = 0
+    dtype: torch.dtype = torch.float32
+    issued: int = 0
+    sequence_counts: bool = False
+
+
+COLLECTIVES = Collectives()  # one group per process
+
+
 def all_reduce(x: torch.Tensor, group: Any) -> torch.Tensor:
     """Sum ``x`` over the group's ranks (functional collective: traceable by torch.compile and
     capturable in a CUDA graph, as the in-place c10d call is not)."""
     from torch.distributed import _functional_collectives as fc
 
-    return fc.wait_tensor(fc.all_reduce(x, "sum", group))
+    out = fc.wait_tensor(fc.all_reduce(x, "sum", group))
+    if not torch.compiler.is_compiling():  # dropped from compiled graphs: a Python side effect
+        COLLECTIVES.issued += 1
+    return out
 
 
 class RowParallelLinear(nn.Linear):
@@ -141,6 +164,10 @@ def bind_group(model: nn.Module, group: Any) -> int:
         if isinstance(module, (RowParallelLinear, VocabParallelEmbedding)):
             module.group = group
             count += 1
+            # RowParallelLinear.weight [H, in/N]; VocabParallelEmbedding.weight [V/N, H]
+            width = module.weight.shape[0 if isinstance(module, RowParallelLinear) else 1]
+            COLLECTIVES.width, COLLECTIVES.dtype = width, module.weight.dtype
+    COLLECTIVES.per_forward = count
     return count
 
 

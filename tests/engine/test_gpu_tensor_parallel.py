@@ -28,3 +28,23 @@ def test_two_gpus_equal_one(tmp_path):
     for g, w in zip(got, want):
         assert (g - w).abs().max().item() <= BF16_TOLERANCE
     assert (alone - want[1]).abs().max().item() <= BF16_TOLERANCE
+
+
+def test_an_out_of_memory_on_one_rank_in_a_compiled_forward_keeps_the_group(tmp_path):
+    """Rank 1's compiled forward fails before its first all-reduce: it issues the ones it owes
+    (counted by NCCL's sequence number), rank 0 splits the batch as on one GPU, and the group
+    keeps serving (on CPU: test_tensor_parallel_failures.py, eager)."""
+    from test_tensor_parallel_failures import FailForward
+
+    folder = tmp_path / "llama"
+    seqs, want = llama_on_one_gpu(folder, LENGTHS)
+    with Engine.from_model(str(folder), device="cuda", dtype="bfloat16", tensor_parallel_size=2) as two:
+        two.encode(seqs, task="classify")  # warm-up; a compiled row shows that the sequence number counts
+        assert two.core.runner.stats["compile"] is True
+        two.core.tensor_parallel.wrap_forward(1, FailForward("oom", "CUDA out of memory (injected)", 1, "before"))
+        got = [r.data for r in two.encode(seqs, task="classify")]
+        assert two.loop.num_oom_splits == 1 and two.core.tensor_parallel.lost is None
+        again = [r.data for r in two.encode(seqs, task="classify")]
+    for g, a, w in zip(got, again, want):
+        assert (g - w).abs().max().item() <= BF16_TOLERANCE
+        assert (a - w).abs().max().item() <= BF16_TOLERANCE
