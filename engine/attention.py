@@ -35,7 +35,8 @@ CACHE_KWARG = "rs_cache"    # VarlenMeta.cache, the same way
 class VarlenMeta:
     """Where the packed sequences start: ``cu_seqlens`` [num_seqs + 1] int32, on the device.
 
-    ``prefix`` (prefix reuse only): [2, num_seqs] int64, the first packed row of the prefix
+    ``prefix`` (prefix reuse only): [2, num_seqs] int64 (or the same flat, [2 num_seqs], as the
+    compiled forward passes it: see ``compiled.compile_forward``), the first packed row of the prefix
     segment each sequence also attends to, and that segment's length (0: none); ``max_seqlen``
     counts query rows (a suffix's own tokens). With the prefix cache, [4, num_seqs]: then the
     tokens each sequence reads from cached blocks (positions 0..n-1, before its prefix segment's)
@@ -220,7 +221,8 @@ def _sdpa_masked(q, k, v, meta, is_causal, scale, window, softcap, pools=None):
     bounds = meta.cu_seqlens.tolist()
     num_seqs = len(bounds) - 1
     zeros = [0] * num_seqs
-    rows = meta.prefix.tolist() if meta.prefix is not None else [zeros, zeros]
+    flat = meta.prefix.reshape(-1).tolist() if meta.prefix is not None else zeros + zeros  # [2 (4) x S]
+    rows = [flat[i:i + num_seqs] for i in range(0, len(flat), num_seqs)] if num_seqs else [[], []]
     pre_start, pre_len = rows[0], rows[1]
     cached, table_off = (rows[2], rows[3]) if len(rows) > 2 and pools is not None else (zeros, zeros)
     for s, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):

@@ -283,7 +283,7 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.
            cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None = None) -> torch.Tensor:
     """q [T, H, D], k/v [T, Hkv, D] → out [T, H, D] (q's dtype).
 
-    ``prefix``: [2, S] int64 (contiguous), each sequence's prefix segment (first row, length);
+    ``prefix``: [2, S] int64 (contiguous; or flat, [2 S]), each sequence's prefix segment (first row, length);
     ``max_seqlen`` counts query rows. ``cache`` (kc, vc [slots, Hkv, D], table [N] int64, block
     tokens): the prefix cache; ``prefix`` is then [4, S], its last rows each sequence's cached
     tokens and table offset (``attention.VarlenMeta``).
@@ -302,8 +302,8 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.
     # cap * log2(e) after it; without, by scale * log2(e) (its exp2 works in log2 units).
     qk_scale, cap = (scale / softcap, softcap * LOG2E) if softcap else (scale * LOG2E, 0.0)
     rows = 4 if cache is not None else 2
-    if prefix is not None and (prefix.shape != (rows, num_seqs) or not prefix.is_contiguous()):
-        raise ValueError(f"prefix must be a contiguous [{rows}, {num_seqs}] tensor, got {tuple(prefix.shape)}")
+    if prefix is not None and (prefix.numel() != rows * num_seqs or not prefix.is_contiguous()):
+        raise ValueError(f"prefix must be a contiguous [{rows}, {num_seqs}] tensor (or flat), got {tuple(prefix.shape)}")
     if cache is not None and (prefix is None or cache[0].stride() != cache[1].stride() or cache[0].stride(-1) != 1):
         raise ValueError("the prefix cache needs the prefix region and pools of one layout")
     kc, vc, table, block = cache if cache is not None else (k, v, cu_seqlens, 16)

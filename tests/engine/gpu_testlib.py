@@ -37,6 +37,19 @@ def decoder_builders() -> dict[str, Callable[[], torch.nn.Module]]:
     }
 
 
+def serving_torch_settings() -> None:
+    """The process-wide torch settings every entry point applies (``torch_setup.configure``): a
+    GPU test that builds ``Engine(EngineConfig(...))`` directly skips them, and then runs with
+    dynamo's defaults: duck shaping (extra recompiles) and a recompile limit of 8 for the one
+    compiled function all engines of the process share, after which dynamo silently runs the
+    forward eagerly (the prefix parity record of 2026-12-02: Mistral and Gemma2's compile+graphs
+    results equal their eager ones bit for bit, Qwen3's compared a compiled forward with an eager
+    one)."""
+    from rewardserve.engine import torch_setup
+
+    torch_setup.configure(None)
+
+
 def save_checkpoints(tmp_path_factory, builders: dict[str, Callable[[], torch.nn.Module]]) -> dict[str, Path]:
     """Each builder's model (seed 0) and the test tokenizer saved in its own folder: name -> folder."""
     from rewardserve.engine.demo import build_tokenizer

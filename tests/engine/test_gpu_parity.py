@@ -18,7 +18,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpu_testlib import MODES, SIZES, WINDOW, decoder_builders, max_abs, rel_l2, recorder, save_checkpoints
+from gpu_testlib import (MODES, SIZES, WINDOW, decoder_builders, max_abs, rel_l2, recorder, save_checkpoints,
+                         serving_torch_settings)
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -90,6 +91,7 @@ def _engine(folder, max_model_len: int | None = None, **runner):
     from rewardserve.engine.config import EngineConfig, ModelConfig, PrefixConfig, RunnerConfig
     from rewardserve.engine.engine import Engine
 
+    serving_torch_settings()
     # No prefix cache: an input scored alone must compute its whole sequence, not read the keys
     # the packed call left in the cache (test_gpu_prefix.py checks the cache).
     return Engine(EngineConfig(model=ModelConfig(model=str(folder), dtype="bfloat16", max_model_len=max_model_len),

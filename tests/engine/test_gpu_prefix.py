@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpu_testlib import MODES, decoder_builders, max_abs, rel_l2, recorder, save_checkpoints
+from gpu_testlib import MODES, decoder_builders, max_abs, rel_l2, recorder, save_checkpoints, serving_torch_settings
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -46,6 +46,7 @@ def _engine(folder, reuse: bool, cache_gb: float | None = 0, **runner):
     from rewardserve.engine.config import EngineConfig, ModelConfig, PrefixConfig, RunnerConfig
     from rewardserve.engine.engine import Engine
 
+    serving_torch_settings()
     return Engine(EngineConfig(model=ModelConfig(model=str(folder), dtype="bfloat16"),
                                runner=RunnerConfig(device="cuda", attention_backend="triton", **runner),
                                prefix=PrefixConfig(prefix_reuse=reuse, prefix_cache_gb=cache_gb if reuse else None)))
@@ -67,9 +68,15 @@ def _encode(engine, seqs) -> dict:
 def _compare(on, off, seqs) -> dict:
     """Reuse on against off on seqs and on a small batch (graph buckets): the differences, the
     tokens reused and the runner's stats (to record before _check asserts)."""
+    from rewardserve.engine.compiled import num_compiled_graphs
+
     def data(results) -> list[torch.Tensor]:
         return [r.data for r in results]
-    got, want = _encode(on, seqs), _encode(off, seqs)
+    before = num_compiled_graphs()
+    got = _encode(on, seqs)
+    graphs_on = num_compiled_graphs() - before  # graphs this engine compiled (warm-up, recompiles)
+    want = _encode(off, seqs)
+    graphs_off = num_compiled_graphs() - before - graphs_on
     small_got, small_want = _encode(on, seqs[-2:] + seqs[:1]), _encode(off, seqs[-2:] + seqs[:1])
     diffs = {"ALL_rel": rel_l2(data(got["ALL"]), data(want["ALL"])),
              "MEAN_rel": rel_l2(data(got["MEAN"]), data(want["MEAN"])),
@@ -79,6 +86,7 @@ def _compare(on, off, seqs) -> dict:
              "small_LAST_abs": max_abs(data(small_got["LAST"]), data(small_want["LAST"])),
              "reused_tokens": sum(r.reused_tokens for r in got["LAST"]),
              "small_reused_tokens": sum(r.reused_tokens for r in small_got["LAST"]),
+             "graphs_on": graphs_on, "graphs_off": graphs_off,
              "runner": {k: v for k, v in on.core.runner.stats.items() if k != "buckets"}}
     return diffs
 
@@ -92,6 +100,8 @@ def _check(diffs: dict, mode: str) -> None:
         assert diffs[key] <= TOL["logits_abs"], (mode, key, diffs)
     if mode == "compile+graphs":
         assert diffs["runner"]["compile"] is True and diffs["runner"]["cuda_graphs"] is True, diffs["runner"]
+        # Reuse compiles no more graphs than no reuse (one; the cache test warmed ``on`` up before).
+        assert 0 < diffs["graphs_off"] and diffs["graphs_on"] <= diffs["graphs_off"], diffs
 
 
 @pytest.fixture(scope="module")
