@@ -10,7 +10,9 @@
 // (the server is overloaded) carries `google.rpc.RetryInfo` and the trailing metadata
 // `retry-after-ms` (the same delay in whole milliseconds, for clients without google.rpc types).
 // Every reply, success or failure, carries the header `x-request-id` (the request's id, the
-// caller's or one the server made); quote it when reporting a problem. Retry only UNAVAILABLE and
+// caller's or one the server made), and a failure carries it in its trailing metadata too (a
+// refusal can end a call before the header arrives; clients that merge headers and trailers see
+// it twice); quote it when reporting a problem. Retry only UNAVAILABLE and
 // RESOURCE_EXHAUSTED, after the delay the server asked for.
 //
 // Message sizes: the server accepts requests up to 64 MiB and sends replies up to 256 MiB
