@@ -495,18 +495,11 @@ class Bench:
 def big_token_request(num_bytes: int) -> bytes:
     """An EncodeRequest (wire bytes) with one token-id input of ``num_bytes`` one-byte ids (id 5):
     inputs (2) -> EncodeInput.token_ids (2) -> TokenIds.ids (1, packed)."""
+    from rewardserve.service.packed import varint
+
     def field(number: int, payload: bytes) -> bytes:
-        return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+        return varint(number << 3 | 2) + varint(len(payload)) + payload
     return field(2, field(2, field(1, b"\x05" * num_bytes)))
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
 
 
 # --- report -----------------------------------------------------------------------------------

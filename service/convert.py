@@ -184,19 +184,10 @@ def fill_float_tensor(tensor: pb.FloatTensor, data: Any) -> None:
     array = np.ascontiguousarray(np.asarray(data, dtype="<f4"))
     tensor.shape.extend(array.shape)
     raw = array.tobytes()
-    tensor.MergeFromString(_VALUES_TAG + _varint(len(raw)) + raw)
+    tensor.MergeFromString(_VALUES_TAG + packed.varint(len(raw)) + raw)
 
 
 _VALUES_TAG = bytes([(pb.FloatTensor.VALUES_FIELD_NUMBER << 3) | 2])  # field 2, length-delimited
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def add_encode_results(field: Any, results: Sequence[EncodeResult]) -> None:

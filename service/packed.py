@@ -107,7 +107,7 @@ class PackedIds(Sequence[int]):
     def _parse(self, first: int, last: int) -> list[int]:
         chunk = bytes(self._data[first:last])
         try:
-            return list(pb.TokenIds.FromString(bytes([_IDS_TAG]) + _varint(len(chunk)) + chunk).ids)
+            return list(pb.TokenIds.FromString(bytes([_IDS_TAG]) + varint(len(chunk)) + chunk).ids)
         except DecodeError:
             raise InvalidInputError(self._field, "token_ids: not a decodable packed list of ids", self._index) from None
 
@@ -203,7 +203,7 @@ class _Walk:
                 pieces.append(self.data[record:pos])
             else:
                 changed = True
-                pieces += [self.data[record:after_tag], _varint(sum(len(p) for p in body_pieces)), *body_pieces]
+                pieces += [self.data[record:after_tag], varint(sum(len(p) for p in body_pieces)), *body_pieces]
         if pos != end:
             raise _Unreadable("a record past the end")
         return pieces if changed else None
@@ -257,7 +257,8 @@ def _ends(data: memoryview) -> np.ndarray:
     return np.flatnonzero(np.frombuffer(data, dtype=np.uint8) < 0x80)
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """``value`` (>= 0) as a protobuf base-128 varint."""
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rewardserve_client.v1 import reward_service_pb2 as pb
 
 from rewardserve.engine.config import EngineConfig, ModelConfig, RunnerConfig
+from rewardserve.service.packed import varint
 from rewardserve.service.wire import SERVICE
 from service_testlib import live_server
 
@@ -76,21 +77,12 @@ def _crafted() -> list[bytes]:
     """The red team's shapes: invalid UTF-8 in a string, a truncated varint, deep nesting."""
     deep = b""
     for _ in range(200):  # Struct → Value → Struct …, far past the parser's depth limit
-        deep = b"\x0a" + _varint(len(deep)) + deep
+        deep = b"\x0a" + varint(len(deep)) + deep
     return [b"\x3a\x02\xff\xfe",             # request_id (field 7) = invalid UTF-8
             b"\x12\x02\x0a",                  # a length that runs past the end
             b"\x30\xff\xff\xff",              # priority: truncated varint
-            b"\x1a" + _varint(len(deep)) + deep,
+            b"\x1a" + varint(len(deep)) + deep,
             b"\xff" * 11]
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        out.append(low | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def _strategy(descriptor, depth: int = 0) -> st.SearchStrategy:

@@ -21,7 +21,7 @@ def ids_message(ids: list[int]) -> pb.TokenIds:
 
 def _unknown(number: int, payload: bytes) -> bytes:
     """A length-delimited record of a field the schema does not have."""
-    return packed._varint(number << 3 | 2) + packed._varint(len(payload)) + payload
+    return packed.varint(number << 3 | 2) + packed.varint(len(payload)) + payload
 
 
 def check_cut(cut: packed.PackedIds, ids: list[int]) -> None:
@@ -69,7 +69,7 @@ def test_reward_and_score_fields_are_keyed_by_where_the_engine_reads_them():
 def test_unknown_fields_are_kept_and_skipped():
     item = pb.EncodeInput(token_ids=ids_message(BIG)).SerializeToString() + _unknown(99, b"zz")
     raw = (pb.EncodeRequest(request_id="u").SerializeToString() + _unknown(50, b"x" * 10)
-           + packed._varint(2 << 3 | 2) + packed._varint(len(item)) + item + b"\xa8\x06\x07")  # + field 101 varint
+           + packed.varint(2 << 3 | 2) + packed.varint(len(item)) + item + b"\xa8\x06\x07")  # + field 101 varint
     stripped = packed.strip(ENCODE, raw)
     check_cut(stripped.ids[("inputs", 0, "token_ids")], BIG)
     assert pb.EncodeRequest.FromString(stripped.rest).request_id == "u"
@@ -83,7 +83,7 @@ def test_every_varint_length_is_counted():
 
 
 def _record(number: int, payload: bytes) -> bytes:
-    return packed._varint(number << 3 | 2) + packed._varint(len(payload)) + payload
+    return packed.varint(number << 3 | 2) + packed.varint(len(payload)) + payload
 
 
 def _fallbacks() -> dict[str, tuple[str, bytes]]:
@@ -91,7 +91,7 @@ def _fallbacks() -> dict[str, tuple[str, bytes]]:
     item = pb.EncodeInput(token_ids=ids_message(BIG)).SerializeToString()
     query = _record(1, pb.ScoreInput(token_ids=ids_message(BIG)).SerializeToString())
     twice_ids = pb.TokenIds(ids=BIG).SerializeToString() * 2  # two packed records: protobuf concatenates
-    unpacked = b"".join(b"\x08" + packed._varint(i) for i in BIG)
+    unpacked = b"".join(b"\x08" + packed.varint(i) for i in BIG)
     return {
         "truncated bytes": (ENCODE, whole[:-3]),
         "cut inside the outer length": (ENCODE, whole[:len(whole) // 2]),
