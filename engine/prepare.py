@@ -107,8 +107,7 @@ def cut_ids(ids: Sequence[Any], index: int, params: PoolingParams, limits: Limit
     keep = params.truncate_prompt_tokens
     if keep is None:
         if len(ids) > limits.max_model_len:
-            raise InvalidInputError(field_name, f"input has {len(ids)} tokens, more than max_model_len "
-                                    f"{limits.max_model_len}; set truncate_prompt_tokens to truncate", index)
+            raise too_long(len(ids), index, limits, field_name)
         return ids
     keep = limits.max_model_len if keep == -1 else keep
     if not 0 < keep <= limits.max_model_len or len(ids) <= keep + 1:
@@ -168,21 +167,32 @@ def truncate(ids: list[int], index: int, params: PoolingParams, limits: Limits,
     ``tail`` (InternLM2's reward token) always ends the result: it counts toward the limits and
     only ``ids`` are cut."""
     total = len(ids) + len(tail)
-    keep = params.truncate_prompt_tokens
-    if keep is not None:
-        if keep == -1:
-            keep = limits.max_model_len
-        if not 0 < keep <= limits.max_model_len:
-            raise InvalidInputError("truncation.truncate_prompt_tokens",
-                                    f"must be -1 or in 1..{limits.max_model_len}, not {keep}")
-        if total > keep:
-            room = keep - len(tail)
-            side = params.truncation_side or "left"
-            return [*(ids[len(ids) - room:] if side == "left" else ids[:room]), *tail], True
+    keep = keep_tokens(params.truncate_prompt_tokens, limits)
+    if keep is not None and total > keep:
+        room = keep - len(tail)
+        side = params.truncation_side or "left"
+        return [*(ids[len(ids) - room:] if side == "left" else ids[:room]), *tail], True
     if total > limits.max_model_len:
-        raise InvalidInputError(field_name, f"input has {total} tokens, more than max_model_len "
-                                f"{limits.max_model_len}; set truncate_prompt_tokens to truncate", index)
+        raise too_long(total, index, limits, field_name)
     return [*ids, *tail], False
+
+
+def keep_tokens(keep: int | None, limits: Limits) -> int | None:
+    """``truncate_prompt_tokens`` resolved: None (no truncation) or how many tokens to keep
+    (-1: max_model_len); anything outside 1..max_model_len is refused."""
+    if keep is None:
+        return None
+    keep = limits.max_model_len if keep == -1 else keep
+    if not 0 < keep <= limits.max_model_len:
+        raise InvalidInputError("truncation.truncate_prompt_tokens",
+                                f"must be -1 or in 1..{limits.max_model_len}, not {keep}")
+    return keep
+
+
+def too_long(tokens: int, index: int | None, limits: Limits, field_name: str) -> InvalidInputError:
+    """The refusal of an input over max_model_len without truncation."""
+    return InvalidInputError(field_name, f"input has {tokens} tokens, more than max_model_len "
+                             f"{limits.max_model_len}; set truncate_prompt_tokens to truncate", index)
 
 
 def prepare(inputs: Sequence[Any], pooling: ResolvedPooling, params: PoolingParams,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from rewardserve.engine.errors import InvalidInputError, ItemError, UnsupportedTaskError
-from rewardserve.engine.prepare import WorkItem, check_count, check_tokens, integer_ids, to_input
+from rewardserve.engine.prepare import WorkItem, check_count, check_tokens, integer_ids, keep_tokens, to_input
 from rewardserve.engine.pooling import pooled_positions
 from rewardserve.engine.score_types import ScoreMethod, ScoreOutput, ScoreParams, ScoreResult
 from rewardserve.engine.types import ChatInput, PoolingParams, PoolingTask, TextInput, TokensInput
@@ -78,7 +78,7 @@ def prepare_score(core: "EngineCore", query: Any, documents: Sequence[Any], para
     if method == ScoreMethod.EMBEDDING_COSINE:
         return _cosine_plan(core, query, documents, params)
     resolved, _ = core.plan(PoolingTask.CLASSIFY, None)
-    limit = _pair_limit(params.truncate_prompt_tokens, core.limits.max_model_len)
+    limit = keep_tokens(params.truncate_prompt_tokens, core.limits) or core.limits.max_model_len
     pairs = PairBuilder(core, method, params.instruction)
     q = _content(query, None, "query", core, pairs.text_lead)
     items = []
@@ -164,14 +164,6 @@ def _content(value: Any, index: int | None, field_name: str, core: "EngineCore",
         raise InvalidInputError(field_name, f"token id {bad} is outside the vocabulary "
                                 f"(0..{core.limits.vocab_size - 1})", index)
     return _Content(ids, count)
-
-
-def _pair_limit(keep: int | None, max_model_len: int) -> int:
-    if keep is None or keep == -1:
-        return max_model_len
-    if not 0 < keep <= max_model_len:
-        raise InvalidInputError("truncation.truncate_prompt_tokens", f"must be -1 or in 1..{max_model_len}, not {keep}")
-    return keep
 
 
 class PairBuilder:

@@ -168,8 +168,8 @@ class _Rendezvous:
     def join(self, rank: int, device: torch.device) -> Any:
         import torch.distributed as dist
 
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
+        if device.type == "cuda":  # NCCL binds each rank's communicator to the current device:
+            torch.cuda.set_device(device)  # set before the group exists (the runner then owns the rest)
         dist.init_process_group(self.backend, init_method=f"file://{self.store}", rank=rank, world_size=self.world,
                                 timeout=timedelta(seconds=self.timeout_s),
                                 device_id=device if device.type == "cuda" else None)
@@ -321,7 +321,7 @@ class TensorParallelGroup:
                     if payload is not None:
                         pipe.send_bytes(payload)
                 except OSError as exc:  # BrokenPipeError: the rank is gone
-                    self.lost = self.lost or f"tensor-parallel rank {rank} is gone ({type(exc).__name__})"
+                    self._mark_lost(f"tensor-parallel rank {rank} is gone ({type(exc).__name__})")
                     raise RankLost(self.lost) from exc
 
     def send_row(self, host: torch.Tensor, layout: Layout, key: Any, max_seqlen: int) -> int:

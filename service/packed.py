@@ -137,12 +137,18 @@ class Stripped:
     ids: Mapping[Key, PackedIds]
 
 
+def walks(cls_name: str, size: int) -> bool:
+    """Whether a ``cls_name`` message of ``size`` bytes is worth walking (it can carry token ids,
+    and is large enough for counting them on the wire to beat decoding them)."""
+    return cls_name in TOKEN_ID_PATHS and size >= WALK_FROM_BYTES
+
+
 def strip(cls_name: str, raw: bytes) -> Stripped | None:
     """``raw`` (a ``cls_name`` message) without its large token-id fields, or None when there is
     nothing to cut or the walk cannot read it exactly (the caller then decodes ``raw`` whole)."""
-    paths = TOKEN_ID_PATHS.get(cls_name)
-    if paths is None or len(raw) < WALK_FROM_BYTES:
+    if not walks(cls_name, len(raw)):
         return None
+    paths = TOKEN_ID_PATHS[cls_name]
     walk = _Walk(memoryview(raw))
     try:
         rest = walk.message(pb.DESCRIPTOR.message_types_by_name[cls_name.rsplit(".", 1)[1]], 0, len(raw), paths, ())

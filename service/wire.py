@@ -138,7 +138,7 @@ def _handler(servicer: Any, method: Any, log: MalformedLog, stats: DecodeStats) 
     async def single(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         size = len(raw)
         stripped = None  # None: decode it whole
-        if size >= packed.WALK_FROM_BYTES:  # NumPy counts ids without the GIL: off the event loop
+        if packed.walks(request_cls.DESCRIPTOR.full_name, size):  # counted off the event loop
             stripped = await asyncio.to_thread(packed.strip, request_cls.DESCRIPTOR.full_name, raw)
         stats.count(name, cut=stripped is not None)
         request = decode(request_cls, raw if stripped is None else stripped.rest, name, log)

@@ -83,7 +83,9 @@ def check_supported(adapter: str, hf_config: Any, world: int) -> None:
     if model_type not in FAMILIES or adapter not in ADAPTERS:
         raise EngineError(f"{flag}: model_type {model_type!r} is not supported with tensor parallelism (supported: "
                           f"{', '.join(FAMILIES.values())}); serve it with --tensor-parallel-size 1")
-    cfg = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    from rewardserve.engine.models.seq_cls import text_config  # seq_cls loads this module lazily
+
+    cfg = text_config(hf_config)
     sizes = {"num_attention_heads": cfg.num_attention_heads,
              "num_key_value_heads": getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads,
              "intermediate_size": cfg.intermediate_size}
@@ -199,9 +201,10 @@ def load_backbone(folder: Path, hf_config: Any, dtype: torch.dtype, shard: Shard
     """This rank's shard of the checkpoint's transformers base model (on the CPU, in ``dtype``)."""
     from transformers import AutoModel
 
+    from rewardserve.engine.models.seq_cls import text_config
     from rewardserve.engine.models.weights import rebuild_buffers, shard_files
 
-    config = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    config = text_config(hf_config)
     config._attn_implementation = "sdpa"  # switched to varlen by PackedDecoder
     with torch.device("meta"):
         model = AutoModel.from_config(config)
