@@ -106,8 +106,6 @@ async def test_a_lost_process_of_replica_1_leaves_replica_0_serving(demo_model_d
         assert stats.num_failed_items == 0 and stats.queued_requests == 0
         assert engine.is_ready  # SERVING while one replica lives
         assert "replica 1 (cpu) lost" in caplog.text
-        remote.process.join(90)  # the lost replica is closed (stop, then SIGTERM, then SIGKILL): GPUs freed
-        assert not remote.process.is_alive()
     finally:
         for h in held:
             h.gate.set()
